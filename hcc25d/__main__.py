@@ -1,0 +1,52 @@
+"""Command line: ``python -m hcc25d run --params params/<run>.yaml [--from STAGE] [--only STAGE] [--force]``
+and ``python -m hcc25d book --run <run>``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cohort import CohortSpecError
+from .config import ConfigError
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hcc25d", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the stage notebooks of a params file")
+    r.add_argument("--params", required=True, help="params YAML, e.g. params/synthetic.yaml")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--from", dest="from_stage", help="start at this stage (and run all after it)")
+    g.add_argument("--only", action="append", help="run only this stage (repeatable)")
+    r.add_argument("--force", action="store_true", help="rerun even if nothing changed")
+    b = sub.add_parser("book", help="render the Jupyter Book from a run's executed notebooks")
+    b.add_argument("--run", required=True, help="run name (folder under results/)")
+    b.add_argument("--no-strict", action="store_true", help="do not treat warnings as errors")
+    sub.add_parser("stages", help="list the stages")
+    args = ap.parse_args(argv)
+
+    from . import runner
+
+    try:
+        if args.cmd == "run":
+            status = runner.run(args.params, from_stage=args.from_stage, only=args.only, force=args.force)
+            ran = [k for k, v in status.items() if v == "ran"]
+            print(f"[hcc25d] {len(ran)} stage(s) ran, {len(status) - len(ran)} unchanged")
+        elif args.cmd == "book":
+            runner.build_book(args.run, strict=not args.no_strict)
+        elif args.cmd == "stages":
+            for s in runner.STAGES:
+                print(f"{s.name:12s} notebooks/{s.notebook:34s} {s.title}")
+    except (ConfigError, CohortSpecError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except runner.StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Run parameters: one YAML file per run, validated into a frozen config object.
+
+Every stage notebook starts with ``cfg = hcc25d.config.load(params_file, overrides)``. Unknown keys,
+wrong types and values outside a field's allowed choices are all collected and reported together in
+one :class:`ConfigError` that names each field, so a typo in a params file fails before any work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Params",
+    "load",
+    "from_dict",
+    "to_dict",
+    "section_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A params file (or override) is invalid; the message lists every problem found."""
+
+
+def _choices(*values: str, default: Any) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections. Later stages add their own sections; each field has a default so a params file only
+# states what differs from the defaults.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataCfg:
+    #: ``twin``: generate the synthetic study twin; ``manifest``: read own data from a manifest CSV.
+    source: str = _choices("twin", "manifest", default="twin")
+    #: path to the manifest CSV (own data), relative to the project root or absolute.
+    manifest: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class CohortCfg:
+    #: cohort specification (the paper's Table 1); ``default`` is the transcription shipped with the
+    #: package (``hcc25d/data/table1_spec.yaml``).
+    spec: str = "default"
+    #: number of outcome-stratified patients kept for the imaging stages (``null`` = all); the cohort
+    #: chapter always shows the full Table 1.
+    n_imaging: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ComputeCfg:
+    #: worker processes for per-patient work (-1 = all cores).
+    n_jobs: int = 2
+    #: joblib backend: ``loky`` (processes), ``threading``, ``dask`` or ``ray`` (needs those installed).
+    backend: str = _choices("loky", "threading", "dask", "ray", "sequential", default="loky")
+    #: show progress bars.
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Params:
+    #: run name: results go to ``results/<run>/``.
+    run: str = "synthetic"
+    #: master seed: every random draw of the run derives from it.
+    seed: int = 20240601
+    #: a sentence describing this run (shown in the book).
+    description: str = ""
+    data: DataCfg = field(default_factory=DataCfg)
+    cohort: CohortCfg = field(default_factory=CohortCfg)
+    compute: ComputeCfg = field(default_factory=ComputeCfg)
+
+
+# --------------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin in (list, tuple):
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        return f"list of {_type_name(arg)}"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
+    """Check ``value`` against the annotation ``tp``; return the (lightly converted) value."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        sub: list[str] = []
+        out = _coerce(value, inner[0], where, sub)
+        if sub:
+            errors.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return out
+    if origin in (list, tuple):
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            errors.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            return value
+        return tuple(_coerce(v, arg, f"{where}[{i}]", errors) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{where}: expected a mapping, got {value!r}")
+            return value
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            errors.append(f"{where}: expected a section (mapping), got {value!r}")
+            return tp()
+        return _build(tp, value, where, errors)
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append(f"{where}: expected a number, got {value!r}")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            errors.append(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, mapping: dict, where: str, errors: list[str]):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in mapping.items():
+        loc = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            errors.append(f"{loc}: unknown key (allowed here: {allowed})")
+            continue
+        val = _coerce(value, hints[key], loc, errors)
+        choices = fields[key].metadata.get("choices")
+        if choices and val not in choices:
+            errors.append(f"{loc}: {val!r} is not one of {', '.join(map(repr, choices))}")
+        kwargs[key] = val
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
+        errors.append(f"{where or 'params'}: {exc}")
+        return cls()
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    cur[keys[-1]] = value
+
+
+def from_dict(mapping: dict, overrides: Optional[dict] = None, source: str = "params") -> Params:
+    """Validate a mapping (as read from YAML) into :class:`Params`.
+
+    ``overrides`` maps dotted keys (``"compute.n_jobs"``) to values and is applied first.
+    """
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{source}: the file must hold a mapping of sections, got {type(mapping).__name__}")
+    mapping = _deepcopy(mapping)
+    for k, v in (overrides or {}).items():
+        _set_dotted(mapping, k, v)
+    errors: list[str] = []
+    params = _build(Params, mapping, "", errors)
+    if errors:
+        raise ConfigError(f"{source}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
+    return params
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def load(path: str | Path, overrides: Optional[dict] = None) -> Params:
+    """Read and validate a params YAML file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        mapping = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return from_dict(mapping, overrides, source=str(path))
+
+
+def to_dict(params: Any) -> Any:
+    """The config as plain Python (lists, dicts) for JSON / YAML / hashing."""
+    if dataclasses.is_dataclass(params):
+        return {f.name: to_dict(getattr(params, f.name)) for f in dataclasses.fields(params)}
+    if isinstance(params, (list, tuple)):
+        return [to_dict(v) for v in params]
+    if isinstance(params, dict):
+        return {k: to_dict(v) for k, v in params.items()}
+    return params
+
+
+def section_dict(params: Params, names: typing.Iterable[str]) -> dict:
+    """The named top-level sections/fields of ``params`` as plain Python (for stage hashing)."""
+    d = to_dict(params)
+    return {n: d[n] for n in names if n in d}

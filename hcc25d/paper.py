@@ -1,0 +1,99 @@
+"""The paper's printed numbers and the side-by-side comparison with this reproduction."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .cohort import COHORTS, CohortSpec
+
+__all__ = ["paper_tables", "parse_p", "p_matches", "compare_table1", "compare_table2"]
+
+PAPER_TABLES = Path(__file__).parent / "data" / "paper_tables.yaml"
+
+
+def paper_tables() -> dict:
+    return yaml.safe_load(PAPER_TABLES.read_text())
+
+
+def parse_p(text: str) -> tuple[float, str]:
+    """A printed P value → (value, relation): ``"<0.05"`` → (0.05, "<"), ``"0.78"`` → (0.78, "=")."""
+    text = str(text).strip()
+    if text.startswith("<"):
+        return float(text[1:]), "<"
+    return float(text), "="
+
+
+def p_matches(ours: float, printed: str, decimals: int = 3) -> bool:
+    """Does our P value print as the paper's? (``<x`` means below x; otherwise equal at 3 decimals)."""
+    value, rel = parse_p(printed)
+    if rel == "<":
+        return bool(ours < value)
+    return bool(abs(round(ours, decimals) - value) < 10 ** -(decimals + 3))
+
+
+def compare_table1(t1_long: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
+    """Every count, percentage, mean, SD and P value of Table 1: paper vs ours, with the difference."""
+    rows = []
+    idx = t1_long.set_index(["variable", "level", "cohort"])
+    for c in COHORTS:
+        n = spec.cohorts[c]["n"]
+        for var, d in spec.continuous.items():
+            r = idx.loc[(var, "", c)]
+            for o in (0, 1):
+                mean, sd = d["stats"][c][o]
+                rows.append(dict(table="Table 1", item=f"{d['label']} mean, outcome {o}", cohort=c,
+                                 paper=mean, ours=round(float(r[f"mean{o}"]), 2)))
+                rows.append(dict(table="Table 1", item=f"{d['label']} SD, outcome {o}", cohort=c,
+                                 paper=sd, ours=round(float(r[f"sd{o}"]), 2)))
+            pv, _ = parse_p(d["paper_p"][c])
+            rows.append(dict(table="Table 1", item=f"{d['label']} P", cohort=c, paper=pv,
+                             ours=round(float(r["p"]), 3), note="depends on the drawn values, not only on the counts"))
+        for var, d in spec.categorical.items():
+            for lvl, k0, k1 in zip(d["levels"], d["counts"][c][0], d["counts"][c][1]):
+                r = idx.loc[(var, str(lvl), c)]
+                for o, k in ((0, k0), (1, k1)):
+                    rows.append(dict(table="Table 1", item=f"{d['label']}: {lvl} n, outcome {o}", cohort=c,
+                                     paper=k, ours=int(r[f"n{o}"])))
+                    rows.append(dict(table="Table 1", item=f"{d['label']}: {lvl} %, outcome {o}", cohort=c,
+                                     paper=round(100 * k / n[o], 2), ours=round(float(r[f"pct{o}"]), 2)))
+            r = idx.loc[(var, "", c)]
+            pv, _ = parse_p(d["paper_p"][c])
+            rows.append(dict(table="Table 1", item=f"{d['label']} P", cohort=c, paper=pv,
+                             ours=round(float(r["p"]), 3),
+                             match=p_matches(float(r["p"]), d["paper_p"][c])))
+    out = pd.DataFrame(rows)
+    out["difference"] = out["ours"] - out["paper"]
+    if "match" not in out:
+        out["match"] = np.nan
+    m = out["match"].isna()
+    out.loc[m, "match"] = out.loc[m, "difference"].abs() < 1e-9
+    return out
+
+
+def compare_table2(t2: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
+    """Table 2 (paper-style columns): paper vs ours for OR, both interval ends and P."""
+    paper = paper_tables()["table2"]
+    ours = t2.set_index("variable")
+    rows = []
+    for part, prefix in (("univariable", ""), ("multivariable", "m_")):
+        for var, (orr, lo, hi, p) in paper[part].items():
+            if var not in ours.index:
+                continue
+            r = ours.loc[var]
+            for name, pv, ov in (("OR", orr, r.get(f"{prefix}or_paper")), ("CI low", lo, r.get(f"{prefix}lo_paper")),
+                                 ("CI high", hi, r.get(f"{prefix}hi_paper"))):
+                ov = float(ov) if ov is not None and pd.notna(ov) else np.nan
+                rows.append(dict(table=f"Table 2 {part}", item=f"{spec.label(var)} {name}", paper=pv,
+                                 ours=round(ov, 3), difference=round(ov, 3) - pv,
+                                 match=bool(abs(round(ov, 3) - pv) <= 0.001 + 1e-9)))
+            op = r.get(f"{prefix}p_paper")
+            op = float(op) if op is not None and pd.notna(op) else np.nan
+            value, rel = parse_p(p)
+            rows.append(dict(table=f"Table 2 {part}", item=f"{spec.label(var)} P", paper=value, ours=round(op, 3),
+                             difference=np.nan if rel == "<" else round(op, 3) - value,
+                             match=bool(op < value) if rel == "<" else bool(abs(round(op, 3) - value) <= 0.001 + 1e-9),
+                             note="paper prints <0.05" if rel == "<" else ""))
+    return pd.DataFrame(rows)

@@ -1,0 +1,343 @@
+"""Stage runner: executes the stage notebooks in order with papermill.
+
+* Each stage writes into ``results/<run>/.tmp-<stage>/``; only when its notebook finished without
+  error is that folder renamed onto ``results/<run>/<stage>/``, so a failure leaves the previous
+  results intact.
+* A stage is skipped when its key is unchanged: the key hashes the params sections the stage reads,
+  the stage notebook and the source of the package modules it uses, and a fingerprint of its upstream
+  stages' output files.
+* The executed notebook goes to ``results/<run>/notebooks/``; ``python -m hcc25d book`` copies a run's
+  executed notebooks to ``book/executed/`` and renders the book.
+* ``results/<run>/provenance.json`` records parameters, seed, package versions, git commit, device and
+  the wall time of each stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Optional
+
+from . import config as _config
+from .io import PROJECT_ROOT, read_json, write_json
+
+__all__ = ["Stage", "STAGES", "StageFailed", "run", "stage_key", "build_book", "ensure_kernel"]
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+COMMON_MODULES = ("config", "io", "plotting", "stats")
+KEY_PACKAGES = ("numpy", "pandas", "scipy", "scikit-learn", "statsmodels", "matplotlib", "seaborn",
+                "SimpleITK", "pyradiomics-bhklab", "torch", "torchvision", "xgboost", "lightgbm",
+                "papermill", "jupyter-book", "joblib", "grad-cam")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    notebook: str
+    title: str
+    deps: tuple = ()
+    sections: tuple = ()
+    modules: tuple = ()
+    data_files: tuple = ()
+
+
+STAGES: list[Stage] = [
+    Stage("cohort", "01_cohort.ipynb", "Cohort: Tables 1 and 2", deps=(),
+          sections=("seed", "data", "cohort"), modules=("cohort", "synthetic"),
+          data_files=("data/table1_spec.yaml",)),
+    Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction", deps=("cohort",),
+          sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "compare"),
+          sections=(), modules=()),
+]
+
+
+class StageFailed(RuntimeError):
+    """A stage notebook raised; the message names the notebook, the cell and the error."""
+
+
+# --------------------------------------------------------------------------------------------------
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _code_hash(stage: Stage, nb_dir: Optional[Path] = None) -> str:
+    h = hashlib.sha256()
+    h.update((Path(nb_dir or NOTEBOOK_DIR) / stage.notebook).read_bytes())
+    pkg = Path(__file__).parent
+    for mod in sorted(set(COMMON_MODULES) | set(stage.modules)):
+        p = pkg / f"{mod}.py"
+        if p.exists():
+            h.update(mod.encode() + p.read_bytes())
+    for rel in stage.data_files:
+        p = pkg / rel
+        if p.exists():
+            h.update(rel.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def dir_fingerprint(path: Path) -> str:
+    """Hash of the relative paths, sizes and modification times of every file under ``path``."""
+    h = hashlib.sha256()
+    if path.exists():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def stage_key(stage: Stage, params: _config.Params, run_dir: Path, nb_dir: Optional[Path] = None) -> str:
+    payload = {
+        "stage": stage.name,
+        "params": _config.section_dict(params, stage.sections),
+        "run": params.run,
+        "code": _code_hash(stage, nb_dir),
+        "inputs": {d: dir_fingerprint(run_dir / d) for d in stage.deps},
+    }
+    return _sha(json.dumps(payload, sort_keys=True, default=str).encode())
+
+
+# --------------------------------------------------------------------------------------------------
+def ensure_kernel() -> str:
+    """Install (once) a Jupyter kernelspec that runs *this* interpreter, and return its name.
+
+    The name is unique to the interpreter, so a kernel of the same name elsewhere on the machine
+    cannot shadow it: the notebooks always run in the environment that runs the runner.
+    """
+    name = "hcc25d-" + hashlib.sha1(sys.executable.encode()).hexdigest()[:8]
+    kdir = Path(sys.prefix) / "share" / "jupyter" / "kernels" / name
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"hcc25d (Python {platform.python_version()})", "language": "python",
+            "env": {"PYTHONHASHSEED": "0"}}
+    kfile = kdir / "kernel.json"
+    if not kfile.exists() or json.loads(kfile.read_text()) != spec:
+        kdir.mkdir(parents=True, exist_ok=True)
+        kfile.write_text(json.dumps(spec, indent=1))
+    return name
+
+
+def _git_commit() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                    timeout=10).stdout.strip())
+        return {"commit": commit or None, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in KEY_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _device() -> dict:
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        info["cuda"] = bool(torch.cuda.is_available())
+        if info["cuda"]:
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:  # torch missing or broken: the device is the CPU
+        info["cuda"] = False
+    return info
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _failure_message(stage: Stage, exc: Exception, failed_nb: Path) -> str:
+    cell = getattr(exc, "cell_index", None)
+    count = getattr(exc, "exec_count", None)
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = _ANSI.sub("", str(getattr(exc, "evalue", exc)))
+    source = getattr(exc, "source", "") or ""
+    where = f"cell {cell}" if cell is not None else "a cell"
+    if count is not None:
+        where += f" (In [{count}])"
+    first = source.strip().splitlines()[:3]
+    src = ("\n    " + "\n    ".join(first)) if first else ""
+    return (f"stage '{stage.name}' failed in notebooks/{stage.notebook}, {where}:{src}\n"
+            f"  {ename}: {evalue}\n"
+            f"  executed notebook with the full traceback: {failed_nb}\n"
+            f"  earlier results of this stage were left as they were.")
+
+
+def _select(stages: list[Stage], from_stage: Optional[str], only: Optional[Iterable[str]]) -> list[Stage]:
+    names = [s.name for s in stages]
+    if only:
+        only = list(only)
+        bad = [o for o in only if o not in names]
+        if bad:
+            raise ValueError(f"unknown stage(s) {bad}; stages are: {', '.join(names)}")
+        return [s for s in stages if s.name in only]
+    if from_stage:
+        if from_stage not in names:
+            raise ValueError(f"unknown stage {from_stage!r}; stages are: {', '.join(names)}")
+        return stages[names.index(from_stage):]
+    return stages
+
+
+def _log(msg: str) -> None:
+    print(f"[hcc25d] {msg}", flush=True)
+
+
+def run(params_file: str | Path, from_stage: Optional[str] = None, only: Optional[Iterable[str]] = None,
+        force: bool = False, results_root: Optional[Path] = None, stages: Optional[list[Stage]] = None,
+        notebook_dir: Optional[Path] = None) -> dict:
+    """Run the stages of a params file; returns ``{stage: "ran" | "skipped"}``.
+
+    Raises :class:`StageFailed` (after saving the failed notebook) when a stage notebook raises.
+    """
+    import papermill as pm
+
+    params_file = Path(params_file)
+    params = _config.load(params_file)
+    all_stages = stages if stages is not None else STAGES
+    nb_dir = Path(notebook_dir) if notebook_dir else NOTEBOOK_DIR
+    root = Path(results_root) if results_root else PROJECT_ROOT / "results"
+    run_dir = root / params.run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "notebooks").mkdir(exist_ok=True)
+    kernel = ensure_kernel()
+    prov_path = run_dir / "provenance.json"
+    prov = read_json(prov_path) if prov_path.exists() else {}
+    prov.update({
+        "run": params.run, "params_file": str(params_file), "params": _config.to_dict(params),
+        "seed": params.seed, "packages": package_versions(), "git": _git_commit(), "device": _device(),
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    prov.setdefault("stages", {})
+    status: dict[str, str] = {}
+    for stage in _select(all_stages, from_stage, only):
+        key = stage_key(stage, params, run_dir, nb_dir)
+        final = run_dir / stage.name
+        record_path = final / ".stage.json"
+        executed = run_dir / "notebooks" / stage.notebook
+        if not force and record_path.exists() and executed.exists():
+            if read_json(record_path).get("key") == key:
+                _log(f"{stage.name}: unchanged, skipped")
+                status[stage.name] = "skipped"
+                continue
+        _log(f"{stage.name}: running notebooks/{stage.notebook}")
+        tmp = run_dir / f".tmp-{stage.name}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        tmp_nb = run_dir / "notebooks" / f".running-{stage.notebook}"
+        t0 = time.perf_counter()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        try:
+            pm.execute_notebook(
+                str(nb_dir / stage.notebook), str(tmp_nb),
+                parameters={"params_file": str(params_file.resolve()),
+                            "out_dir": str(tmp), "results_root": str(root)},
+                kernel_name=kernel, cwd=str(PROJECT_ROOT), progress_bar=False,
+                log_output=False, stdout_file=None, stderr_file=sys.stderr,
+            )
+        except Exception as exc:  # papermill's PapermillExecutionError, a dead kernel, ...
+            failed_nb = run_dir / "notebooks" / f"{Path(stage.notebook).stem}.failed.ipynb"
+            if tmp_nb.exists():
+                os.replace(tmp_nb, failed_nb)
+            shutil.rmtree(tmp, ignore_errors=True)
+            prov["stages"].setdefault(stage.name, {})["last_failure"] = {
+                "at": started, "error": f"{getattr(exc, 'ename', type(exc).__name__)}: "
+                                        f"{_ANSI.sub('', str(getattr(exc, 'evalue', exc)))[:500]}"}
+            write_json(prov, prov_path)
+            raise StageFailed(_failure_message(stage, exc, failed_nb)) from None
+        wall = time.perf_counter() - t0
+        record = {"stage": stage.name, "key": key, "started": started, "wall_s": round(wall, 2),
+                  "notebook": stage.notebook}
+        extra = tmp / "stage_provenance.json"
+        if extra.exists():
+            record["notes"] = read_json(extra)
+        write_json(record, tmp / ".stage.json")
+        old = run_dir / f".old-{stage.name}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp_nb, executed)
+        failed_nb = run_dir / "notebooks" / f"{Path(stage.notebook).stem}.failed.ipynb"
+        if failed_nb.exists():
+            failed_nb.unlink()
+        figs = run_dir / "figures"
+        figs.mkdir(exist_ok=True)
+        for f in final.glob("fig-*"):
+            shutil.copy2(f, figs / f.name)
+        prov["stages"][stage.name] = record
+        write_json(prov, prov_path)
+        _log(f"{stage.name}: done in {wall:.1f} s")
+        status[stage.name] = "ran"
+    write_json(prov, prov_path)
+    return status
+
+
+# --------------------------------------------------------------------------------------------------
+def toc_notebooks() -> list[str]:
+    """Executed-notebook files the book's table of contents expects (``book/executed/*.ipynb``)."""
+    import yaml
+
+    toc = yaml.safe_load((PROJECT_ROOT / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            f = node.get("file")
+            if isinstance(f, str) and f.startswith("book/executed/"):
+                files.append(f.split("/")[-1] + ".ipynb")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(toc)
+    return files
+
+
+def build_book(run_name: str, strict: bool = True) -> Path:
+    """Copy a run's executed notebooks to ``book/executed/`` and render the book to ``_build/html``."""
+    src = PROJECT_ROOT / "results" / run_name / "notebooks"
+    dst = PROJECT_ROOT / "book" / "executed"
+    missing = [nb for nb in toc_notebooks() if not (src / nb).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"run '{run_name}' has no executed notebook for {', '.join(missing)} in {src}: "
+            f"run `python -m hcc25d run --params params/{run_name}.yaml` first")
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for nb in toc_notebooks():
+        shutil.copy2(src / nb, dst / nb)
+    figs = PROJECT_ROOT / "results" / run_name / "figures"
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(PROJECT_ROOT)]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    _log(f"rendering the book for run '{run_name}'")
+    env = dict(os.environ, HCC25D_RUN=run_name, HCC25D_FIGURES=str(figs))
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError("jupyter-book build failed (warnings are errors); see the messages above")
+    out = PROJECT_ROOT / "_build" / "html" / "index.html"
+    _log(f"book: {out}")
+    return out
