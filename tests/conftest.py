@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
     if not has_cuda:
         skip = pytest.mark.skip(reason="needs CUDA")
         for item in items:
-            if "gpu" in item.keywords:
+            if item.get_closest_marker("gpu"):
                 item.add_marker(skip)
 
 

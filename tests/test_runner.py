@@ -1,0 +1,131 @@
+"""The stage runner: skipping, reruns on change, failure reporting, atomic stage outputs; the smoke chain."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hcc25d import runner
+from tools.mknb import write
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WRITE_NB = [
+    ("params", 'params_file = ""\nout_dir = ""\nresults_root = ""\noverrides = {}'),
+    ("code", "import hcc25d.config, pathlib\ncfg = hcc25d.config.load(params_file)\n"
+             "pathlib.Path(out_dir, 'seed.txt').write_text(str(cfg.seed))"),
+]
+READ_NB = [
+    ("params", 'params_file = ""\nout_dir = ""\nresults_root = ""\noverrides = {}'),
+    ("code", "import pathlib\nseed = pathlib.Path(results_root, 'r', 'a', 'seed.txt').read_text()\n"
+             "pathlib.Path(out_dir, 'copy.txt').write_text(seed)"),
+    ("code", "if seed == '13':\n    raise ValueError('seed 13 is unlucky')"),
+]
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    nbdir = tmp_path / "nb"
+    nbdir.mkdir()
+    write(nbdir / "a.ipynb", WRITE_NB)
+    write(nbdir / "b.ipynb", READ_NB)
+    stages = [runner.Stage("a", "a.ipynb", "A", sections=("seed",)),
+              runner.Stage("b", "b.ipynb", "B", deps=("a",))]
+    params = tmp_path / "r.yaml"
+
+    def go(seed, **kw):
+        params.write_text(yaml.safe_dump({"run": "r", "seed": seed}))
+        return runner.run(params, results_root=tmp_path / "results", stages=stages, notebook_dir=nbdir, **kw)
+
+    return go, tmp_path / "results" / "r", nbdir
+
+
+def test_skip_rerun_and_force(setup):
+    go, run_dir, nbdir = setup
+    assert go(1) == {"a": "ran", "b": "ran"}
+    assert (run_dir / "b" / "copy.txt").read_text() == "1"
+    assert go(1) == {"a": "skipped", "b": "skipped"}
+    # a parameter the stage reads changed: it reruns, and so does its dependant
+    assert go(2) == {"a": "ran", "b": "ran"}
+    assert (run_dir / "b" / "copy.txt").read_text() == "2"
+    assert go(2, only=["b"], force=True) == {"b": "ran"}
+    # notebook (code) change reruns the stage
+    write(nbdir / "b.ipynb", READ_NB + [("code", "x = 1")])
+    assert go(2) == {"a": "skipped", "b": "ran"}
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["seed"] == 2 and set(prov["stages"]) == {"a", "b"}
+    assert prov["stages"]["a"]["wall_s"] >= 0 and "numpy" in prov["packages"]
+
+
+def test_failure_names_notebook_cell_and_error_and_keeps_results(setup):
+    go, run_dir, _ = setup
+    go(1)
+    with pytest.raises(runner.StageFailed) as err:
+        go(13)
+    msg = str(err.value)
+    assert "b.ipynb" in msg and "cell" in msg and "ValueError: seed 13 is unlucky" in msg
+    assert (run_dir / "notebooks" / "b.failed.ipynb").exists()
+    # stage b's earlier result is intact, no temporary folder is left behind
+    assert (run_dir / "b" / "copy.txt").read_text() == "1"
+    assert not list(run_dir.glob(".tmp-*"))
+    # after fixing the input the stage runs again
+    assert go(3)["b"] == "ran"
+
+
+def test_unknown_stage(setup):
+    go, _, _ = setup
+    with pytest.raises(ValueError, match="unknown stage"):
+        go(1, only=["zzz"])
+
+
+def test_cli_reports_bad_params(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: x\ncompute: {n_jobs: many}\nfoo: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "hcc25d", "run", "--params", str(bad)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "compute.n_jobs: expected an integer" in proc.stderr and "foo: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_toc_notebooks_exist_as_templates():
+    for nb in runner.toc_notebooks():
+        assert (ROOT / "notebooks" / nb).exists(), nb
+    assert {s.notebook for s in runner.STAGES} >= set(runner.toc_notebooks())
+
+
+def test_notebook_templates_follow_house_rules():
+    import re
+
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert "parameters" in code[0]["metadata"].get("tags", []), nb
+        for c in code:
+            assert not c.get("outputs"), nb
+            assert not re.search(r"^\s*(def|class)\s", "".join(c["source"]), re.M), nb
+
+
+def test_environment_yml_mirrors_lock():
+    from tools.sync_environment import render
+
+    assert (ROOT / "environment.yml").read_text() == render()
+    lock = (ROOT / "requirements.lock").read_text()
+    for pin in ("torch==2.14.1", "torchvision==0.29.1", "pyradiomics-bhklab==", "jupyter-book==1."):
+        assert pin in lock
+
+
+@pytest.mark.slow
+def test_smoke_chain(tmp_path):
+    """The real stage notebooks on the smoke profile, into a scratch results folder."""
+    status = runner.run(ROOT / "params" / "smoke.yaml", results_root=tmp_path)
+    assert set(status.values()) == {"ran"}
+    run_dir = tmp_path / "smoke"
+    assert (run_dir / "cohort" / "patients.csv").exists()
+    assert (run_dir / "figures" / "fig-cohort-correlation.png").exists()
+    for nb in runner.toc_notebooks():
+        assert (run_dir / "notebooks" / nb).exists()
+    again = runner.run(ROOT / "params" / "smoke.yaml", results_root=tmp_path)
+    assert set(again.values()) == {"skipped"}
