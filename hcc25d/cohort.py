@@ -214,6 +214,8 @@ def table1(patients: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
         y = sub["label"].to_numpy()
         n0, n1 = int((y == 0).sum()), int((y == 1).sum())
         for var, d in spec.continuous.items():
+            if var not in sub:
+                continue
             x0 = sub.loc[y == 0, var].to_numpy(float)
             x1 = sub.loc[y == 1, var].to_numpy(float)
             p, test = continuous_test(x0, x1)
@@ -221,6 +223,8 @@ def table1(patients: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
                              mean0=x0.mean(), sd0=x0.std(ddof=1), mean1=x1.mean(), sd1=x1.std(ddof=1),
                              p=p, test=test))
         for var, d in spec.categorical.items():
+            if var not in sub:
+                continue
             codes = spec.codes(var)
             tab = np.array([[int(((sub[var] == code) & (y == o)).sum()) for o in (0, 1)] for code in codes])
             p = categorical_test(tab)
@@ -292,7 +296,7 @@ def table2(patients: pd.DataFrame, spec: CohortSpec, cohort: str = "training",
     """
     sub = patients[patients["cohort"] == cohort]
     y = sub["label"].to_numpy()
-    variables = variables or spec.variables
+    variables = [v for v in (variables or spec.variables) if v in sub]
     rows = []
     for var in variables:
         X = sub[[var]]

@@ -42,6 +42,38 @@ class DataCfg:
     source: str = _choices("twin", "manifest", default="twin")
     #: path to the manifest CSV (own data), relative to the project root or absolute.
     manifest: Optional[str] = None
+    #: the phases the study has (a manifest may then leave the other phase columns empty).
+    phases: tuple[str, ...] = ("plain", "arterial", "portal")
+    #: label of the tumour in a multi-label mask (null: the mask must be binary).
+    mask_label: Optional[int] = None
+    #: replace patient ids by a salted hash in everything written under results/.
+    pseudonymise: bool = False
+    #: the salt of the pseudonyms (keep it secret, keep it fixed across runs).
+    salt: str = ""
+
+
+@dataclass(frozen=True)
+class TwinCfg:
+    """Imaging twin: grid and scanner profile per centre (lists: [centre 1, centre 2])."""
+
+    #: in-plane matrix of centre 1 (centre 2 covers the same field of view with its own pixel size).
+    matrix: int = 144
+    #: in-plane pixel size (mm) per centre.
+    spacing_xy: tuple[float, ...] = (0.8, 0.9)
+    #: slice thickness (mm) per centre.
+    slice_mm: tuple[float, ...] = (2.0, 2.5)
+    #: cranio-caudal extent of the volume (mm).
+    extent_z_mm: float = 100.0
+    #: image noise SD (HU) per centre.
+    noise_hu: tuple[float, ...] = (12.0, 18.0)
+    #: scanner blur (Gaussian SD, mm) per centre.
+    blur_mm: tuple[float, ...] = (0.6, 0.9)
+    #: HU offset per centre (calibration difference).
+    hu_offset: tuple[float, ...] = (0.0, 8.0)
+    #: arterial-phase timing factor per centre (1 = centre 1's peak; < 1: later, less arterial contrast).
+    arterial_timing: tuple[float, ...] = (1.0, 0.85)
+    #: multiplies every effect size of the latent-risk model (0 = no imaging signal).
+    signal_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +106,7 @@ class Params:
     description: str = ""
     data: DataCfg = field(default_factory=DataCfg)
     cohort: CohortCfg = field(default_factory=CohortCfg)
+    twin: TwinCfg = field(default_factory=TwinCfg)
     compute: ComputeCfg = field(default_factory=ComputeCfg)
 
 

@@ -49,3 +49,36 @@ def correlation_heatmap(df: pd.DataFrame, labels: dict | None = None, title: str
     if title:
         g.fig.suptitle(title, y=1.01)
     return g.fig
+
+
+def phase_gallery(cases_df: pd.DataFrame, load, window=(250.0, 50.0), title: str = ""):
+    """One row per patient: the three phases at the tumour's maximal-area axial slice, with the mask
+    outline. ``load(row)`` returns ``({phase: sitk.Image}, mask sitk.Image)``."""
+    import SimpleITK as sitk
+
+    w, lvl = window
+    lo, hi = lvl - w / 2, lvl + w / 2
+    phases = ("plain", "arterial", "portal")
+    n = len(cases_df)
+    fig, axes = plt.subplots(n, 3, figsize=(8.4, 2.8 * n), squeeze=False)
+    for i, (_, row) in enumerate(cases_df.iterrows()):
+        imgs, mask = load(row)
+        m = sitk.GetArrayFromImage(mask)
+        k = int(np.argmax(m.reshape(m.shape[0], -1).sum(1)))
+        sp = mask.GetSpacing()
+        for j, ph in enumerate(phases):
+            ax = axes[i, j]
+            if ph in imgs:
+                a = sitk.GetArrayFromImage(imgs[ph])[k]
+                ax.imshow(a, cmap="gray", vmin=lo, vmax=hi, aspect=sp[1] / sp[0], interpolation="nearest")
+                ax.contour(m[k], levels=[0.5], colors="#e4572e", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(ph)
+        outcome = "recurrence" if int(row["label"]) == 1 else "no recurrence"
+        axes[i, 0].set_ylabel(f"{row['patient_id']}\ncentre {row['centre']}, {outcome}", fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return fig

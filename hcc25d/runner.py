@@ -55,9 +55,11 @@ STAGES: list[Stage] = [
     Stage("cohort", "01_cohort.ipynb", "Cohort: Tables 1 and 2", deps=(),
           sections=("seed", "data", "cohort"), modules=("cohort", "synthetic"),
           data_files=("data/table1_spec.yaml",)),
-    Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction", deps=("cohort",),
+    Stage("data", "01b_data.ipynb", "Images: twin or own data", deps=("cohort",),
+          sections=("seed", "data", "cohort", "twin"), modules=("imaging", "manifest", "synthetic", "parallel")),
+    Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction", deps=("cohort", "data"),
           sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
-    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "compare"),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "compare"),
           sections=(), modules=()),
 ]
 
