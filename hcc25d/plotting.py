@@ -72,6 +72,9 @@ def phase_gallery(cases_df: pd.DataFrame, load, window=(250.0, 50.0), title: str
                 a = sitk.GetArrayFromImage(imgs[ph])[k]
                 ax.imshow(a, cmap="gray", vmin=lo, vmax=hi, aspect=sp[1] / sp[0], interpolation="nearest")
                 ax.contour(m[k], levels=[0.5], colors="#e4572e", linewidths=0.8)
+            else:
+                ax.text(0.5, 0.5, "phase not in\nthis study", ha="center", va="center", color="0.5",
+                        transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

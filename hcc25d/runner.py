@@ -59,7 +59,9 @@ STAGES: list[Stage] = [
           sections=("seed", "data", "cohort", "twin"), modules=("imaging", "manifest", "synthetic", "parallel")),
     Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction", deps=("cohort", "data"),
           sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
-    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "compare"),
+    Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
+          sections=(), modules=("manifest",)),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "compare", "owndata"),
           sections=(), modules=()),
 ]
 
