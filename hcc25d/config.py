@@ -87,6 +87,40 @@ class CohortCfg:
 
 
 @dataclass(frozen=True)
+class CropCfg:
+    """2.5D cropping (see :mod:`hcc25d.crop25d`)."""
+
+    #: resampled voxel spacing (x, y, z) in mm.
+    spacing_mm: tuple[float, ...] = (1.0, 1.0, 1.0)
+    #: image interpolation for resampling (the mask always uses nearest neighbour).
+    interpolation: str = _choices("linear", "bspline", default="linear")
+    #: CT window width and level (HU) mapped to [0, 1].
+    window_width: float = 250.0
+    window_level: float = 50.0
+    #: axial offsets (slices of the resampled grid) around the maximal-area slice.
+    axial_offsets: tuple[int, ...] = (0, -1, 1, -2, 2, -4, 4)
+    #: sagittal and coronal offsets around their maximal-area slices.
+    sagittal_offsets: tuple[int, ...] = (0,)
+    coronal_offsets: tuple[int, ...] = (0,)
+    #: context around the ROI's bounding box (mm, each side).
+    margin_mm: float = 12.0
+    #: output size (pixels) of each instance (224 in the paper).
+    image_size: int = 96
+    #: phases as channels, in the paper's order.
+    channels: tuple[str, ...] = ("arterial", "plain", "portal")
+    #: ``central``: axial neighbours share one box (aligned, one scale); ``slice``: each slice's own ROI box.
+    box: str = _choices("central", "slice", default="central")
+    #: ROI thinner than an offset: ``keep`` the slice, or ``clamp`` it to the ROI's last slice.
+    thin_roi: str = _choices("keep", "clamp", default="keep")
+    #: several tumour components: ``largest`` only, or ``each`` as its own bag.
+    components: str = _choices("largest", "each", default="largest")
+    min_component_voxels: int = 10
+    #: 3D crops for the 3D baseline: cube edge (mm) and voxels per edge.
+    cube_mm: float = 96.0
+    cube_size: int = 48
+
+
+@dataclass(frozen=True)
 class ComputeCfg:
     #: worker processes for per-patient work (-1 = all cores).
     n_jobs: int = 2
@@ -107,6 +141,7 @@ class Params:
     data: DataCfg = field(default_factory=DataCfg)
     cohort: CohortCfg = field(default_factory=CohortCfg)
     twin: TwinCfg = field(default_factory=TwinCfg)
+    crop: CropCfg = field(default_factory=CropCfg)
     compute: ComputeCfg = field(default_factory=ComputeCfg)
 
 

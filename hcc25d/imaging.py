@@ -47,12 +47,13 @@ a small HU offset and a later arterial phase (less arterial tumour enhancement, 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+
+from .config import TwinCfg
 
 __all__ = ["TwinImagingParams", "SIGNAL", "HU", "draw_latent", "make_patient", "write_patient",
            "oracle_probabilities", "PHASES"]
@@ -77,19 +78,8 @@ SIGNAL = {"pae": {"delta": 0.9, "gamma": 0.4},
           "heterogeneity": {"delta": 0.5, "gamma": 0.0}}
 
 
-@dataclass(frozen=True)
-class TwinImagingParams:
-    """Scanner profile and grid per centre (index 0 = centre 1, 1 = centre 2)."""
-
-    matrix: int = 144
-    spacing_xy: tuple = (0.8, 0.9)
-    slice_mm: tuple = (2.0, 2.5)
-    extent_z_mm: float = 100.0
-    noise_hu: tuple = (12.0, 18.0)
-    blur_mm: tuple = (0.6, 0.9)
-    hu_offset: tuple = (0.0, 8.0)
-    arterial_timing: tuple = (1.0, 0.85)
-    signal_scale: float = 1.0
+#: scanner profile and grid per centre (index 0 = centre 1, 1 = centre 2): the ``twin`` params section
+TwinImagingParams = TwinCfg
 
 
 def patient_rng(seed: int, patient_id: str, stream: int = 0) -> np.random.Generator:

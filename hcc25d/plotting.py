@@ -85,3 +85,29 @@ def phase_gallery(cases_df: pd.DataFrame, load, window=(250.0, 50.0), title: str
         fig.suptitle(title, y=1.0)
     fig.tight_layout()
     return fig
+
+
+def instance_grid(instances: np.ndarray, index: pd.DataFrame, channels=("arterial", "plain", "portal"),
+                  title: str = ""):
+    """Figure 3: a bag's instances as columns (views × offsets); the first row shows the three phases
+    as RGB, the next rows each phase alone."""
+    n = len(index)
+    labels = [f"{r.view}\n{r.offset:+d}" if r.view == "axial" else f"{r.view}\n{r.offset:+d}"
+              for r in index.itertuples()]
+    fig, axes = plt.subplots(1 + len(channels), n, figsize=(1.45 * n, 1.55 * (1 + len(channels))), squeeze=False)
+    for j in range(n):
+        rgb = np.moveaxis(instances[j][:3], 0, -1).astype(np.float32)
+        axes[0, j].imshow(np.clip(rgb, 0, 1), interpolation="nearest")
+        axes[0, j].set_title(labels[j], fontsize=8)
+        for i, ch in enumerate(channels):
+            axes[i + 1, j].imshow(instances[j][i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_ylabel("RGB =\n" + "/".join(c[:3] for c in channels), fontsize=8)
+    for i, ch in enumerate(channels):
+        axes[i + 1, 0].set_ylabel(ch, fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout(pad=0.3)
+    return fig

@@ -57,11 +57,13 @@ STAGES: list[Stage] = [
           data_files=("data/table1_spec.yaml",)),
     Stage("data", "01b_data.ipynb", "Images: twin or own data", deps=("cohort",),
           sections=("seed", "data", "cohort", "twin"), modules=("imaging", "manifest", "synthetic", "parallel")),
+    Stage("crop25d", "02_crop25d.ipynb", "2.5D cropping", deps=("data",),
+          sections=("data", "crop"), modules=("crop25d", "manifest", "parallel")),
     Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction", deps=("cohort", "data"),
           sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
     Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
           sections=(), modules=("manifest",)),
-    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "compare", "owndata"),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "compare", "owndata"),
           sections=(), modules=()),
 ]
 

@@ -1,0 +1,296 @@
+"""2.5D cropping: resampling and windowing, the maximal-ROI slice with its neighbours, three views,
+three phases as channels — and the 3D crops of the 3D baseline.
+
+What 2.5D means here
+--------------------
+For each patient (one *bag*), the axial slice with the largest tumour area is found on the resampled
+grid. Around it the *instances* are cut:
+
+* the axial slices at offsets ``axial_offsets`` (default 0, ±1, ±2, ±4 slices of the resampled grid, i.e.
+  millimetres at 1 mm spacing): 7 instances;
+* the sagittal and coronal slices with the largest tumour area (``sagittal_offsets`` /
+  ``coronal_offsets``, default ``[0]`` each): 2 instances.
+
+The default bag therefore holds **9** distinct 2D regions. The paper speaks of "10 distinct 2D regions"
+while listing exactly these 7 + 2; its count is reachable by parameters, e.g. ``sagittal_offsets: [0, 2]``
+(any offsets whose total count is 10).
+
+Each instance is a square crop around the ROI's bounding box plus ``margin_mm`` of context, resampled to
+``image_size`` × ``image_size`` pixels, with the phases as channels in the paper's order (arterial,
+plain, portal). With ``box: central`` (default) all axial instances share one box — the union of the
+ROI's boxes over those slices — so the neighbours are aligned and on one scale; ``box: slice`` uses each
+slice's own ROI box (the central box where a slice has no ROI).
+
+Edge cases
+----------
+* ROI at the volume border: the crop reaches outside the volume and is padded with the window's floor
+  (0 after windowing); values never wrap.
+* ROI thinner than the largest offset: ``thin_roi: keep`` (default) keeps the slice at that offset (its
+  peritumoral context is still informative); ``clamp`` moves it to the last slice that contains ROI.
+* several tumour components: ``components: largest`` (default) keeps the largest connected component;
+  ``each`` makes every component (≥ ``min_component_voxels``) its own bag ``<patient>#<k>``.
+* ties in maximal area: the tied slice nearest the ROI's centre of mass wins, then the lowest index.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .config import CropCfg
+
+__all__ = ["CropParams", "resample_and_window", "window", "max_area_index", "select_instances",
+           "extract_square", "crop_arrays", "crop_patient", "crop_all", "load_instances"]
+
+VIEWS = ("axial", "sagittal", "coronal")
+
+
+#: the cropping parameters (the ``crop`` section of a params file)
+CropParams = CropCfg
+
+
+def window(hu: np.ndarray, width: float = 250.0, level: float = 50.0) -> np.ndarray:
+    """Map HU to [0, 1]: ``level - width/2`` → 0, ``level + width/2`` → 1, clipped."""
+    lo = level - width / 2.0
+    return np.clip((np.asarray(hu, np.float32) - lo) / float(width), 0.0, 1.0)
+
+
+def _roi_region(mask, pad_mm: float):
+    """Index region (start, size) of the mask's bounding box padded by ``pad_mm``, clipped to the image."""
+    import SimpleITK as sitk
+
+    f = sitk.LabelShapeStatisticsImageFilter()
+    f.Execute(mask)
+    if not f.GetLabels():
+        raise ValueError("empty mask")
+    bb = np.array(f.GetBoundingBox(1))  # x, y, z start, then sizes
+    start, size = bb[:3], bb[3:]
+    sp = np.array(mask.GetSpacing())
+    pad = np.ceil(pad_mm / sp).astype(int)
+    lo = np.maximum(start - pad, 0)
+    hi = np.minimum(start + size + pad, np.array(mask.GetSize()))
+    return lo, hi - lo
+
+
+def resample_and_window(imgs: dict, mask, prm: CropParams, pad_mm: Optional[float] = None):
+    """Resample phases and mask to ``prm.spacing_mm`` on the mask's grid (around the ROI), then window.
+
+    Returns ``(volume (C, Z, Y, X) float32 in [0, 1], mask (Z, Y, X) uint8, channel names, geometry)``
+    where ``geometry`` holds the resampled grid's ``origin``, ``spacing`` and ``direction``.
+    Images use linear or B-spline interpolation; the mask uses nearest neighbour (label-safe).
+    """
+    import SimpleITK as sitk
+
+    m = sitk.Cast(mask != 0, sitk.sitkUInt8) if mask.GetPixelID() != sitk.sitkUInt8 else mask
+    if pad_mm is None:
+        stats = sitk.LabelShapeStatisticsImageFilter()
+        stats.Execute(m)
+        if not stats.GetLabels():
+            raise ValueError("empty mask")
+        ext = np.array(stats.GetBoundingBox(1)[3:]) * np.array(m.GetSpacing())
+        max_off = max([abs(o) for o in prm.axial_offsets + prm.sagittal_offsets + prm.coronal_offsets] or [0])
+        pad_mm = max(ext.max() / 2 + prm.margin_mm + max_off * max(prm.spacing_mm) + 4.0, prm.cube_mm / 2 + 4.0)
+    lo, size = _roi_region(m, pad_mm)
+    roi_m = sitk.RegionOfInterest(m, [int(s) for s in size], [int(v) for v in lo])
+    new_sp = np.array(prm.spacing_mm, float)
+    old_sp = np.array(roi_m.GetSpacing())
+    new_size = [max(1, int(round(n * o / s))) for n, o, s in zip(roi_m.GetSize(), old_sp, new_sp)]
+    # the new grid starts half a voxel in from the old region's edge so both cover the same extent
+    D = np.array(roi_m.GetDirection()).reshape(3, 3)
+    origin = np.array(roi_m.GetOrigin()) + D @ ((new_sp - old_sp) / 2.0)
+    ref = sitk.Image(new_size, sitk.sitkUInt8)
+    ref.SetSpacing(tuple(new_sp))
+    ref.SetOrigin(tuple(origin))
+    ref.SetDirection(roi_m.GetDirection())
+    mask_r = sitk.Resample(roi_m, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    interp = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}[prm.interpolation]
+    floor_hu = prm.window_level - prm.window_width / 2.0
+    chans = []
+    names = []
+    available = [c for c in prm.channels if c in imgs]
+    if not available:
+        raise ValueError(f"none of the channel phases {prm.channels} is available")
+    for ch in prm.channels:
+        src = imgs.get(ch, imgs[available[0]])
+        roi_i = sitk.RegionOfInterest(src, [int(s) for s in size], [int(v) for v in lo])
+        r = sitk.Resample(roi_i, ref, sitk.Transform(), interp, float(floor_hu), sitk.sitkFloat32)
+        chans.append(window(sitk.GetArrayViewFromImage(r), prm.window_width, prm.window_level))
+        names.append(ch if ch in imgs else f"{ch} (missing: copy of {available[0]})")
+    geometry = {"origin": mask_r.GetOrigin(), "spacing": mask_r.GetSpacing(), "direction": mask_r.GetDirection()}
+    return np.stack(chans), sitk.GetArrayFromImage(mask_r), names, geometry
+
+
+def max_area_index(areas: np.ndarray) -> int:
+    """Index of the largest area; ties → nearest the area-weighted centre, then the lowest index."""
+    areas = np.asarray(areas, float)
+    best = areas.max()
+    if best <= 0:
+        raise ValueError("empty ROI")
+    tied = np.flatnonzero(areas == best)
+    if len(tied) == 1:
+        return int(tied[0])
+    com = float((np.arange(len(areas)) * areas).sum() / areas.sum())
+    return int(tied[np.lexsort((tied, np.abs(tied - com)))[0]])
+
+
+def _bbox2d(m2: np.ndarray):
+    rows = np.flatnonzero(m2.any(axis=1))
+    cols = np.flatnonzero(m2.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
+
+
+def _plane(arr: np.ndarray, view: str, idx: int) -> np.ndarray:
+    """2D plane of a (..., Z, Y, X) array: axial → (Y, X); sagittal → (Z, Y); coronal → (Z, X)."""
+    if view == "axial":
+        return arr[..., idx, :, :]
+    if view == "sagittal":
+        return arr[..., :, :, idx]
+    return arr[..., :, idx, :]
+
+
+def _union(boxes):
+    boxes = [b for b in boxes if b is not None]
+    return (min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def select_instances(m: np.ndarray, prm: CropParams) -> list[dict]:
+    """The instances of one ROI (a binary (Z, Y, X) array): view, offset, slice index and crop box."""
+    out = []
+    axis_sum = {"axial": (1, 2), "sagittal": (0, 1), "coronal": (0, 2)}
+    axis_len = {"axial": m.shape[0], "sagittal": m.shape[2], "coronal": m.shape[1]}
+    for view, offsets in (("axial", prm.axial_offsets), ("sagittal", prm.sagittal_offsets),
+                          ("coronal", prm.coronal_offsets)):
+        if not offsets:
+            continue
+        areas = m.sum(axis=axis_sum[view])
+        centre = max_area_index(areas)
+        present = np.flatnonzero(areas > 0)
+        first, last = int(present[0]), int(present[-1])
+        idxs = []
+        for off in offsets:
+            k = centre + int(off)
+            if prm.thin_roi == "clamp":
+                k = min(max(k, first), last)
+            idxs.append(k)
+        central_box = _bbox2d(_plane(m, view, centre))
+        boxes = [(_bbox2d(_plane(m, view, k)) if 0 <= k < axis_len[view] else None) for k in idxs]
+        if prm.box == "central":
+            shared = _union([central_box] + boxes)
+            boxes = [shared] * len(idxs)
+        else:
+            boxes = [b if b is not None else central_box for b in boxes]
+        for off, k, b in zip(offsets, idxs, boxes):
+            out.append({"view": view, "offset": int(off), "slice_index": int(k), "centre_index": int(centre),
+                        "r0": b[0], "r1": b[1], "c0": b[2], "c1": b[3]})
+    return out
+
+
+def extract_square(plane: np.ndarray, box, margin_px: float, size: int) -> np.ndarray:
+    """Square crop of a (C, R, Cc) plane around ``box`` = (r0, r1, c0, c1) (inclusive) plus
+    ``margin_px`` on each side, sampled bilinearly to ``size`` × ``size``; outside → 0 (never wraps)."""
+    r0, r1, c0, c1 = box
+    side = max(r1 - r0 + 1, c1 - c0 + 1) + 2.0 * margin_px
+    rc, cc = (r0 + r1) / 2.0, (c0 + c1) / 2.0
+    t = (np.arange(size) + 0.5) * side / size - side / 2.0
+    rr, cc_ = np.meshgrid(rc + t, cc + t, indexing="ij")
+    out = np.empty((plane.shape[0], size, size), np.float32)
+    for ch in range(plane.shape[0]):
+        out[ch] = ndimage.map_coordinates(plane[ch], [rr, cc_], order=1, mode="constant", cval=0.0, prefilter=False)
+    return out
+
+
+def _cube(vol: np.ndarray, m: np.ndarray, spacing, prm: CropParams) -> np.ndarray:
+    com = np.array(ndimage.center_of_mass(m))
+    n = prm.cube_size
+    t = (np.arange(n) + 0.5) * prm.cube_mm / n - prm.cube_mm / 2.0
+    sp = np.array(spacing)[::-1]  # z, y, x
+    zz, yy, xx = np.meshgrid(com[0] + t / sp[0], com[1] + t / sp[1], com[2] + t / sp[2], indexing="ij")
+    return np.stack([ndimage.map_coordinates(vol[c], [zz, yy, xx], order=1, mode="constant", cval=0.0,
+                                             prefilter=False) for c in range(vol.shape[0])]).astype(np.float32)
+
+
+def _components(m: np.ndarray, prm: CropParams) -> list[np.ndarray]:
+    lab, n = ndimage.label(m)
+    if n <= 1:
+        return [m.astype(bool)]
+    sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+    order = np.argsort(-sizes, kind="stable")
+    if prm.components == "largest":
+        return [lab == (order[0] + 1)]
+    return [lab == (i + 1) for i in order if sizes[i] >= prm.min_component_voxels]
+
+
+def crop_arrays(vol: np.ndarray, m: np.ndarray, prm: CropParams, spacing=(1.0, 1.0, 1.0)):
+    """Instances of windowed arrays: returns a list of bags ``(instances (N, C, S, S), index rows, cube)``."""
+    bags = []
+    for roi in _components(m, prm):
+        insts = select_instances(roi, prm)
+        arrs = []
+        sp = np.array(spacing, float)  # x, y, z
+        for inst in insts:
+            k = inst["slice_index"]
+            view = inst["view"]
+            n = {"axial": vol.shape[1], "sagittal": vol.shape[3], "coronal": vol.shape[2]}[view]
+            plane = _plane(vol, view, k) if 0 <= k < n else np.zeros_like(_plane(vol, view, 0))
+            # margin in pixels of this plane (rows of sagittal/coronal planes are z)
+            px = sp[0] if view != "sagittal" else sp[1]
+            a = extract_square(plane, (inst["r0"], inst["r1"], inst["c0"], inst["c1"]), prm.margin_mm / px,
+                               prm.image_size)
+            if view != "axial":
+                a = a[:, ::-1, :]  # superior at the top
+            arrs.append(np.ascontiguousarray(a))
+        bags.append((np.stack(arrs), insts, _cube(vol, roi, spacing, prm)))
+    return bags
+
+
+def crop_patient(row: pd.Series, prm: CropParams, phases: Sequence[str], mask_label: Optional[int] = None):
+    """Load one patient (see :func:`hcc25d.manifest.load_patient`), resample, window and crop."""
+    from .manifest import load_patient
+
+    imgs, mask = load_patient(row, phases, mask_label)
+    vol, m, names, _ = resample_and_window(imgs, mask, prm)
+    return crop_arrays(vol, m, prm, prm.spacing_mm), names
+
+
+def _worker(args):
+    row, prm, phases, mask_label, out_dir = args
+    from .io import write_npz
+
+    pid = str(row["patient_id"])
+    bags, names = crop_patient(row, prm, phases, mask_label)
+    rows = []
+    for b, (inst, idx, cube) in enumerate(bags):
+        bag = pid if len(bags) == 1 and prm.components == "largest" else f"{pid}#{b + 1}"
+        fname = bag.replace("#", "_")
+        write_npz(out_dir / "instances" / f"{fname}.npz", x=inst.astype(np.float16))
+        write_npz(out_dir / "cubes" / f"{fname}.npz", x=cube.astype(np.float16))
+        for i, r in enumerate(idx):
+            rows.append({"patient_id": pid, "bag": bag, "file": f"{fname}.npz", "instance": i, **r,
+                         "cohort": row["cohort"], "label": int(row["label"]), "channels": "|".join(names)})
+    return rows
+
+
+def crop_all(cases: pd.DataFrame, prm: CropParams, phases, mask_label, out_dir: Path, n_jobs: int = 1,
+             backend: str = "loky", progress: bool = True) -> pd.DataFrame:
+    """Crop every case; write ``instances/<bag>.npz`` (N × C × S × S, float16), ``cubes/<bag>.npz``
+    (C × D × H × W) and return the index table (also written as ``index.csv``)."""
+    from .io import write_csv
+    from .parallel import map_patients
+
+    out_dir = Path(out_dir)
+    items = [(row, prm, tuple(phases), mask_label, out_dir) for _, row in cases.iterrows()]
+    res = map_patients(_worker, items, n_jobs=n_jobs, backend=backend, desc="2.5D cropping", progress=progress)
+    index = pd.DataFrame([r for rows in res for r in rows])
+    write_csv(index, out_dir / "index.csv")
+    return index
+
+
+def load_instances(crop_dir: Path, bag_file: str) -> np.ndarray:
+    """A bag's instances as float32 (N, C, S, S) — numpy only, for the CNN stages."""
+    with np.load(Path(crop_dir) / "instances" / bag_file) as z:
+        return z["x"].astype(np.float32)
