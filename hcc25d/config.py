@@ -121,6 +121,20 @@ class CropCfg:
 
 
 @dataclass(frozen=True)
+class RadiomicsCfg:
+    """Radiomics features (see :mod:`hcc25d.radiomics`)."""
+
+    #: PyRadiomics settings file (setting / imageType / featureClass).
+    settings: str = "params/radiomics/ct_default.yaml"
+    #: a failed patient-phase: ``stop`` the run, or ``continue`` and list what is missing.
+    on_error: str = _choices("stop", "continue", default="stop")
+    #: context kept around the ROI before PyRadiomics resamples (mm).
+    pad_mm: float = 10.0
+    #: run the PyRadiomics-baseline and IBSI-phantom validations in the chapter.
+    validate: bool = True
+
+
+@dataclass(frozen=True)
 class ComputeCfg:
     #: worker processes for per-patient work (-1 = all cores).
     n_jobs: int = 2
@@ -142,6 +156,7 @@ class Params:
     cohort: CohortCfg = field(default_factory=CohortCfg)
     twin: TwinCfg = field(default_factory=TwinCfg)
     crop: CropCfg = field(default_factory=CropCfg)
+    radiomics: RadiomicsCfg = field(default_factory=RadiomicsCfg)
     compute: ComputeCfg = field(default_factory=ComputeCfg)
 
 

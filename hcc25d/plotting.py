@@ -111,3 +111,27 @@ def instance_grid(instances: np.ndarray, index: pd.DataFrame, channels=("arteria
         fig.suptitle(title, y=1.0)
     fig.tight_layout(pad=0.3)
     return fig
+
+
+def feature_clustermap(features: pd.DataFrame, meta: pd.DataFrame, max_features: int = 400):
+    """Clustered heat map of features (rows) × patients (columns), z-scored with the training cohort's
+    mean and SD, with cohort and outcome colour bars."""
+    import seaborn as sns
+
+    X = features.select_dtypes("number")
+    X = X.loc[:, X.std() > 0]
+    if X.shape[1] > max_features:
+        X = X.iloc[:, :max_features]
+    train = meta.reindex(X.index)["cohort"] == "training"
+    ref = X[train] if train.sum() > 1 else X
+    Z = ((X - ref.mean()) / ref.std().replace(0, 1)).clip(-3, 3).fillna(0)
+    m = meta.reindex(Z.index)
+    cohort_col = m["cohort"].map({"training": "#4c72b0", "internal": "#55a868", "external": "#c44e52"})
+    label_col = m["label"].map({0: "#dddddd", 1: "#333333"})
+    colors = pd.DataFrame({"cohort": cohort_col, "recurrence": label_col})
+    g = sns.clustermap(Z.T, cmap="vlag", vmin=-3, vmax=3, col_colors=colors, figsize=(10, 8),
+                       xticklabels=False, yticklabels=False, dendrogram_ratio=0.1,
+                       cbar_kws={"label": "z (training mean/SD)"})
+    g.ax_heatmap.set_xlabel(f"{Z.shape[0]} patients (bars: cohort blue/green/red = training/internal/external; recurrence black)")
+    g.ax_heatmap.set_ylabel(f"{Z.shape[1]} features")
+    return g.fig

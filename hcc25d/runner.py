@@ -49,21 +49,27 @@ class Stage:
     sections: tuple = ()
     modules: tuple = ()
     data_files: tuple = ()
+    #: dotted params keys holding a file path whose *content* is part of the stage's key
+    param_files: tuple = ()
 
 
 STAGES: list[Stage] = [
     Stage("cohort", "01_cohort.ipynb", "Cohort: Tables 1 and 2", deps=(),
           sections=("seed", "data", "cohort"), modules=("cohort", "synthetic"),
-          data_files=("data/table1_spec.yaml",)),
+          data_files=("data/table1_spec.yaml",), param_files=("cohort.spec", "data.manifest")),
     Stage("data", "01b_data.ipynb", "Images: twin or own data", deps=("cohort",),
-          sections=("seed", "data", "cohort", "twin"), modules=("imaging", "manifest", "synthetic", "parallel")),
+          sections=("seed", "data", "cohort", "twin"), modules=("imaging", "manifest", "synthetic", "parallel"),
+          param_files=("data.manifest",)),
     Stage("crop25d", "02_crop25d.ipynb", "2.5D cropping", deps=("data",),
           sections=("data", "crop"), modules=("crop25d", "manifest", "parallel")),
+    Stage("radiomics", "03_radiomics.ipynb", "Radiomics features", deps=("data",),
+          sections=("data", "radiomics"), modules=("radiomics", "crop25d", "manifest", "parallel"),
+          data_files=("data/ibsi_pyradiomics.yaml",), param_files=("radiomics.settings",)),
     Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction", deps=("cohort", "data"),
           sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
     Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
           sections=(), modules=("manifest",)),
-    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "compare", "owndata"),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "compare", "owndata"),
           sections=(), modules=()),
 ]
 
@@ -103,6 +109,16 @@ def dir_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+def _param_file_hash(params: _config.Params, dotted: str) -> Optional[str]:
+    value = _config.to_dict(params)
+    for k in dotted.split("."):
+        value = value.get(k) if isinstance(value, dict) else None
+    if not isinstance(value, str) or value == "default":
+        return None
+    p = Path(value) if Path(value).is_absolute() else PROJECT_ROOT / value
+    return _sha(p.read_bytes()) if p.is_file() else None
+
+
 def stage_key(stage: Stage, params: _config.Params, run_dir: Path, nb_dir: Optional[Path] = None) -> str:
     payload = {
         "stage": stage.name,
@@ -110,6 +126,7 @@ def stage_key(stage: Stage, params: _config.Params, run_dir: Path, nb_dir: Optio
         "run": params.run,
         "code": _code_hash(stage, nb_dir),
         "inputs": {d: dir_fingerprint(run_dir / d) for d in stage.deps},
+        "files": {k: _param_file_hash(params, k) for k in stage.param_files},
     }
     return _sha(json.dumps(payload, sort_keys=True, default=str).encode())
 
