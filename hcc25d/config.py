@@ -135,6 +135,80 @@ class RadiomicsCfg:
 
 
 @dataclass(frozen=True)
+class AugmentCfg:
+    #: random horizontal/vertical (and, in 3D, depth) flips.
+    flip: bool = True
+    #: random in-plane rotation range (degrees, 2D only).
+    rotate_deg: float = 10.0
+    #: intensity jitter: scale 1 ± x, shift ± x/2 (windowed units).
+    intensity: float = 0.1
+
+
+@dataclass(frozen=True)
+class CnnCfg:
+    """Slice-level transfer learning (see :mod:`hcc25d.cnn`)."""
+
+    #: torchvision backbones (the paper's: densenet121, resnet50, resnet101, vgg19).
+    backbones: tuple[str, ...] = ("resnet18",)
+    #: ``imagenet`` (torchvision weights API), ``none`` (random initialisation) or a path to a state dict.
+    weights: str = "imagenet"
+    #: ImageNet weights unavailable: ``fail``, or ``random`` initialisation (said loudly; not transfer learning).
+    on_missing_weights: str = _choices("fail", "random", default="fail")
+    epochs: int = 8
+    batch_size: int = 64
+    optimizer: str = _choices("adamw", "sgd", default="adamw")
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    schedule: str = _choices("cosine", "step", "none", default="cosine")
+    #: ``balanced``: weight the positive class by n_negative / n_positive; ``none``.
+    class_weight: str = _choices("balanced", "none", default="balanced")
+    dropout: float = 0.2
+    #: fraction of the training patients held out for early stopping (never internal/external).
+    val_fraction: float = 0.2
+    #: epochs without improvement of the validation AUC before stopping.
+    patience: int = 3
+    #: cross-fitting folds for the training cohort's instance predictions.
+    folds: int = 3
+    #: ``crossfit`` (leakage-safe) or ``insample`` (the paper's way: the final model predicts its own training patients).
+    prediction: str = _choices("crossfit", "insample", default="crossfit")
+    #: backbone for the multi-instance stage: ``cv`` = best out-of-fold training AUC (fixed rule), or a backbone name.
+    selection: str = "cv"
+    augment: AugmentCfg = field(default_factory=AugmentCfg)
+    #: mixed precision on CUDA.
+    amp: bool = True
+    deterministic: bool = True
+    #: ``auto`` (CUDA when available) or ``cpu``.
+    device: str = _choices("auto", "cpu", default="auto")
+    #: keep per-epoch checkpoints in results/<run>/.cache/ and resume an interrupted training.
+    resume: bool = True
+
+
+@dataclass(frozen=True)
+class Cnn3dCfg:
+    """The 3D baseline (see :mod:`hcc25d.cnn3d`)."""
+
+    #: channels of the first stage (64 = ResNet-18's widths).
+    width: int = 16
+    epochs: int = 10
+    batch_size: int = 16
+    optimizer: str = _choices("adamw", "sgd", default="adamw")
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    schedule: str = _choices("cosine", "step", "none", default="cosine")
+    class_weight: str = _choices("balanced", "none", default="balanced")
+    dropout: float = 0.2
+    val_fraction: float = 0.2
+    patience: int = 3
+    folds: int = 3
+    prediction: str = _choices("crossfit", "insample", default="crossfit")
+    augment: AugmentCfg = field(default_factory=lambda: AugmentCfg(rotate_deg=0.0))
+    amp: bool = True
+    deterministic: bool = True
+    device: str = _choices("auto", "cpu", default="auto")
+    resume: bool = True
+
+
+@dataclass(frozen=True)
 class ComputeCfg:
     #: worker processes for per-patient work (-1 = all cores).
     n_jobs: int = 2
@@ -157,6 +231,8 @@ class Params:
     twin: TwinCfg = field(default_factory=TwinCfg)
     crop: CropCfg = field(default_factory=CropCfg)
     radiomics: RadiomicsCfg = field(default_factory=RadiomicsCfg)
+    cnn: CnnCfg = field(default_factory=CnnCfg)
+    cnn3d: Cnn3dCfg = field(default_factory=Cnn3dCfg)
     compute: ComputeCfg = field(default_factory=ComputeCfg)
 
 

@@ -135,3 +135,79 @@ def feature_clustermap(features: pd.DataFrame, meta: pd.DataFrame, max_features:
     g.ax_heatmap.set_xlabel(f"{Z.shape[0]} patients (bars: cohort blue/green/red = training/internal/external; recurrence black)")
     g.ax_heatmap.set_ylabel(f"{Z.shape[1]} features")
     return g.fig
+
+
+COHORT_TITLES = {"training": "Training cohort", "internal": "Internal validation", "external": "External validation"}
+
+
+def roc_panels(frame: pd.DataFrame, model_col: str, prob: str = "prob", label: str = "label",
+               cohorts=("training", "internal", "external"), title: str = "", oracle: dict | None = None):
+    """One ROC panel per cohort, one curve per model (AUC in the legend); optional oracle AUC per cohort."""
+    from sklearn.metrics import roc_curve
+
+    from .stats import auc_ci
+
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 4.1), squeeze=False)
+    for ax, c in zip(axes[0], cohorts):
+        g = frame[frame["cohort"] == c]
+        for name, h in g.groupby(model_col, sort=False):
+            h = h[h[prob].notna()]
+            if h[label].nunique() < 2:
+                continue
+            fpr, tpr, _ = roc_curve(h[label], h[prob])
+            a = auc_ci(h[label], h[prob])
+            ax.plot(fpr, tpr, lw=1.6, label=f"{name}: {a.auc:.3f} ({a.low:.3f}–{a.high:.3f})")
+        ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=0.8)
+        t = COHORT_TITLES.get(c, c)
+        if oracle and c in oracle:
+            t += f"\n(oracle AUC {oracle[c]:.3f})"
+        ax.set(title=t, xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(loc="lower right", fontsize=7, title="AUC (95% CI)", title_fontsize=7)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(logs: pd.DataFrame, title: str = ""):
+    """Training loss, validation loss and validation AUC per epoch, one line per fitted model."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for (model, fit), g in logs.groupby(["model", "fit"], sort=False):
+        lbl = f"{model} {fit}"
+        ls = "-" if fit == "final" else ":"
+        axes[0].plot(g["epoch"], g["train_loss"], ls=ls, label=f"{lbl} train")
+        if "val_loss" in g:
+            axes[0].plot(g["epoch"], g["val_loss"], ls=ls, alpha=0.6)
+        if "val_auc" in g:
+            axes[1].plot(g["epoch"], g["val_auc"], ls=ls, label=lbl)
+    axes[0].set(xlabel="epoch", ylabel="loss (train; validation faint)", title="Loss")
+    axes[1].set(xlabel="epoch", ylabel="AUC on the early-stopping split", title="Validation AUC", ylim=(0.3, 1.0))
+    axes[1].axhline(0.5, ls="--", c="0.6", lw=0.8)
+    axes[1].legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def gradcam_figure(panels: list, channels=("arterial", "plain", "portal"), title: str = ""):
+    """Grad-CAM overlays: ``panels`` = list of (row label, image (C, H, W) in [0, 1], cam (H, W) in [0, 1])."""
+    n = len(panels)
+    fig, axes = plt.subplots(n, len(channels) + 1, figsize=(2.2 * (len(channels) + 1), 2.3 * n), squeeze=False)
+    for i, (lab, img, cam) in enumerate(panels):
+        for j, ch in enumerate(channels):
+            axes[i, j].imshow(img[j], cmap="gray", vmin=0, vmax=1)
+            axes[i, j].imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+            if i == 0:
+                axes[i, j].set_title(f"{ch} + Grad-CAM", fontsize=8)
+        axes[i, -1].imshow(np.clip(np.moveaxis(img[:3], 0, -1), 0, 1))
+        if i == 0:
+            axes[i, -1].set_title("RGB (input)", fontsize=8)
+        axes[i, 0].set_ylabel(lab, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return fig

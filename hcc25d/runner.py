@@ -65,11 +65,15 @@ STAGES: list[Stage] = [
     Stage("radiomics", "03_radiomics.ipynb", "Radiomics features", deps=("data",),
           sections=("data", "radiomics"), modules=("radiomics", "crop25d", "manifest", "parallel"),
           data_files=("data/ibsi_pyradiomics.yaml",), param_files=("radiomics.settings",)),
+    Stage("cnn", "04_cnn.ipynb", "Slice-level CNNs", deps=("crop25d", "data"),
+          sections=("seed", "cnn"), modules=("cnn",)),
+    Stage("cnn3d", "05_cnn3d.ipynb", "3D baseline", deps=("crop25d", "data"),
+          sections=("seed", "cnn3d"), modules=("cnn", "cnn3d")),
     Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction", deps=("cohort", "data"),
           sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
     Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
           sections=(), modules=("manifest",)),
-    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "compare", "owndata"),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "compare", "owndata"),
           sections=(), modules=()),
 ]
 

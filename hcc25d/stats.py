@@ -12,13 +12,14 @@ pROC.
 from __future__ import annotations
 
 from collections import namedtuple
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
 __all__ = ["AUCResult", "DeLongResult", "auc_ci", "delong_test", "delong_cov", "binary_metrics",
-           "youden_threshold", "oracle_auc_table"]
+           "youden_threshold", "oracle_auc_table", "metrics_by_cohort"]
 
 AUCResult = namedtuple("AUCResult", ["auc", "low", "high"])
 DeLongResult = namedtuple("DeLongResult", ["z", "p_value", "auc_a", "auc_b"])
@@ -132,4 +133,27 @@ def oracle_auc_table(oracle: pd.DataFrame) -> pd.DataFrame:
         r = auc_ci(g["label"], g["oracle_prob"])
         rows.append({"cohort": c, "n": len(g), "oracle AUC": round(r.auc, 3),
                      "95% CI": f"{r.low:.3f}–{r.high:.3f}"})
+    return pd.DataFrame(rows)
+
+
+def metrics_by_cohort(frame: pd.DataFrame, prob: str = "prob", label: str = "label", cohort: str = "cohort",
+                      train: str = "training", threshold: Optional[float] = None,
+                      cohorts: Sequence[str] = ("training", "internal", "external")) -> pd.DataFrame:
+    """Accuracy, AUC (DeLong 95 % CI), sensitivity, specificity, PPV and NPV per cohort.
+
+    The threshold is chosen on the ``train`` cohort (Youden) unless given, and carried unchanged to the
+    other cohorts — never chosen on the cohort being evaluated.
+    """
+    tr = frame[frame[cohort] == train]
+    thr = youden_threshold(tr[label], tr[prob]) if threshold is None else float(threshold)
+    rows = []
+    for c in cohorts:
+        g = frame[(frame[cohort] == c) & frame[prob].notna()]
+        if g.empty or g[label].nunique() < 2:
+            continue
+        a = auc_ci(g[label], g[prob])
+        m = binary_metrics(g[label], g[prob], thr)
+        rows.append({"cohort": c, "n": len(g), "accuracy": m["accuracy"], "auc": a.auc, "ci_low": a.low,
+                     "ci_high": a.high, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+                     "ppv": m["ppv"], "npv": m["npv"], "threshold": thr})
     return pd.DataFrame(rows)

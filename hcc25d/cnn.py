@@ -1,0 +1,481 @@
+"""Slice-level (instance-level) transfer learning on the 2.5D instances, with leakage-safe predictions.
+
+Only numpy, torch and torchvision are needed here (the stage can run on a GPU machine without
+SimpleITK or PyRadiomics).
+
+* Backbones: any torchvision classification model by name — the paper's ``densenet121``, ``resnet50``,
+  ``resnet101``, ``vgg19`` and a light CPU default ``resnet18`` — with a new one-logit head.
+* Weights: ``imagenet`` (torchvision's weights API; used when cached or downloadable), ``none`` (random
+  initialisation), or a path to a state dict. When ImageNet weights are unavailable,
+  ``on_missing_weights: fail`` stops, ``random`` continues from random initialisation and says so (the
+  result is then *not* transfer learning; :func:`build_model` returns that fact for provenance).
+* Training: instance label = patient label; flips, small rotations and intensity jitter; class weighting;
+  AdamW or SGD with a cosine or step schedule; early stopping on a validation split of *training
+  patients*; mixed precision on CUDA; deterministic mode; per-epoch checkpoints with resume.
+* Predictions for the multi-instance stage: training patients are predicted by **cross-fitting** (k
+  patient-level folds; no model predicts a patient it was trained on); internal and external patients by
+  the model trained on all training patients. ``prediction: insample`` reproduces the paper's way (the
+  final model predicts its own training patients) for comparison.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["set_determinism", "build_model", "load_bags", "patient_folds", "train_model", "predict",
+           "crossfit_predict", "target_layer", "WeightsUnavailable"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights were asked for but cannot be loaded (and ``on_missing_weights`` is ``fail``)."""
+
+
+def set_determinism(seed: int, deterministic: bool = True) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------------
+def _imagenet_weights(name: str):
+    """The torchvision weights enum member for ``name`` (DEFAULT) or None if the model has none."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, AttributeError):
+        return None
+
+
+def _replace_head(model, name: str, dropout: float):
+    import torch.nn as nn
+
+    head = lambda n_in: nn.Sequential(nn.Dropout(dropout), nn.Linear(n_in, 1))  # noqa: E731
+    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):
+        model.fc = head(model.fc.in_features)
+    elif hasattr(model, "classifier"):
+        cl = model.classifier
+        if isinstance(cl, nn.Linear):
+            model.classifier = head(cl.in_features)
+        elif isinstance(cl, nn.Sequential):
+            idx = max(i for i, m in enumerate(cl) if isinstance(m, nn.Linear))
+            cl[idx] = nn.Linear(cl[idx].in_features, 1)
+        else:  # pragma: no cover
+            raise ValueError(f"do not know how to replace the head of {name}")
+    elif hasattr(model, "heads"):  # vision transformers
+        model.heads = head(model.heads[-1].in_features)
+    else:  # pragma: no cover
+        raise ValueError(f"do not know how to replace the head of {name}")
+    return model
+
+
+def build_model(name: str, weights: str = "imagenet", on_missing_weights: str = "fail", dropout: float = 0.2,
+                download_timeout: float = 15.0):
+    """A torchvision backbone with a one-logit head. Returns ``(model, info)`` where ``info`` says which
+    weights were really used (``imagenet``, ``random``, or the path) and why."""
+    import torch
+    import torchvision
+
+    info = {"backbone": name, "requested": weights, "used": None, "note": ""}
+    if weights == "imagenet":
+        w = _imagenet_weights(name)
+        if w is None:
+            msg = f"torchvision has no ImageNet weights for {name}"
+        else:
+            old = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(download_timeout)
+            try:
+                # torchvision's weights API: loads from the hub cache, downloads when it can
+                model = torchvision.models.get_model(name, weights=w)
+                info.update(used="imagenet", note=f"{w} ({w.url.rsplit('/', 1)[-1]})")
+                return _replace_head(model, name, dropout), info
+            except Exception as exc:  # no network, no cache
+                msg = (f"ImageNet weights {w} for {name} are neither in the torch hub cache "
+                       f"({torch.hub.get_dir()}/checkpoints) nor downloadable: {type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:160] if str(exc) else ''}")
+            finally:
+                socket.setdefaulttimeout(old)
+        if on_missing_weights == "fail":
+            raise WeightsUnavailable(msg + " — set cnn.on_missing_weights: random to train from random "
+                                           "initialisation instead (then it is not transfer learning)")
+        model = torchvision.models.get_model(name, weights=None)
+        info.update(used="random", note="FALLBACK: " + msg)
+        return _replace_head(model, name, dropout), info
+    model = torchvision.models.get_model(name, weights=None)
+    model = _replace_head(model, name, dropout)
+    if weights in ("none", None, ""):
+        info.update(used="random", note="random initialisation requested (weights: none)")
+        return model, info
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    info.update(used=str(weights), note=f"state dict from {weights}; missing {len(missing)}, unexpected {len(unexpected)} keys")
+    return model, info
+
+
+def target_layer(model):
+    """The layer Grad-CAM looks at: the last convolutional block of the backbone."""
+    import torch.nn as nn
+
+    if hasattr(model, "layer4"):
+        return model.layer4[-1]
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    return convs[-1]
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Bags:
+    """All instances of a run in memory: ``x`` (N, C, H, W) float16 and one index row per instance."""
+
+    x: np.ndarray
+    index: pd.DataFrame
+
+    def patients(self) -> pd.DataFrame:
+        return self.index.groupby("patient_id", sort=True).agg(cohort=("cohort", "first"), label=("label", "first")).reset_index()
+
+    def rows(self, patient_ids) -> np.ndarray:
+        return np.flatnonzero(self.index["patient_id"].isin(set(patient_ids)).to_numpy())
+
+
+def load_bags(crop_dir: str | Path, kind: str = "instances") -> Bags:
+    """Read every bag's arrays written by the cropping stage (numpy only)."""
+    crop_dir = Path(crop_dir)
+    index = pd.read_csv(crop_dir / "index.csv", dtype={"patient_id": str, "bag": str})
+    if kind == "instances":
+        arrays, rows = [], []
+        for f, g in index.groupby("file", sort=False):
+            with np.load(crop_dir / "instances" / f) as z:
+                a = z["x"]
+            arrays.append(a[g["instance"].to_numpy()])
+            rows.append(g)
+        return Bags(np.concatenate(arrays), pd.concat(rows, ignore_index=True))
+    # cubes: one per bag
+    first = index.drop_duplicates("bag").reset_index(drop=True)
+    arrays = []
+    for f in first["file"]:
+        with np.load(crop_dir / "cubes" / f) as z:
+            arrays.append(z["x"])
+    return Bags(np.stack(arrays), first[["patient_id", "bag", "file", "cohort", "label"]].copy())
+
+
+def patient_folds(patients: pd.DataFrame, k: int, seed: int) -> list[np.ndarray]:
+    """k stratified folds of patient ids (by label)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    ids = patients["patient_id"].to_numpy()
+    return [ids[test] for _, test in skf.split(ids, patients["label"].to_numpy())]
+
+
+def _val_split(patients: pd.DataFrame, fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    if fraction <= 0 or len(patients) < 10:
+        return patients["patient_id"].to_numpy(), np.array([], dtype=object)
+    tr, va = train_test_split(patients["patient_id"].to_numpy(), test_size=fraction, random_state=seed,
+                              stratify=patients["label"].to_numpy())
+    return tr, va
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------------
+def _augment(xb, gen, prm, dims: int = 2):
+    """Random flips, small rotations (2D) and intensity jitter on a batch tensor (same device)."""
+    import torch
+    import torch.nn.functional as F
+
+    b = xb.shape[0]
+    dev = xb.device
+    if prm.get("flip", True):
+        for ax in range(2, 2 + dims):
+            m = torch.rand(b, generator=gen) < 0.5
+            if m.any():
+                xb[m.to(dev)] = xb[m.to(dev)].flip(ax)
+    deg = float(prm.get("rotate_deg", 0.0))
+    if deg > 0 and dims == 2:
+        ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(deg)
+        cos, sin = torch.cos(ang), torch.sin(ang)
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+        grid = F.affine_grid(theta.to(dev, xb.dtype), list(xb.shape), align_corners=False)
+        xb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    jit = float(prm.get("intensity", 0.0))
+    if jit > 0:
+        shape = (b,) + (1,) * (xb.dim() - 1)
+        scale = 1 + (torch.rand(shape, generator=gen) * 2 - 1) * jit
+        shift = (torch.rand(shape, generator=gen) * 2 - 1) * jit / 2
+        xb = xb * scale.to(dev) + shift.to(dev)
+    return xb
+
+
+def _normalise(xb, dims: int = 2):
+    import torch
+
+    if dims != 2 or xb.shape[1] != 3:
+        return (xb - 0.5) / 0.25
+    mean = torch.tensor(IMAGENET_MEAN, device=xb.device, dtype=xb.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=xb.device, dtype=xb.dtype).view(1, 3, 1, 1)
+    return (xb - mean) / std
+
+
+def predict(model, x: np.ndarray, batch_size: int = 128, device: str = "cpu", dims: int = 2, amp: bool = False) -> np.ndarray:
+    """Probabilities for the arrays ``x`` (N, C, ...) with the model in evaluation mode."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.asarray(x[i:i + batch_size], np.float32)).to(device)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.startswith("cuda")):
+                logits = model(_normalise(xb, dims)).float().squeeze(1)
+            out.append(torch.sigmoid(logits).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _auc(y, p) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(set(np.asarray(y).tolist())) == 2 else float("nan")
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, prm: dict, seed: int,
+                device: str = "cpu", dims: int = 2, checkpoint: Optional[Path] = None, desc: str = "train",
+                progress: bool = True, val_ids=None):
+    """Train one model with early stopping on the patients ``val_ids`` (drawn from the training patients).
+
+    ``x``: (N, C, ...) arrays; ``y``: instance labels; ``groups``: patient id per instance. Returns
+    ``(model, log)`` where ``log`` has one row per epoch (train loss, validation loss and AUC, lr, seconds).
+    A checkpoint is written after every epoch; an existing checkpoint with the same fingerprint is
+    resumed.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    set_determinism(seed, prm.get("deterministic", True))
+    model = make_model().to(device)
+    amp = bool(prm.get("amp", True)) and device.startswith("cuda")
+    val_mask = np.isin(groups, list(val_ids)) if val_ids is not None and len(val_ids) else np.zeros(len(y), bool)
+    tr_idx, va_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+    y = np.asarray(y, np.float32)
+    n_pos, n_neg = y[tr_idx].sum(), len(tr_idx) - y[tr_idx].sum()
+    pos_weight = torch.tensor([n_neg / max(n_pos, 1)], device=device) if prm.get("class_weight", "balanced") == "balanced" else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if prm.get("optimizer", "adamw") == "sgd":
+        opt = torch.optim.SGD(params, lr=prm.get("lr", 0.01), momentum=0.9, weight_decay=prm.get("weight_decay", 1e-4))
+    else:
+        opt = torch.optim.AdamW(params, lr=prm.get("lr", 1e-3), weight_decay=prm.get("weight_decay", 1e-4))
+    epochs = int(prm.get("epochs", 10))
+    sched_kind = prm.get("schedule", "cosine")
+    if sched_kind == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    elif sched_kind == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1)
+    else:
+        sched = None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    gen = torch.Generator().manual_seed(seed)
+    log, best, best_state, start, bad_epochs = [], -np.inf, None, 0, 0
+    fp = _fingerprint(prm, seed, len(tr_idx), len(va_idx), float(y.sum()), desc)
+    if checkpoint is not None and checkpoint.exists():
+        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        if ck.get("fingerprint") == fp:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None and ck.get("scheduler"):
+                sched.load_state_dict(ck["scheduler"])
+            log, best, bad_epochs, start = ck["log"], ck["best"], ck["bad_epochs"], ck["epoch"] + 1
+            best_state = ck["best_state"]
+            gen.set_state(ck["gen"])
+            torch.set_rng_state(ck["torch_rng"])
+    bs = int(prm.get("batch_size", 64))
+    aug = dict(prm.get("augment", {}))
+    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, file=sys.stderr, ncols=100, mininterval=1.0)
+    for epoch in bar:
+        if bad_epochs > int(prm.get("patience", 3)):
+            break
+        t0 = time.perf_counter()
+        model.train()
+        perm = tr_idx[torch.randperm(len(tr_idx), generator=gen).numpy()]
+        losses = []
+        for i in range(0, len(perm), bs):
+            b = np.sort(perm[i:i + bs])
+            if len(b) < 2:
+                continue
+            xb = torch.from_numpy(np.asarray(x[b], np.float32)).to(device)
+            yb = torch.from_numpy(y[b]).to(device)
+            xb = _augment(xb, gen, aug, dims)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+                logits = model(_normalise(xb, dims)).float().squeeze(1)
+                loss = F.binary_cross_entropy_with_logits(logits, yb, pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.detach()))
+        lr = opt.param_groups[0]["lr"]
+        if sched is not None:
+            sched.step()
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr}
+        if len(va_idx):
+            pv = predict(model, x[va_idx], device=device, dims=dims, amp=amp)
+            yv = y[va_idx]
+            eps = 1e-6
+            row["val_loss"] = float(-np.mean(yv * np.log(pv + eps) + (1 - yv) * np.log(1 - pv + eps)))
+            row["val_auc"] = _auc(yv, pv)
+            score = row["val_auc"] if np.isfinite(row["val_auc"]) else -row["val_loss"]
+        else:
+            score = epoch  # no validation split: keep the last epoch
+        row["seconds"] = time.perf_counter() - t0
+        row["images_per_s"] = len(tr_idx) / max(row["seconds"], 1e-9)
+        log.append(row)
+        if score > best:
+            best, bad_epochs = score, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{row.get('val_auc', float('nan')):.3f}")
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict() if sched is not None else None, "epoch": epoch,
+                        "log": log, "best": best, "bad_epochs": bad_epochs, "best_state": best_state,
+                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+            os.replace(tmp, checkpoint)
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model, pd.DataFrame(log)
+
+
+def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, folds: int = 5,
+                     prediction: str = "crossfit", device: str = "cpu", dims: int = 2,
+                     cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True):
+    """Leakage-safe probabilities for every instance (or cube) of ``bags``.
+
+    Training patients: out-of-fold predictions of ``folds`` models (``prediction: crossfit``), or the
+    final model's in-sample predictions (``insample``, the paper's way). Internal and external patients:
+    the final model trained on all training patients. Every model stops early on a validation split of
+    its own training patients. Returns ``(predictions, logs, final_model, meta)`` where ``meta`` holds
+    each training patient's fold and, per fitted model, the patients it was trained on (fit + early-
+    stopping validation) — the record the leakage test checks.
+    """
+    pats = bags.patients()
+    train = pats[pats["cohort"] == "training"].reset_index(drop=True)
+    y = bags.index["label"].to_numpy()
+    groups = bags.index["patient_id"].to_numpy()
+    pred = np.full(len(bags.index), np.nan)
+    source = np.array([""] * len(bags.index), dtype=object)
+    logs = []
+    assignment = {}
+    trained_on = {}
+    vf = float(prm.get("val_fraction", 0.2))
+
+    def fit(train_ids, tag, s):
+        rows = bags.rows(train_ids)
+        tr_pats = train[train["patient_id"].isin(set(train_ids))]
+        _, val_ids = _val_split(tr_pats, vf, s)
+        trained_on[tag] = sorted(map(str, train_ids))
+        ck = (cache_dir / f"{name}-{tag}.pt") if cache_dir is not None else None
+        model, log = train_model(make_model, bags.x[rows], y[rows], groups[rows], prm, s, device=device, dims=dims,
+                                 checkpoint=ck, desc=f"{name} {tag}", progress=progress, val_ids=val_ids)
+        logs.append(log.assign(model=name, fit=tag))
+        return model
+
+    if prediction == "crossfit":
+        for f, held in enumerate(patient_folds(train, folds, seed)):
+            for pid in held:
+                assignment[pid] = f
+            model = fit(np.setdiff1d(train["patient_id"], held), f"fold{f + 1}", seed + 101 * (f + 1))
+            rows = bags.rows(held)
+            pred[rows] = predict(model, bags.x[rows], device=device, dims=dims)
+            source[rows] = f"fold{f + 1}"
+    final = fit(train["patient_id"].to_numpy(), "final", seed)
+    others = bags.rows(pats.loc[pats["cohort"] != "training", "patient_id"])
+    pred[others] = predict(final, bags.x[others], device=device, dims=dims)
+    source[others] = "final"
+    rows = bags.rows(train["patient_id"])
+    insample = np.full(len(bags.index), np.nan)
+    insample[rows] = predict(final, bags.x[rows], device=device, dims=dims)
+    if prediction != "crossfit":
+        pred[rows] = insample[rows]
+        source[rows] = "final"
+    out = bags.index.copy()
+    out["prob"] = pred
+    out["prob_insample"] = insample  # the paper's way, for comparison only
+    out["source"] = source
+    out["fold"] = out["patient_id"].map(assignment)
+    return out, pd.concat(logs, ignore_index=True), final, {"fold": assignment, "trained_on": trained_on}
+
+
+def torch_device(prefer: str = "auto") -> str:
+    import torch
+
+    if prefer == "cpu":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def gradcam(model, x: np.ndarray, categories: Sequence[int], device: str = "cpu") -> np.ndarray:
+    """Grad-CAM maps (N, H, W) in [0, 1] from the ``pytorch-grad-cam`` library (not hand-written):
+    the evidence for recurrence (category 1) or against it (category 0) in the last convolutional block."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    model = model.to(device).eval()
+    xt = _normalise(torch.from_numpy(np.asarray(x, np.float32)).to(device))
+    with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
+        maps = cam(input_tensor=xt, targets=[BinaryClassifierOutputTarget(int(c)) for c in categories])
+    return np.asarray(maps)
+
+
+def select_backbone(table: pd.DataFrame, rule: str) -> tuple[str, str]:
+    """The backbone for the multi-instance stage and the sentence stating the rule.
+
+    ``cv``: the highest out-of-fold (cross-fitted) training AUC — decided before any validation cohort is
+    looked at. Otherwise ``rule`` names the backbone (``vgg19`` reproduces the paper's choice, which the
+    paper made on the internal validation cohort).
+    """
+    names = list(dict.fromkeys(table["backbone"]))
+    if rule == "cv":
+        tr = table[table["cohort"] == "training"].set_index("backbone")["auc"]
+        best = str(tr.idxmax())
+        return best, (f"Rule fixed in advance: the backbone with the highest cross-fitted (out-of-fold) "
+                      f"training AUC — {best} ({tr.max():.3f}). The internal and external cohorts play no part.")
+    if rule not in names:
+        raise ValueError(f"cnn.selection: {rule!r} is not one of the trained backbones {names} (or 'cv')")
+    return rule, f"Backbone fixed by parameter: {rule} (cnn.selection)."
