@@ -209,6 +209,34 @@ class Cnn3dCfg:
 
 
 @dataclass(frozen=True)
+class SignaturesCfg:
+    """MIL fusion, selection and signatures (see :mod:`hcc25d.mil`, :mod:`hcc25d.signatures`)."""
+
+    #: cross-validation folds of the grid search (training cohort only).
+    cv_folds: int = 5
+    #: univariate filter: keep features with P below this.
+    p_threshold: float = 0.05
+    #: correlation pruning: drop a feature with |r| above this with a kept one.
+    corr_threshold: float = 0.9
+    #: likelihood-histogram bins and bag-of-words vocabulary size.
+    n_bins: int = 10
+    n_words: int = 8
+    #: model families (lr, rf, et, xgb, lgbm).
+    models: tuple[str, ...] = ("lr", "rf", "et", "xgb", "lgbm")
+    #: per-family parameter grids overriding the defaults, e.g. {rf: {max_depth: [3, 5]}}.
+    grids: dict = field(default_factory=dict)
+    #: DL_2.5D model: ``cv`` = best mean CV AUC (fixed rule), or a family (``rf`` = the paper's choice).
+    dl25d_model: str = "cv"
+    #: clinical screening thresholds (univariable, then multivariable; the paper's Table 2 analysis).
+    clinical_p_uni: float = 0.05
+    clinical_p_multi: float = 0.05
+    #: run the ablations (central slice, axial stack, views, phases, radiomics).
+    ablations: bool = True
+    #: the single phase of the one-phase ablation (its CNN is retrained on that phase); null skips it.
+    ablation_phase: Optional[str] = "portal"
+
+
+@dataclass(frozen=True)
 class ComputeCfg:
     #: worker processes for per-patient work (-1 = all cores).
     n_jobs: int = 2
@@ -233,6 +261,7 @@ class Params:
     radiomics: RadiomicsCfg = field(default_factory=RadiomicsCfg)
     cnn: CnnCfg = field(default_factory=CnnCfg)
     cnn3d: Cnn3dCfg = field(default_factory=Cnn3dCfg)
+    signatures: SignaturesCfg = field(default_factory=SignaturesCfg)
     compute: ComputeCfg = field(default_factory=ComputeCfg)
 
 

@@ -213,14 +213,14 @@ def make_patient(row: pd.Series, seed: int, prm: TwinImagingParams) -> dict:
     p_major = c + perp * (radii.max() * 0.95 + rv_major + gap)
     major = _tube_dist(X, Y, Z, p_major, d_major) < rv_major
     # ---- signal traits
-    pae_amp = 45.0 * _sigmoid(1.3 * lat["u_pae"] - 0.5)
-    sat_r = 0.8 + 3.2 * _sigmoid(1.3 * lat["u_satellites"] - 0.8)
-    het_sd = 4.0 + 20.0 * _sigmoid(1.2 * lat["u_heterogeneity"] - 0.3)
+    pae_amp = 80.0 * _sigmoid(1.5 * lat["u_pae"] - 0.5)
+    sat_r = 1.0 + 4.5 * _sigmoid(1.5 * lat["u_satellites"] - 0.8)
+    het_sd = 4.0 + 30.0 * _sigmoid(1.5 * lat["u_heterogeneity"] - 0.3)
     # PAE: a crescent of liver just outside the tumour on one side, 2-6 mm above the centre
     side = _unit(rng)
     side[2] = 0
     side /= np.linalg.norm(side)
-    outer = (rho_t >= 1.0) & (rho_t < 1.0 + 9.0 / radii.min())
+    outer = (rho_t >= 1.0) & (rho_t < 1.0 + 11.0 / radii.min())
     proj = ((X - c[0]) * side[0] + (Y - c[1]) * side[1]) / (np.sqrt((X - c[0]) ** 2 + (Y - c[1]) ** 2) + 1e-3)
     zc = c[2] + rng.uniform(2.5, 4.0)
     pae_w = np.exp(-0.5 * ((Z - zc) / 2.0) ** 2) * np.clip(proj, 0, 1) ** 2 * outer * liver

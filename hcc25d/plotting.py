@@ -211,3 +211,23 @@ def gradcam_figure(panels: list, channels=("arterial", "plain", "portal"), title
         fig.suptitle(title, y=1.0)
     fig.tight_layout()
     return fig
+
+
+def grid_search_plot(results: dict):
+    """Mean cross-validated AUC (± SD over folds) of every grid point, one panel per model family."""
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.2), sharey=True, squeeze=False)
+    for ax, (name, cvr) in zip(axes[0], results.items()):
+        mean = np.asarray(cvr["mean_test_score"])
+        sd = np.asarray(cvr["std_test_score"])
+        k = np.arange(len(mean))
+        best = int(np.argmax(mean))
+        ax.errorbar(k, mean, yerr=sd, fmt="o", ms=4, capsize=2, color="0.3")
+        ax.plot([best], [mean[best]], "o", color="#c44e52", ms=7, label="best")
+        ax.set(title=name, xlabel="grid point", xticks=k)
+        ax.axhline(0.5, ls="--", c="0.6", lw=0.8)
+    axes[0, 0].set_ylabel("5-fold CV AUC (training)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Figure 6 (left). Cross-validation results of the grid search", y=1.03)
+    fig.tight_layout()
+    return fig

@@ -69,11 +69,14 @@ STAGES: list[Stage] = [
           sections=("seed", "cnn"), modules=("cnn",)),
     Stage("cnn3d", "05_cnn3d.ipynb", "3D baseline", deps=("crop25d", "data"),
           sections=("seed", "cnn3d"), modules=("cnn", "cnn3d")),
+    Stage("signatures", "06_signatures.ipynb", "MIL fusion and signatures",
+          deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d"),
+          sections=("seed", "signatures", "cnn", "crop"), modules=("mil", "signatures", "ablation", "cohort", "cnn")),
     Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction", deps=("cohort", "data"),
           sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
     Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
           sections=(), modules=("manifest",)),
-    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "compare", "owndata"),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "compare", "owndata"),
           sections=(), modules=()),
 ]
 

@@ -1,0 +1,164 @@
+"""Multi-instance learning fusion: from a patient's instance probabilities to patient features.
+
+Input of every transformer: an array (n_patients, n_instances) of instance probabilities (NaN where a
+bag lacks an instance), as made by :func:`bag_matrix`.
+
+* :class:`LikelihoodHistogram` — the *predict likelihood histogram*: the distribution of a patient's
+  instance probabilities over ``n_bins`` bins, plus the fraction of instances predicted positive (the
+  label histogram) at a threshold fitted on the training bags.
+* :class:`BagOfWordsTfidf` — the *bag of words*: each instance becomes words (its probability bin and its
+  predicted label); a patient is a document; TF-IDF weights the words. The vocabulary, the bin edges
+  and the IDF are fitted on the training bags only (the commercial platform's reference implementation
+  fits them on all patients, which leaks the validation cohorts into the features).
+
+Both follow scikit-learn's estimator API (no logic in ``__init__``, ``fit`` returns ``self``, fitted
+attributes end in ``_``) and compose in a ``Pipeline``/``ColumnTransformer``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = ["bag_matrix", "LikelihoodHistogram", "BagOfWordsTfidf"]
+
+
+def bag_matrix(instance_probs: pd.DataFrame, prob: str = "prob", views=None) -> pd.DataFrame:
+    """Patients × instances table of probabilities; columns named ``<view><offset>`` (e.g. ``axial+2``).
+
+    ``views``: optional filter, a list of (view, offset) pairs to keep (for ablations).
+    """
+    d = instance_probs.copy()
+    if views is not None:
+        keep = set((v, int(o)) for v, o in views)
+        d = d[[(v, int(o)) in keep for v, o in zip(d["view"], d["offset"])]]
+    d["slot"] = d["view"] + d["offset"].map(lambda o: f"{int(o):+d}")
+    order = (d.drop_duplicates("slot").assign(k=lambda x: x["view"].map({"axial": 0, "sagittal": 1, "coronal": 2}) * 100
+                                              + x["offset"].abs() * 2 + (x["offset"] < 0))
+             .sort_values("k")["slot"].tolist())
+    m = d.pivot_table(index="patient_id", columns="slot", values=prob, aggfunc="mean")
+    return m[order]
+
+
+def _as_array(X) -> np.ndarray:
+    return np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X, dtype=float)
+
+
+def _youden(y, p):
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(y, p)
+    return float(min(thr[int(np.argmax(tpr - fpr))], 1.0))
+
+
+class LikelihoodHistogram(TransformerMixin, BaseEstimator):
+    """Histogram of a bag's instance probabilities (``n_bins`` equal bins on [0, 1], as fractions) and
+    the fraction of instances predicted positive.
+
+    Parameters
+    ----------
+    n_bins : int
+        Number of probability bins.
+    threshold : float or "youden"
+        Instance threshold for the label histogram; ``"youden"`` is fitted on the training bags
+        (every instance labelled with its patient's label).
+    """
+
+    def __init__(self, n_bins: int = 10, threshold="youden"):
+        self.n_bins = n_bins
+        self.threshold = threshold
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # a bag may lack an instance (NaN)
+        return tags
+
+    def fit(self, X, y=None):
+        A = validate_data(self, X, ensure_all_finite="allow-nan", dtype=float)
+        if self.threshold == "youden" and y is not None and len(np.unique(y)) == 2:
+            yy = np.repeat(np.asarray(y), A.shape[1])
+            flat = A.ravel()
+            ok = ~np.isnan(flat)
+            self.threshold_ = _youden(yy[ok], flat[ok])
+        else:
+            self.threshold_ = 0.5 if self.threshold == "youden" else float(self.threshold)
+        self.edges_ = np.linspace(0.0, 1.0, self.n_bins + 1)
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "edges_")
+        A = validate_data(self, X, ensure_all_finite="allow-nan", dtype=float, reset=False)
+        out = np.zeros((A.shape[0], self.n_bins + 2))
+        for i, row in enumerate(A):
+            r = row[~np.isnan(row)]
+            if len(r) == 0:
+                continue
+            h, _ = np.histogram(np.clip(r, 0, 1), bins=self.edges_)
+            out[i, :self.n_bins] = h / len(r)
+            pos = float(np.mean(r >= self.threshold_))
+            out[i, self.n_bins:] = (1 - pos, pos)
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "edges_")
+        return np.array([f"hist_p{i}" for i in range(self.n_bins)] + ["hist_label0", "hist_label1"], dtype=object)
+
+
+class BagOfWordsTfidf(TransformerMixin, BaseEstimator):
+    """TF-IDF over words made from the instances' discretised predictions.
+
+    Each instance contributes the word ``p<k>`` (its probability's quantile bin, ``n_words`` bins with
+    edges fitted on the training instances) and ``y<0|1>`` (its predicted label at a threshold fitted on
+    the training bags). Vocabulary and IDF are fitted on the training bags only.
+    """
+
+    def __init__(self, n_words: int = 8, threshold="youden", smooth_idf: bool = True, sublinear_tf: bool = False):
+        self.n_words = n_words
+        self.threshold = threshold
+        self.smooth_idf = smooth_idf
+        self.sublinear_tf = sublinear_tf
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # a bag may lack an instance (NaN)
+        return tags
+
+    def _docs(self, A):
+        docs = []
+        for row in A:
+            r = row[~np.isnan(row)]
+            bins = np.clip(np.searchsorted(self.edges_, r, side="right") - 1, 0, len(self.edges_) - 2)
+            words = [f"p{b}" for b in bins] + [f"y{int(v >= self.threshold_)}" for v in r]
+            docs.append(" ".join(words))
+        return docs
+
+    def fit(self, X, y=None):
+        from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+
+        A = validate_data(self, X, ensure_all_finite="allow-nan", dtype=float)
+        flat = A[~np.isnan(A)]
+        qs = np.quantile(flat, np.linspace(0, 1, self.n_words + 1)) if len(flat) else np.linspace(0, 1, self.n_words + 1)
+        qs[0], qs[-1] = -np.inf, np.inf
+        self.edges_ = np.unique(qs)
+        if self.threshold == "youden" and y is not None and len(np.unique(y)) == 2:
+            yy = np.repeat(np.asarray(y), A.shape[1])
+            ok = ~np.isnan(A.ravel())
+            self.threshold_ = _youden(yy[ok], A.ravel()[ok])
+        else:
+            self.threshold_ = 0.5 if self.threshold == "youden" else float(self.threshold)
+        self.vectorizer_ = CountVectorizer(token_pattern=r"[py]\d+", lowercase=False)
+        counts = self.vectorizer_.fit_transform(self._docs(A))
+        self.tfidf_ = TfidfTransformer(smooth_idf=self.smooth_idf, sublinear_tf=self.sublinear_tf).fit(counts)
+        self.vocabulary_ = dict(self.vectorizer_.vocabulary_)
+        self.idf_ = self.tfidf_.idf_
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "tfidf_")
+        A = validate_data(self, X, ensure_all_finite="allow-nan", dtype=float, reset=False)
+        return self.tfidf_.transform(self.vectorizer_.transform(self._docs(A))).toarray()
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "tfidf_")
+        return np.array([f"bow_{w}" for w in self.vectorizer_.get_feature_names_out()], dtype=object)

@@ -1,0 +1,283 @@
+"""Signatures: feature selection, five classifier families tuned by grid search, and the clinical,
+DL_2.5D, DL_3D and combined signatures.
+
+Everything learnable is a scikit-learn step inside one ``Pipeline`` that ``GridSearchCV`` refits within
+each cross-validation fold of the *training* cohort: the MIL fusion (histogram, bag-of-words vocabulary
+and IDF), the univariate filter, the correlation pruning, the LASSO, the scaler and the classifier. The
+internal and external cohorts are only ever passed to ``predict_proba``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _st
+from sklearn.base import BaseEstimator, clone
+from sklearn.feature_selection import SelectorMixin
+from sklearn.utils.validation import check_is_fitted
+
+__all__ = ["UnivariateFilter", "CorrelationPruner", "LassoSelector", "MODEL_NAMES", "DEFAULT_GRIDS",
+           "make_classifier", "fusion_pipeline", "tune", "select_signature", "clinical_screen",
+           "fit_combined", "FitRecorder", "FitLog", "build_models"]
+
+MODEL_NAMES = {"lr": "LR", "rf": "RandomForest", "et": "ExtraTrees", "xgb": "XGBoost", "lgbm": "LightGBM"}
+
+DEFAULT_GRIDS = {
+    "lr": {"C": [0.01, 0.1, 1.0]},
+    "rf": {"n_estimators": [200], "max_depth": [3, 5], "min_samples_leaf": [2, 5]},
+    "et": {"n_estimators": [200], "max_depth": [3, 5], "min_samples_leaf": [2, 5]},
+    "xgb": {"n_estimators": [100], "max_depth": [2, 3], "learning_rate": [0.05, 0.1]},
+    "lgbm": {"n_estimators": [100], "num_leaves": [4, 8], "learning_rate": [0.05, 0.1]},
+}
+
+
+def _as_frame(X) -> pd.DataFrame:
+    return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, float))
+
+
+class UnivariateFilter(SelectorMixin, BaseEstimator):
+    """Keep features whose two-sample test P < ``p_threshold``: Student's t-test when both classes pass
+    Shapiro–Wilk (``alpha_normal``), else Mann–Whitney U. Keeps at least ``min_features`` (smallest P)."""
+
+    def __init__(self, p_threshold: float = 0.05, alpha_normal: float = 0.05, min_features: int = 1):
+        self.p_threshold = p_threshold
+        self.alpha_normal = alpha_normal
+        self.min_features = min_features
+
+    def fit(self, X, y):
+        A = np.asarray(X, float)
+        y = np.asarray(y)
+        self.n_features_in_ = A.shape[1]
+        p = np.ones(A.shape[1])
+        for j in range(A.shape[1]):
+            a, b = A[y == 0, j], A[y == 1, j]
+            if np.nanstd(A[:, j]) == 0:
+                continue
+            normal = all(len(v) >= 3 and np.std(v) > 0 and _st.shapiro(v).pvalue > self.alpha_normal for v in (a, b))
+            p[j] = _st.ttest_ind(a, b).pvalue if normal else _st.mannwhitneyu(a, b, alternative="two-sided").pvalue
+        self.pvalues_ = np.nan_to_num(p, nan=1.0)
+        mask = self.pvalues_ < self.p_threshold
+        if mask.sum() < self.min_features:
+            mask = np.zeros_like(mask)
+            mask[np.argsort(self.pvalues_, kind="stable")[: self.min_features]] = True
+        self.support_ = mask
+        return self
+
+    def _get_support_mask(self):
+        check_is_fitted(self, "support_")
+        return self.support_
+
+
+class CorrelationPruner(SelectorMixin, BaseEstimator):
+    """Drop a feature whose |Pearson r| with an already kept feature exceeds ``threshold`` (features are
+    visited in the order of the input columns, i.e. the univariate filter's order)."""
+
+    def __init__(self, threshold: float = 0.9):
+        self.threshold = threshold
+
+    def fit(self, X, y=None):
+        A = np.asarray(X, float)
+        self.n_features_in_ = A.shape[1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.abs(np.corrcoef(A, rowvar=False)) if A.shape[1] > 1 else np.ones((1, 1))
+        r = np.nan_to_num(np.atleast_2d(r))
+        keep = []
+        for j in range(A.shape[1]):
+            if all(r[j, k] <= self.threshold for k in keep):
+                keep.append(j)
+        self.support_ = np.zeros(A.shape[1], bool)
+        self.support_[keep] = True
+        return self
+
+    def _get_support_mask(self):
+        check_is_fitted(self, "support_")
+        return self.support_
+
+
+class LassoSelector(SelectorMixin, BaseEstimator):
+    """Keep the features with a non-zero coefficient in a cross-validated LASSO on standardised features
+    (``LassoCV``, as the paper's platform does). Keeps at least ``min_features`` (largest |coefficient|
+    along the path if the chosen alpha zeroes everything)."""
+
+    def __init__(self, cv: int = 5, random_state: Optional[int] = None, min_features: int = 1, max_iter: int = 5000):
+        self.cv = cv
+        self.random_state = random_state
+        self.min_features = min_features
+        self.max_iter = max_iter
+
+    def fit(self, X, y):
+        from sklearn.linear_model import LassoCV, lasso_path
+        from sklearn.preprocessing import StandardScaler
+
+        A = StandardScaler().fit_transform(np.asarray(X, float))
+        y = np.asarray(y, float)
+        self.n_features_in_ = A.shape[1]
+        cv = min(self.cv, int(min(np.bincount(y.astype(int)))) if len(np.unique(y)) > 1 else 2)
+        lasso = LassoCV(cv=max(2, cv), random_state=self.random_state, max_iter=self.max_iter, n_jobs=1).fit(A, y)
+        self.alpha_ = float(lasso.alpha_)
+        self.coef_ = lasso.coef_.copy()
+        mask = self.coef_ != 0
+        if mask.sum() < self.min_features:
+            _, coefs, _ = lasso_path(A, y, n_alphas=50)
+            last = coefs[:, -1]
+            mask = np.zeros(A.shape[1], bool)
+            mask[np.argsort(-np.abs(last), kind="stable")[: self.min_features]] = True
+        self.support_ = mask
+        return self
+
+    def _get_support_mask(self):
+        check_is_fitted(self, "support_")
+        return self.support_
+
+
+class FitLog(list):
+    """A list that survives scikit-learn's ``clone`` (which deep-copies parameters): every clone of a
+    :class:`FitRecorder` appends to the same log."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class FitRecorder(BaseEstimator):
+    """A pass-through pipeline step that records the row index of everything it is fitted on (tests use
+    it to prove that no fitted step ever receives internal or external rows)."""
+
+    def __init__(self, log: Optional[list] = None):
+        self.log = log
+
+    def fit(self, X, y=None):
+        if self.log is not None:
+            self.log.append(list(X.index) if hasattr(X, "index") else None)
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def transform(self, X):
+        return X
+
+    def fit_transform(self, X, y=None):
+        return self.fit(X, y).transform(X)
+
+
+def make_classifier(key: str, seed: int):
+    if key == "lr":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(max_iter=5000, random_state=seed)
+    if key == "rf":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(random_state=seed, n_jobs=1, class_weight="balanced")
+    if key == "et":
+        from sklearn.ensemble import ExtraTreesClassifier
+
+        return ExtraTreesClassifier(random_state=seed, n_jobs=1, class_weight="balanced")
+    if key == "xgb":
+        from xgboost import XGBClassifier
+
+        return XGBClassifier(random_state=seed, n_jobs=1, eval_metric="logloss", verbosity=0)
+    if key == "lgbm":
+        from lightgbm import LGBMClassifier
+
+        return LGBMClassifier(random_state=seed, n_jobs=1, verbose=-1)
+    raise ValueError(f"unknown model {key!r} (known: {', '.join(MODEL_NAMES)})")
+
+
+def fusion_pipeline(key: str, inst_cols: Sequence[str], rad_cols: Sequence[str], seed: int, n_bins: int = 10,
+                    n_words: int = 8, p_threshold: float = 0.05, corr_threshold: float = 0.9,
+                    lasso: bool = True, recorder: Optional[list] = None):
+    """MIL fusion (histogram + bag of words over the instance columns) + radiomics columns → univariate
+    filter → correlation pruning → LASSO → scaler → classifier, as one ``Pipeline``."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .mil import BagOfWordsTfidf, LikelihoodHistogram
+
+    parts = []
+    if inst_cols:
+        parts += [("hist", LikelihoodHistogram(n_bins=n_bins), list(inst_cols)),
+                  ("bow", BagOfWordsTfidf(n_words=n_words), list(inst_cols))]
+    if rad_cols:
+        parts.append(("rad", SimpleImputer(strategy="median"), list(rad_cols)))
+    steps = []
+    if recorder is not None:
+        steps.append(("record", FitRecorder(recorder)))
+    steps += [("fusion", ColumnTransformer(parts, remainder="drop")),
+              ("univariate", UnivariateFilter(p_threshold=p_threshold)),
+              ("correlation", CorrelationPruner(threshold=corr_threshold))]
+    if lasso:
+        steps.append(("lasso", LassoSelector(random_state=seed)))
+    steps += [("scale", StandardScaler()), ("model", make_classifier(key, seed))]
+    return Pipeline(steps)
+
+
+def tune(pipe, grid: dict, X: pd.DataFrame, y, seed: int, folds: int = 5, n_jobs: int = 1):
+    """Grid search with stratified ``folds``-fold CV (AUC) on the training rows only; returns the fitted
+    ``GridSearchCV`` and the out-of-fold probabilities of its best configuration."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    grid = {f"model__{k}": list(v) for k, v in grid.items()}
+    gs = GridSearchCV(pipe, grid, scoring="roc_auc", cv=cv, n_jobs=n_jobs, refit=True, error_score="raise")
+    gs.fit(X, y)
+    oof = cross_val_predict(clone(gs.best_estimator_), X, y, cv=cv, method="predict_proba", n_jobs=n_jobs)[:, 1]
+    return gs, oof
+
+
+def select_signature(cv_scores: dict, rule: str = "cv") -> tuple[str, str]:
+    """Pick the DL_2.5D model: ``cv`` = best mean cross-validated AUC on the training cohort (a rule fixed
+    in advance), or a model key (``rf`` reproduces the paper's RandomForest)."""
+    if rule == "cv":
+        best = max(cv_scores, key=lambda k: cv_scores[k])
+        return best, (f"Rule fixed in advance: the model family with the best mean 5-fold cross-validated "
+                      f"training AUC — {MODEL_NAMES[best]} ({cv_scores[best]:.3f}).")
+    if rule not in cv_scores:
+        raise ValueError(f"signatures.dl25d_model: {rule!r} is not one of {list(cv_scores)} or 'cv'")
+    return rule, f"Model fixed by parameter: {MODEL_NAMES[rule]} (signatures.dl25d_model)."
+
+
+def clinical_screen(t2: pd.DataFrame, p_uni: float = 0.05, p_multi: float = 0.05) -> list[str]:
+    """The paper's clinical screening on the training cohort: univariable P < ``p_uni`` (the paper's
+    OLS analysis, Table 2), then multivariable P < ``p_multi`` among those."""
+    sel = t2[t2["p_paper"] < p_uni]
+    kept = sel[sel["m_p_paper"] < p_multi]["variable"].tolist() if "m_p_paper" in sel else []
+    return kept or sel["variable"].tolist()
+
+
+def fit_combined(train: pd.DataFrame, score_col: str, clinical: Sequence[str]):
+    """Logistic regression of the outcome on the DL_2.5D score and the kept clinical variables, fitted
+    on the training cohort only (statsmodels, so that coefficients and intervals are available for the
+    nomogram)."""
+    import statsmodels.api as sm
+
+    X = sm.add_constant(train[[score_col] + list(clinical)].astype(float), has_constant="add")
+    return sm.Logit(train["label"].astype(float), X).fit(disp=0)
+
+
+def predict_combined(fit, frame: pd.DataFrame, score_col: str, clinical: Sequence[str]) -> np.ndarray:
+    import statsmodels.api as sm
+
+    X = sm.add_constant(frame[[score_col] + list(clinical)].astype(float), has_constant="add")
+    return np.asarray(fit.predict(X))
+
+
+def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, seed: int, n_jobs: int = 1,
+                 recorder: Optional[list] = None) -> dict:
+    """Tune every model family of ``S.models`` on the training rows of ``X`` and score every row.
+
+    Returns ``{key: {"search": GridSearchCV, "oof": out-of-fold training probabilities,
+    "proba": probabilities of every row from the refitted best pipeline}}``. Only
+    ``X[meta.cohort == "training"]`` is ever passed to ``fit``; the other rows are only predicted.
+    """
+    train = (meta["cohort"] == "training").to_numpy()
+    y = meta["label"].to_numpy()
+    out = {}
+    for key in S.models:
+        pipe = fusion_pipeline(key, inst_cols, rad_cols, seed, S.n_bins, S.n_words, S.p_threshold,
+                               S.corr_threshold, recorder=recorder)
+        gs, oof = tune(pipe, {**DEFAULT_GRIDS[key], **S.grids.get(key, {})}, X[train], y[train], seed,
+                       S.cv_folds, n_jobs=n_jobs)
+        out[key] = {"search": gs, "oof": oof, "proba": gs.predict_proba(X)[:, 1]}
+    return out

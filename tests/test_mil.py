@@ -1,0 +1,75 @@
+"""MIL fusion transformers: scikit-learn API, training-only fitting, exact histogram values."""
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import check_estimator
+
+from hcc25d import mil
+
+
+def test_bag_matrix_orders_slots():
+    rows = []
+    for pid in ("a", "b"):
+        for view, off in (("axial", 0), ("axial", -1), ("axial", 1), ("sagittal", 0), ("coronal", 0)):
+            rows.append({"patient_id": pid, "view": view, "offset": off, "prob": 0.1 * (off + 2)})
+    m = mil.bag_matrix(pd.DataFrame(rows))
+    assert list(m.columns) == ["axial+0", "axial+1", "axial-1", "sagittal+0", "coronal+0"]
+    assert m.loc["a", "axial-1"] == pytest.approx(0.1)
+    central = mil.bag_matrix(pd.DataFrame(rows), views=[("axial", 0)])
+    assert list(central.columns) == ["axial+0"]
+
+
+def test_histogram_values():
+    X = np.array([[0.05, 0.15, 0.95, np.nan], [0.5, 0.5, 0.5, 0.5]])
+    h = mil.LikelihoodHistogram(n_bins=10, threshold=0.5).fit(X)
+    out = h.transform(X)
+    assert out.shape == (2, 12)
+    assert np.allclose(out[0, :10], [1 / 3, 1 / 3, 0, 0, 0, 0, 0, 0, 0, 1 / 3])
+    assert np.allclose(out[0, 10:], [2 / 3, 1 / 3]) and np.allclose(out[1, 10:], [0, 1])
+    assert h.get_feature_names_out()[-1] == "hist_label1"
+
+
+def test_youden_threshold_fitted_on_training_only():
+    rng = np.random.default_rng(0)
+    Xtr = np.vstack([rng.uniform(0, 0.4, (10, 5)), rng.uniform(0.6, 1, (10, 5))])
+    ytr = np.r_[np.zeros(10), np.ones(10)]
+    h = mil.LikelihoodHistogram().fit(Xtr, ytr)
+    assert Xtr[:10].max() < h.threshold_ <= Xtr[10:].min()
+    # transforming other data never changes the fitted state
+    before = (h.threshold_, h.edges_.copy())
+    h.transform(rng.uniform(0, 1, (7, 5)))
+    assert h.threshold_ == before[0] and np.array_equal(h.edges_, before[1])
+
+
+def test_bow_vocabulary_and_idf_from_training_bags_only():
+    rng = np.random.default_rng(1)
+    Xtr = rng.uniform(0, 0.5, (20, 7))
+    ytr = np.r_[np.zeros(10), np.ones(10)]
+    b = mil.BagOfWordsTfidf(n_words=4).fit(Xtr, ytr)
+    vocab, idf = dict(b.vocabulary_), b.idf_.copy()
+    Xother = rng.uniform(0.5, 1.0, (30, 7))  # a validation cohort with other values
+    out = b.transform(Xother)
+    assert b.vocabulary_ == vocab and np.array_equal(b.idf_, idf)
+    assert out.shape == (30, len(vocab))
+    # refitting on the union would change the IDF: the training-only fit is what we keep
+    both = mil.BagOfWordsTfidf(n_words=4).fit(np.vstack([Xtr, Xother]), np.r_[ytr, np.zeros(30)])
+    assert both.vocabulary_ != vocab or not np.allclose(both.idf_, idf)
+    assert set(b.get_feature_names_out()) <= {f"bow_p{i}" for i in range(4)} | {"bow_y0", "bow_y1"}
+
+
+@pytest.mark.parametrize("est", [mil.LikelihoodHistogram(threshold=0.5), mil.BagOfWordsTfidf(threshold=0.5)])
+def test_sklearn_estimator_checks(est):
+    # scikit-learn's own API checks (clone, fit/transform contracts, no logic in __init__, ...); the
+    # transformers take probabilities in [0, 1], so checks that feed arbitrary data are expected to pass too
+    check_estimator(est)
+
+
+def test_in_pipeline():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(2)
+    X = np.vstack([rng.uniform(0, 0.5, (30, 7)), rng.uniform(0.4, 1, (30, 7))])
+    y = np.r_[np.zeros(30), np.ones(30)]
+    p = make_pipeline(mil.LikelihoodHistogram(), LogisticRegression()).fit(X, y)
+    assert p.score(X, y) > 0.8

@@ -1,0 +1,93 @@
+"""Signatures: selection steps, leakage tests (permuted labels; no fitted step sees validation rows)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from hcc25d import config, signatures as sig
+from hcc25d.stats import auc_ci
+
+
+def dataset(n_train=120, n_int=60, n_ext=80, seed=0, signal=1.5):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cohort, n in (("training", n_train), ("internal", n_int), ("external", n_ext)):
+        for i in range(n):
+            rows.append({"patient_id": f"{cohort[:2]}{i:03d}", "cohort": cohort, "label": int(rng.random() < 0.55)})
+    meta = pd.DataFrame(rows).set_index("patient_id")
+    y = meta["label"].to_numpy()
+    inst = {f"axial{o:+d}": np.clip(0.5 + 0.15 * signal * (y - 0.5) + rng.normal(0, 0.15, len(y)), 0, 1)
+            for o in (0, -1, 1, -2, 2)}
+    rad = {f"arterial_original_firstorder_F{j}": rng.normal(0, 1, len(y)) + (signal * (y - 0.5) if j < 3 else 0)
+           for j in range(12)}
+    X = pd.DataFrame({**inst, **rad}, index=meta.index)
+    return X, meta, list(inst), list(rad)
+
+
+S = config.SignaturesCfg(cv_folds=3, models=("lr", "rf", "et", "xgb", "lgbm"),
+                         grids={"rf": {"n_estimators": [50], "max_depth": [3], "min_samples_leaf": [2]},
+                                "et": {"n_estimators": [50], "max_depth": [3], "min_samples_leaf": [2]},
+                                "xgb": {"n_estimators": [30], "max_depth": [2], "learning_rate": [0.1]},
+                                "lgbm": {"n_estimators": [30], "num_leaves": [4], "learning_rate": [0.1]},
+                                "lr": {"C": [0.1, 1.0]}})
+
+
+def test_no_fitted_step_ever_receives_validation_rows():
+    X, meta, ic, rc = dataset()
+    log = sig.FitLog()
+    models = sig.build_models(X, meta, ic, rc, S, seed=0, recorder=log)
+    train_ids = set(meta.index[meta["cohort"] == "training"])
+    assert len(log) > 5 * 3  # every CV fit of every family went through the recorder
+    for ids in log:
+        assert ids is not None and set(ids) <= train_ids
+    # and the validation cohorts were predicted
+    for v in models.values():
+        assert len(v["proba"]) == len(X) and len(v["oof"]) == len(train_ids)
+
+
+def test_permuted_training_labels_give_chance_external_auc():
+    X, meta, ic, rc = dataset(signal=0.6)
+    perm = meta.copy()
+    tr = perm["cohort"] == "training"
+    perm.loc[tr, "label"] = np.random.default_rng(1).permutation(perm.loc[tr, "label"].to_numpy())
+    models = sig.build_models(X, perm, ic, rc, S, seed=0)
+    ext = (meta["cohort"] == "external").to_numpy()
+    y = meta["label"].to_numpy()[ext]
+    n1, n0 = y.sum(), len(y) - y.sum()
+    bound = 3 * np.sqrt((n0 + n1 + 1) / (12 * n0 * n1))  # 3 SD of the AUC under no signal
+    for key, v in models.items():
+        auc = auc_ci(y, v["proba"][ext]).auc
+        assert abs(auc - 0.5) < bound, (key, auc, bound)
+    # the same pipeline with the true labels finds the signal (the test is not vacuous)
+    real = sig.build_models(X, meta, ic, rc, config.SignaturesCfg(cv_folds=3, models=("lr",), grids=S.grids), seed=0)
+    assert auc_ci(y, real["lr"]["proba"][ext]).low > 0.5  # its 95 % interval excludes chance
+    # combined model on permuted labels
+    train = perm[tr].assign(score=models["lr"]["oof"], x1=X.loc[tr, "arterial_original_firstorder_F5"].to_numpy())
+    fit = sig.fit_combined(train, "score", ["x1"])
+    frame = X.assign(score=models["lr"]["proba"], x1=X["arterial_original_firstorder_F5"])
+    p = sig.predict_combined(fit, frame[ext], "score", ["x1"])
+    assert abs(auc_ci(y, p).auc - 0.5) < bound
+
+
+def test_selectors():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(40), np.ones(40)]
+    a = rng.normal(0, 1, 80) + 2 * y
+    X = np.c_[a, a + rng.normal(0, 0.01, 80), rng.normal(0, 1, 80), rng.lognormal(0, 1, 80) * (1 + y)]
+    u = sig.UnivariateFilter(0.05).fit(X, y)
+    assert u.get_support().tolist() == [True, True, False, True]
+    c = sig.CorrelationPruner(0.9).fit(X[:, u.get_support()])
+    assert c.get_support().tolist() == [True, False, True]
+    las = sig.LassoSelector(random_state=0).fit(X, y)
+    assert las.get_support()[0] or las.get_support()[1]
+    assert np.all(las.coef_[~las.get_support()] == 0)
+    none = sig.UnivariateFilter(0.05, min_features=1).fit(rng.normal(0, 1, (80, 3)), y)
+    assert none.get_support().sum() >= 1
+
+
+def test_selection_rules_and_clinical_screen():
+    assert sig.select_signature({"lr": 0.7, "rf": 0.8}, "cv")[0] == "rf"
+    assert sig.select_signature({"lr": 0.7, "rf": 0.8}, "lr")[0] == "lr"
+    with pytest.raises(ValueError):
+        sig.select_signature({"lr": 0.7}, "svm")
+    t2 = pd.DataFrame({"variable": ["a", "b", "c"], "p_paper": [0.01, 0.02, 0.5], "m_p_paper": [0.01, 0.2, np.nan]})
+    assert sig.clinical_screen(t2) == ["a"]
