@@ -32,7 +32,7 @@ def evaluate_variant(name, X, meta, inst_cols, rad_cols, key, cfg, full_probs):
     pipe = sig.fusion_pipeline(key, inst_cols, rad_cols, cfg.seed, S.n_bins, S.n_words, S.p_threshold, S.corr_threshold)
     gs, oof = sig.tune(pipe, {**sig.DEFAULT_GRIDS[key], **S.grids.get(key, {})}, X[train], y[train], cfg.seed,
                        S.cv_folds, n_jobs=cfg.compute.n_jobs)
-    p = np.where(train, oof, gs.predict_proba(X)[:, 1])
+    p = sig.with_oof(train, oof, gs.predict_proba(X)[:, 1])
     row = {"variant": name, "instances": len(inst_cols), "radiomics features": len(rad_cols), "cv AUC": gs.best_score_}
     for c in ("training", "internal", "external"):
         m = (meta["cohort"] == c).to_numpy()
@@ -68,7 +68,7 @@ def run_ablations(cfg, paths, X, meta, inst_cols, rad_cols, key, full_oof, full_
     from .mil import bag_matrix
 
     train = (meta["cohort"] == "training").to_numpy()
-    full = np.where(train, full_oof, full_pred)
+    full = sig.with_oof(train, full_oof, full_pred)
     variants = [
         ("full model (all instances + radiomics)", inst_cols, rad_cols),
         ("central axial slice only (2D)", [c for c in inst_cols if c == "axial+0"], rad_cols),

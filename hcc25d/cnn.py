@@ -308,7 +308,9 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     gen = torch.Generator().manual_seed(seed)
     log, best, best_state, start, bad_epochs = [], -np.inf, None, 0, 0
-    fp = _fingerprint(prm, seed, len(tr_idx), len(va_idx), float(y.sum()), desc)
+    data_hash = hashlib.sha1(np.ascontiguousarray(x).view(np.uint8)).hexdigest()
+    fp = _fingerprint(prm, seed, len(tr_idx), len(va_idx), float(y.sum()), desc, data_hash,
+                      sorted(map(str, set(groups[va_idx]))))
     if checkpoint is not None and checkpoint.exists():
         ck = torch.load(checkpoint, map_location=device, weights_only=False)
         if ck.get("fingerprint") == fp:

@@ -97,3 +97,28 @@ def compare_table2(t2: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
                              match=bool(op < value) if rel == "<" else bool(abs(round(op, 3) - value) <= 0.001 + 1e-9),
                              note="paper prints <0.05" if rel == "<" else ""))
     return pd.DataFrame(rows)
+
+
+METRICS = ["accuracy", "auc", "ci_low", "ci_high", "sensitivity", "specificity", "ppv", "npv"]
+
+
+def compare_metrics(table: str, ours: pd.DataFrame, name_map: dict, model_col: str,
+                    oracle: dict | None = None, cohort_map: dict | None = None) -> pd.DataFrame:
+    """Paper vs ours for Tables 3–5: one row per model, cohort and metric, with the twin's oracle AUC
+    beside every AUC. ``name_map`` maps the paper's model names to ours (absent → not reproduced)."""
+    paper = paper_tables()[table]
+    cohort_map = cohort_map or {}
+    rows = []
+    for pname, cohorts in paper.items():
+        oname = name_map.get(pname)
+        for cohort_name, vals in cohorts.items():
+            oc = cohort_map.get(cohort_name, cohort_name)
+            sub = ours[(ours[model_col] == oname) & (ours["cohort"] == oc)] if oname else ours.iloc[0:0]
+            for m, pv in zip(METRICS, vals):
+                ov = float(sub[m].iloc[0]) if len(sub) else np.nan
+                rows.append({"table": table.replace("table", "Table "), "model (paper)": pname,
+                             "model (ours)": oname or "not trained", "cohort": cohort_name, "metric": m,
+                             "paper": pv, "ours": round(ov, 3) if np.isfinite(ov) else np.nan,
+                             "difference": round(ov - pv, 3) if np.isfinite(ov) else np.nan,
+                             "oracle AUC": (oracle or {}).get(cohort_name) if m == "auc" else np.nan})
+    return pd.DataFrame(rows)

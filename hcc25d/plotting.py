@@ -231,3 +231,132 @@ def grid_search_plot(results: dict):
     fig.suptitle("Figure 6 (left). Cross-validation results of the grid search", y=1.03)
     fig.tight_layout()
     return fig
+
+
+def calibration_panels(frame: pd.DataFrame, signatures, cohorts=("training", "internal", "external"), n_bins: int = 5):
+    """Figure 8A: calibration curves (scikit-learn's ``calibration_curve``, quantile bins) per cohort,
+    one line per signature, with the Hosmer–Lemeshow P value in the legend."""
+    from sklearn.calibration import calibration_curve
+
+    from .stats import hosmer_lemeshow
+
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 4.1), squeeze=False)
+    for ax, c in zip(axes[0], cohorts):
+        g = frame[frame["cohort"] == c]
+        for s in signatures:
+            h = g[g[s].notna()]
+            if h["label"].nunique() < 2:
+                continue
+            frac, mean = calibration_curve(h["label"], h[s], n_bins=n_bins, strategy="quantile")
+            hl = hosmer_lemeshow(h["label"], np.clip(h[s], 1e-6, 1 - 1e-6))
+            ax.plot(mean, frac, "o-", ms=3, lw=1.3, label=f"{s} (HL P = {hl.p_value:.3f})")
+        ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=0.8, label="perfect")
+        ax.set(title=COHORT_TITLES.get(c, c), xlabel="predicted probability", ylabel="observed frequency",
+               xlim=(0, 1), ylim=(0, 1.02))
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def delong_heatmaps(frame: pd.DataFrame, signatures, cohorts=("training", "internal", "external")):
+    """Figure 8B: paired DeLong P values between every pair of signatures, one heat map per cohort."""
+    import seaborn as sns
+
+    from .stats import delong_test
+
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(4.0 * len(cohorts), 3.6), squeeze=False)
+    tables = {}
+    for ax, c in zip(axes[0], cohorts):
+        g = frame[frame["cohort"] == c].dropna(subset=list(signatures))
+        P = pd.DataFrame(np.nan, index=list(signatures), columns=list(signatures))
+        for a in signatures:
+            for b in signatures:
+                P.loc[a, b] = 1.0 if a == b else delong_test(g["label"], g[a], g[b]).p_value
+        tables[c] = P
+        sns.heatmap(P, annot=True, fmt=".3f", cmap="rocket_r", vmin=0, vmax=1, ax=ax, cbar=False,
+                    annot_kws={"fontsize": 8})
+        ax.set_title(COHORT_TITLES.get(c, c))
+    fig.tight_layout()
+    return fig, tables
+
+
+def decision_curves(frame: pd.DataFrame, signatures, cohorts=("training", "internal", "external"),
+                    thresholds=None):
+    """Figure 8C: net benefit of each signature, treat-all and treat-none, per cohort."""
+    from .stats import net_benefit
+
+    thresholds = np.round(np.arange(0.01, 0.96, 0.01), 2) if thresholds is None else thresholds
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 4.0), squeeze=False)
+    rows = []
+    for ax, c in zip(axes[0], cohorts):
+        g = frame[frame["cohort"] == c]
+        all_line = None
+        for s in signatures:
+            h = g[g[s].notna()]
+            nb = net_benefit(h["label"], h[s], thresholds)
+            ax.plot(nb["threshold"], nb["model"], lw=1.4, label=s)
+            all_line = nb
+            rows.append(nb.assign(signature=s, cohort=c))
+        if all_line is not None:
+            ax.plot(all_line["threshold"], all_line["treat_all"], c="0.5", lw=1, ls="-.", label="treat all")
+            ax.axhline(0, c="0.2", lw=0.8, label="treat none")
+        prev = g["label"].mean()
+        ax.set(title=COHORT_TITLES.get(c, c), xlabel="threshold probability", ylabel="net benefit",
+               ylim=(-0.1, max(0.05, prev) * 1.1), xlim=(0, 1))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig, pd.concat(rows, ignore_index=True)
+
+
+def nomogram_plot(intercept: float, coefs: dict, axes_values: dict, labels: dict | None = None,
+                  risk_ticks=(0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95), title: str = ""):
+    """Figure 9: a nomogram of a logistic model, points scaled as ``rms::nomogram`` scales them."""
+    from .stats import nomogram_scale
+
+    nomo = nomogram_scale(coefs, axes_values)
+    scale, offset = nomo["scale"], nomo["offset"]
+    labels = labels or {}
+    names = list(coefs)
+    n_rows = len(names) + 3
+    fig, ax = plt.subplots(figsize=(9, 0.7 * n_rows + 0.6))
+    y = n_rows
+
+    def axis_row(yv, xs, ticks, label):
+        ax.plot([min(xs), max(xs)], [yv, yv], c="k", lw=1)
+        for x, t in zip(xs, ticks):
+            ax.plot([x, x], [yv, yv + 0.12], c="k", lw=1)
+            ax.text(x, yv + 0.18, t, ha="center", va="bottom", fontsize=7)
+        ax.text(-4, yv, label, ha="right", va="center", fontsize=9)
+
+    pts = np.arange(0, 101, 10)
+    axis_row(y, pts, [f"{p:g}" for p in pts], "Points")
+    for name in names:
+        y -= 1
+        vals = np.asarray(axes_values[name], float)
+        p = nomo["points"][name]
+        axis_row(y, p, [f"{v:g}" for v in vals], labels.get(name, name))
+    # total points and risk
+    y -= 1
+    max_total = sum(v.max() for v in nomo["points"].values())
+    tp = np.asarray(stats_pretty_total(max_total))
+    axis_row(y, tp * 100 / max_total, [f"{t:g}" for t in tp], "Total points")
+    y -= 1
+    lp = np.log(np.asarray(risk_ticks) / (1 - np.asarray(risk_ticks)))
+    tot = (lp - intercept - offset) * scale
+    ok = (tot >= 0) & (tot <= max_total)
+    axis_row(y, tot[ok] * 100 / max_total, [f"{r:g}" for r in np.asarray(risk_ticks)[ok]], "Risk of early recurrence")
+    ax.set_xlim(-40, 108)
+    ax.set_ylim(y - 0.6, n_rows + 0.8)
+    ax.axis("off")
+    ax.text(50, y - 0.55, "Total-points and risk rows are drawn on a 0–100 width: a total of T points sits at T × 100 / "
+            f"{max_total:.0f}.", ha="center", fontsize=7, color="0.4")
+    if title:
+        ax.set_title(title)
+    return fig, nomo
+
+
+def stats_pretty_total(max_total: float):
+    from .stats import r_pretty
+
+    v = r_pretty(0, max_total)
+    return v[v <= max_total + 1e-9]

@@ -72,11 +72,14 @@ STAGES: list[Stage] = [
     Stage("signatures", "06_signatures.ipynb", "MIL fusion and signatures",
           deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d"),
           sections=("seed", "signatures", "cnn", "crop"), modules=("mil", "signatures", "ablation", "cohort", "cnn")),
-    Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction", deps=("cohort", "data"),
+    Stage("evaluation", "07_evaluation.ipynb", "Evaluation", deps=("cohort", "data", "signatures"),
+          sections=(), modules=()),
+    Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction",
+          deps=("cohort", "data", "cnn", "signatures", "evaluation"),
           sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
     Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
           sections=(), modules=("manifest",)),
-    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "compare", "owndata"),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation", "compare", "owndata"),
           sections=(), modules=()),
 ]
 

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 __all__ = ["UnivariateFilter", "CorrelationPruner", "LassoSelector", "MODEL_NAMES", "DEFAULT_GRIDS",
            "make_classifier", "fusion_pipeline", "tune", "select_signature", "clinical_screen",
-           "fit_combined", "FitRecorder", "FitLog", "build_models"]
+           "fit_combined", "FitRecorder", "FitLog", "build_models", "with_oof"]
 
 MODEL_NAMES = {"lr": "LR", "rf": "RandomForest", "et": "ExtraTrees", "xgb": "XGBoost", "lgbm": "LightGBM"}
 
@@ -280,4 +280,11 @@ def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, se
         gs, oof = tune(pipe, {**DEFAULT_GRIDS[key], **S.grids.get(key, {})}, X[train], y[train], seed,
                        S.cv_folds, n_jobs=n_jobs)
         out[key] = {"search": gs, "oof": oof, "proba": gs.predict_proba(X)[:, 1]}
+    return out
+
+
+def with_oof(train_mask, oof, proba) -> np.ndarray:
+    """Every row's probability: out-of-fold for the training rows, the refitted model's for the others."""
+    out = np.asarray(proba, float).copy()
+    out[np.asarray(train_mask, bool)] = oof
     return out

@@ -19,7 +19,8 @@ import pandas as pd
 from scipy import stats as _st
 
 __all__ = ["AUCResult", "DeLongResult", "auc_ci", "delong_test", "delong_cov", "binary_metrics",
-           "youden_threshold", "oracle_auc_table", "metrics_by_cohort"]
+           "youden_threshold", "oracle_auc_table", "metrics_by_cohort", "HLResult", "hosmer_lemeshow",
+           "net_benefit", "r_pretty", "nomogram_scale"]
 
 AUCResult = namedtuple("AUCResult", ["auc", "low", "high"])
 DeLongResult = namedtuple("DeLongResult", ["z", "p_value", "auc_a", "auc_b"])
@@ -157,3 +158,126 @@ def metrics_by_cohort(frame: pd.DataFrame, prob: str = "prob", label: str = "lab
                      "ci_high": a.high, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
                      "ppv": m["ppv"], "npv": m["npv"], "threshold": thr})
     return pd.DataFrame(rows)
+
+
+HLResult = namedtuple("HLResult", ["statistic", "p_value", "df"])
+
+
+def hosmer_lemeshow(y_true, y_prob, groups: int = 10, method: str = "quantile") -> HLResult:
+    """Hosmer–Lemeshow goodness-of-fit test.
+
+    ``method="quantile"`` groups exactly as R's ``ResourceSelection::hoslem.test``: breaks are the unique
+    type-7 quantiles of the probabilities at 0, 1/g, …, 1 (duplicates removed), groups are
+    ``cut(p, breaks, include.lowest = TRUE)`` (right-closed intervals, the lowest included), and
+    ``df = g − 2`` with ``g`` the requested number of groups. ``method="stata"`` sorts the patients by
+    risk and splits them into ``g`` groups of (nearly) equal size, as Stata's ``estat gof`` deciles do.
+
+    .. math::
+
+        \\hat C = \\sum_{k}\\left[\\frac{(O_{1k}-E_{1k})^2}{E_{1k}} + \\frac{(O_{0k}-E_{0k})^2}{E_{0k}}\\right]
+        \\sim \\chi^2_{g-2}
+
+    (Hand-written because no maintained Python package implements the R grouping.)
+    """
+    y = np.asarray(y_true, float)
+    p = np.asarray(y_prob, float)
+    if method == "quantile":
+        breaks = np.unique(np.quantile(p, np.linspace(0, 1, groups + 1)))  # numpy's default is R's type 7
+        idx = np.searchsorted(breaks, p, side="left") - 1  # right-closed intervals (a, b]
+        idx[p <= breaks[0]] = 0                            # include.lowest
+        idx = np.clip(idx, 0, len(breaks) - 2)
+    elif method == "stata":
+        order = np.argsort(p, kind="stable")
+        idx = np.empty(len(p), int)
+        idx[order] = np.floor(np.arange(len(p)) * groups / len(p)).astype(int)
+    else:
+        raise ValueError("method must be 'quantile' or 'stata'")
+    stat = 0.0
+    for k in np.unique(idx):
+        m = idx == k
+        o1, e1 = y[m].sum(), p[m].sum()
+        o0, e0 = m.sum() - o1, m.sum() - e1
+        stat += (o1 - e1) ** 2 / e1 + (o0 - e0) ** 2 / e0
+    df = groups - 2
+    return HLResult(float(stat), float(_st.chi2.sf(stat, df)), df)
+
+
+def net_benefit(y_true, y_prob, thresholds) -> pd.DataFrame:
+    """Net benefit of the model, treat-all and treat-none at each threshold (treat when risk ≥ threshold):
+
+    .. math::
+
+        \\mathrm{NB}(t) = \\frac{TP}{n} - \\frac{FP}{n}\\,\\frac{t}{1-t}
+
+    Computed with the maintained ``dcurves`` package (the Python port of R ``dcurves``); returns one row
+    per threshold with columns ``threshold``, ``model``, ``treat_all``, ``treat_none``.
+    """
+    from dcurves import dca
+
+    thresholds = [float(t) for t in thresholds]
+    d = pd.DataFrame({"y": np.asarray(y_true, int), "model": np.asarray(y_prob, float)})
+    r = dca(data=d, outcome="y", modelnames=["model"], thresholds=thresholds)
+    piv = r.pivot_table(index="threshold", columns="model", values="net_benefit", aggfunc="first")
+    out = pd.DataFrame({"threshold": piv.index.to_numpy(), "model": piv["model"].to_numpy(),
+                        "treat_all": piv["all"].to_numpy(), "treat_none": piv["none"].to_numpy()})
+    return out.reset_index(drop=True)
+
+
+def r_pretty(lo: float, up: float, n: int = 5) -> np.ndarray:
+    """R's ``pretty()`` (the algorithm of R's ``src/appl/pretty.c``, defaults): nice axis values covering
+    [lo, up] — used for nomogram axes as ``rms::nomogram`` draws them."""
+    h, h5 = 1.5, 0.5 + 1.5 * 1.5
+    min_n = n // 3
+    eps = np.finfo(float).eps
+    dx = up - lo
+    if dx == 0 and up == 0:
+        cell, small = 1.0, True
+    else:
+        cell = max(abs(lo), abs(up))
+        U = 1 + (1 / (1 + h) if h5 >= 1.5 * h + 0.5 else 1.5 / (1 + h5))
+        U *= max(1, n) * eps
+        small = dx < cell * U * 3
+    if small:
+        if cell > 10:
+            cell = 9 + cell / 10
+        cell *= 0.75
+        if min_n > 1:
+            cell /= min_n
+    else:
+        cell = dx / n if n > 1 else dx
+    base = 10.0 ** np.floor(np.log10(cell))
+    unit = base
+    if 2 * base - cell < h * (cell - unit):
+        unit = 2 * base
+        if 5 * base - cell < h5 * (cell - unit):
+            unit = 5 * base
+            if 10 * base - cell < h * (cell - unit):
+                unit = 10 * base
+    ns, nu = np.floor(lo / unit + 1e-7), np.ceil(up / unit - 1e-7)
+    while ns * unit > lo + 1e-10 * unit:
+        ns -= 1
+    while nu * unit < up - 1e-10 * unit:
+        nu += 1
+    k = int(0.5 + nu - ns)
+    if k < min_n:
+        k = min_n - k
+        if ns >= 0:
+            nu += k / 2
+            ns -= k / 2 + k % 2
+        else:
+            ns -= k / 2
+            nu += k / 2 + k % 2
+    return np.round(np.arange(ns, nu + 0.5) * unit, 12)
+
+
+def nomogram_scale(coefs: dict, axes: dict) -> dict:
+    """Points as ``rms::nomogram`` scales them: the predictor whose contribution β·x varies most over its
+    axis spans 0–100 points; every predictor's points are (β·x − min over its axis) × scale.
+
+    ``coefs``: {name: β} (no intercept); ``axes``: {name: axis values}. Returns ``scale`` (points per unit
+    of linear predictor), ``offset`` (Σ of each predictor's minimum contribution) and ``points`` per axis.
+    """
+    ranges = {k: (coefs[k] * np.asarray(v, float)) for k, v in axes.items()}
+    scale = 100.0 / max(r.max() - r.min() for r in ranges.values())
+    points = {k: (r - r.min()) * scale for k, r in ranges.items()}
+    return {"scale": scale, "offset": float(sum(r.min() for r in ranges.values())), "points": points}

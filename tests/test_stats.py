@@ -1,0 +1,121 @@
+"""Statistics checked against R (pROC, ResourceSelection, dcurves, rms): reference values in tests/results/."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+import yaml
+
+from hcc25d import stats
+
+REF = yaml.safe_load((Path(__file__).parent / "results" / "r_reference.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def df(shared):
+    d = pd.read_csv(shared / "data/reference/stats/df_binary.csv")
+    d["y"] = (d["cancer"].astype(str) == "True").astype(int)
+    return d
+
+
+def test_delong_against_proc(df):
+    r = REF["delong"]
+    tol = r["tol"]
+    aucs, cov = stats.delong_cov(df["y"], df["cancerpredmarker"], df["marker"])
+    assert aucs[0] == pytest.approx(r["auc_cancerpredmarker"], abs=tol)
+    assert aucs[1] == pytest.approx(r["auc_marker"], abs=tol)
+    assert cov[0, 0] == pytest.approx(r["var_cancerpredmarker"], abs=tol)
+    assert cov[1, 1] == pytest.approx(r["var_marker"], abs=tol)
+    assert cov[0, 1] == pytest.approx(r["cov"], abs=tol)
+    a = stats.auc_ci(df["y"], df["cancerpredmarker"])
+    assert (a.low, a.high) == pytest.approx(r["ci_cancerpredmarker"], abs=tol)
+    b = stats.auc_ci(df["y"], df["marker"])
+    assert (b.low, b.high) == pytest.approx(r["ci_marker"], abs=tol)
+    t = stats.delong_test(df["y"], df["cancerpredmarker"], df["marker"])
+    assert t.z == pytest.approx(r["z"], abs=tol) and t.p_value == pytest.approx(r["p"], rel=1e-9)
+    assert isinstance(t, stats.DeLongResult) and t.auc_a > t.auc_b
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_auc(df):
+    a = stats.auc_ci(df["y"], df["marker"], method="bootstrap", n_boot=300, seed=1)
+    b = stats.auc_ci(df["y"], df["marker"], method="bootstrap", n_boot=300, seed=1)
+    assert a == b and a.low < a.auc < a.high
+    assert abs(a.low - REF["delong"]["ci_marker"][0]) < 0.03
+
+
+def test_hosmer_lemeshow_against_resourceselection(df):
+    r = REF["hosmer_lemeshow"]
+    h = stats.hosmer_lemeshow(df["y"], df["cancerpredmarker"], groups=10)
+    assert h.statistic == pytest.approx(r["statistic"], abs=r["tol"])
+    assert h.p_value == pytest.approx(r["p"], abs=r["tol"])
+    assert h.df == r["df"]
+    # with tied risks the two groupings differ: R's unique quantile breaks collapse to few groups,
+    # Stata-style deciles keep 10 groups of equal size
+    tied = 0.1 + 0.2 * df["famhistory"]
+    q = stats.hosmer_lemeshow(df["y"], tied, groups=10)
+    s = stats.hosmer_lemeshow(df["y"], tied, groups=10, method="stata")
+    assert s.df == q.df == 8 and not np.isclose(s.statistic, q.statistic)
+
+
+def test_net_benefit_against_r_dcurves(df, shared):
+    thr = np.round(np.arange(0, 1, 0.01), 2)
+    nb = stats.net_benefit(df["y"], df["famhistory"], thr)
+    nb = nb.set_index(nb["threshold"].round(2))
+    r = pd.read_csv(shared / "data/reference/stats/r_dca_famhistory.csv")
+    r["threshold"] = r["threshold"].round(2)
+    for var, col in (("famhistory", "model"), ("all", "treat_all"), ("none", "treat_none")):
+        ref = r[r["variable"] == var].set_index("threshold")["net_benefit"]
+        assert np.allclose(nb.loc[ref.index, col].to_numpy(), ref.to_numpy(), atol=1e-9), var
+    c = REF["dca_cancerpredmarker_025"]
+    one = stats.net_benefit(df["y"], df["cancerpredmarker"], [0.25]).iloc[0]
+    assert (one["treat_all"], one["treat_none"], one["model"]) == pytest.approx((c["treat_all"], c["treat_none"], c["model"]), abs=c["tol"])
+    # the formula, above threshold 0: TP/n - FP/n * t/(1-t), treating risk >= t
+    t = 0.3
+    pred = df["cancerpredmarker"] >= t
+    tp, fp = (pred & (df["y"] == 1)).sum(), (pred & (df["y"] == 0)).sum()
+    mine = tp / len(df) - fp / len(df) * t / (1 - t)
+    assert stats.net_benefit(df["y"], df["cancerpredmarker"], [t]).iloc[0]["model"] == pytest.approx(mine, abs=1e-12)
+
+
+def test_logistic_fit_and_nomogram_against_rms(df):
+    r = REF["rms"]
+    X = sm.add_constant(df[["age", "famhistory", "marker"]].astype(float))
+    fit = sm.Logit(df["y"].astype(float), X).fit(disp=0, method="newton", tol=1e-12, maxiter=100)
+    assert np.allclose(fit.params.to_numpy(), r["coefficients"], atol=r["tol_coef"])
+    coefs = dict(zip(["age", "famhistory", "marker"], r["coefficients"][1:]))
+    axes = {"age": stats.r_pretty(df["age"].min(), df["age"].max()), "famhistory": np.array([0.0, 1.0]),
+            "marker": stats.r_pretty(df["marker"].min(), df["marker"].max())}
+    assert axes["age"][0] == 45 and axes["age"][-1] == 80 and axes["marker"][-1] == 7
+    nomo = stats.nomogram_scale(coefs, axes)
+    tol = r["tol_points"]
+    assert nomo["scale"] == pytest.approx(r["points_per_lp"], abs=tol)
+    pts = lambda name, x: (coefs[name] * x - (coefs[name] * axes[name]).min()) * nomo["scale"]  # noqa: E731
+    for x, p in r["age_points"].items():
+        assert pts("age", float(x)) == pytest.approx(p, abs=tol)
+    for x, p in r["marker_points"].items():
+        assert pts("marker", float(x)) == pytest.approx(p, abs=tol)
+    for x, p in r["famhistory_points"].items():
+        assert pts("famhistory", float(x)) == pytest.approx(p, abs=tol)
+    b0 = r["coefficients"][0]
+    for risk, total in r["total_points_at_risk"].items():
+        lp = np.log(risk / (1 - risk))
+        assert (lp - b0 - nomo["offset"]) * nomo["scale"] == pytest.approx(total, abs=r["tol_total_points"])
+
+
+def test_binary_metrics_and_threshold_from_training():
+    y = np.array([0, 0, 1, 1, 1, 0])
+    p = np.array([0.1, 0.6, 0.7, 0.8, 0.3, 0.2])
+    m = stats.binary_metrics(y, p, 0.5)
+    assert (m["accuracy"], m["sensitivity"], m["specificity"], m["ppv"], m["npv"]) == pytest.approx((4 / 6, 2 / 3, 2 / 3, 2 / 3, 2 / 3))
+    frame = pd.DataFrame({"cohort": ["training"] * 6 + ["external"] * 4, "label": list(y) + [0, 1, 0, 1],
+                          "prob": list(p) + [0.9, 0.95, 0.1, 0.2]})
+    t = stats.metrics_by_cohort(frame)
+    thr = stats.youden_threshold(y, p)
+    assert (t["threshold"] == thr).all()  # the external cohort's threshold is the training one
+
+
+def test_r_pretty_matches_r_examples():
+    assert list(stats.r_pretty(0, 1)) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert list(stats.r_pretty(1, 10)) == [0, 2, 4, 6, 8, 10]
+    assert list(stats.r_pretty(0.13, 0.87)) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
