@@ -103,7 +103,7 @@ def test_weights_fallback_is_explicit(monkeypatch):
         cnn.build_model("resnet18", "imagenet", "fail")
     model, info = cnn.build_model("resnet18", "imagenet", "random")
     assert info["used"] == "random" and info["note"].startswith("FALLBACK")
-    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1)
+    assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 1)
     _, info = cnn.build_model("resnet18", "none")
     assert info["used"] == "random"
 
