@@ -40,10 +40,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_csv(df: pd.DataFrame, path: str | Path, index: bool = False) -> Path:
+def write_csv(df: pd.DataFrame, path: str | Path, index: bool = False) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=index)
-    return Path(path)
 
 
 def _json_default(o: Any) -> Any:
@@ -58,22 +57,20 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
+def write_json(obj: Any, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
-    return Path(path)
 
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-    return path
 
 
 class RunPaths:

@@ -41,6 +41,8 @@ def compare_table1(t1_long: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
     for c in COHORTS:
         n = spec.cohorts[c]["n"]
         for var, d in spec.continuous.items():
+            if (var, "", c) not in idx.index:
+                continue
             r = idx.loc[(var, "", c)]
             for o in (0, 1):
                 mean, sd = d["stats"][c][o]
@@ -52,6 +54,8 @@ def compare_table1(t1_long: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
             rows.append(dict(table="Table 1", item=f"{d['label']} P", cohort=c, paper=pv,
                              ours=round(float(r["p"]), 3), note="depends on the drawn values, not only on the counts"))
         for var, d in spec.categorical.items():
+            if (var, "", c) not in idx.index:
+                continue
             for lvl, k0, k1 in zip(d["levels"], d["counts"][c][0], d["counts"][c][1]):
                 r = idx.loc[(var, str(lvl), c)]
                 for o, k in ((0, k0), (1, k1)):

@@ -34,7 +34,20 @@ def savefig(fig, out_dir: str | Path, topic: str, synthetic: bool = True) -> Pat
     for ext in ("png", "svg"):
         with atomic_path(out_dir / f"fig-{topic}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, metadata={"Date": None} if ext == "svg" else None)
+    _show(png)
+    plt.close(fig)
     return png
+
+
+def _show(png: Path) -> None:
+    """In a notebook, show the saved PNG (what the reader sees is exactly the file in results/)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:  # pragma: no cover
+        return
+    if get_ipython() is not None:
+        display(Image(filename=str(png)))
 
 
 def correlation_heatmap(df: pd.DataFrame, labels: dict | None = None, title: str = ""):

@@ -230,6 +230,15 @@ def _select(stages: list[Stage], from_stage: Optional[str], only: Optional[Itera
     return stages
 
 
+def _rel(path: Path) -> str:
+    """A path as the notebooks see it: relative to the project root (their working directory) when inside it."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(p)
+
+
 def _log(msg: str) -> None:
     print(f"[hcc25d] {msg}", flush=True)
 
@@ -282,8 +291,7 @@ def run(params_file: str | Path, from_stage: Optional[str] = None, only: Optiona
         try:
             pm.execute_notebook(
                 str(nb_dir / stage.notebook), str(tmp_nb),
-                parameters={"params_file": str(params_file.resolve()),
-                            "out_dir": str(tmp), "results_root": str(root)},
+                parameters={"params_file": _rel(params_file), "out_dir": _rel(tmp), "results_root": _rel(root)},
                 kernel_name=kernel, cwd=str(PROJECT_ROOT), progress_bar=False,
                 log_output=False, stdout_file=None, stderr_file=sys.stderr,
             )

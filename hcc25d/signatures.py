@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats as _st
 from sklearn.base import BaseEstimator, clone
 from sklearn.feature_selection import SelectorMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = ["UnivariateFilter", "CorrelationPruner", "LassoSelector", "MODEL_NAMES", "DEFAULT_GRIDS",
            "make_classifier", "fusion_pipeline", "tune", "select_signature", "clinical_screen",
@@ -46,13 +46,11 @@ class UnivariateFilter(SelectorMixin, BaseEstimator):
         self.min_features = min_features
 
     def fit(self, X, y):
-        A = np.asarray(X, float)
-        y = np.asarray(y)
-        self.n_features_in_ = A.shape[1]
+        A, y = validate_data(self, X, y, dtype=float)
         p = np.ones(A.shape[1])
         for j in range(A.shape[1]):
             a, b = A[y == 0, j], A[y == 1, j]
-            if np.nanstd(A[:, j]) == 0:
+            if np.nanstd(A[:, j]) == 0 or len(a) < 2 or len(b) < 2:
                 continue
             normal = all(len(v) >= 3 and np.std(v) > 0 and _st.shapiro(v).pvalue > self.alpha_normal for v in (a, b))
             p[j] = _st.ttest_ind(a, b).pvalue if normal else _st.mannwhitneyu(a, b, alternative="two-sided").pvalue
@@ -77,8 +75,7 @@ class CorrelationPruner(SelectorMixin, BaseEstimator):
         self.threshold = threshold
 
     def fit(self, X, y=None):
-        A = np.asarray(X, float)
-        self.n_features_in_ = A.shape[1]
+        A = validate_data(self, X, dtype=float)
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.abs(np.corrcoef(A, rowvar=False)) if A.shape[1] > 1 else np.ones((1, 1))
         r = np.nan_to_num(np.atleast_2d(r))
@@ -110,12 +107,14 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         from sklearn.linear_model import LassoCV, lasso_path
         from sklearn.preprocessing import StandardScaler
 
-        A = StandardScaler().fit_transform(np.asarray(X, float))
-        y = np.asarray(y, float)
-        self.n_features_in_ = A.shape[1]
-        cv = min(self.cv, int(min(np.bincount(y.astype(int)))) if len(np.unique(y)) > 1 else 2)
-        lasso = LassoCV(cv=max(2, cv), random_state=self.random_state, max_iter=self.max_iter, n_jobs=1).fit(A, y)
+        A, y = validate_data(self, X, y, dtype=float, y_numeric=True)
+        A = StandardScaler().fit_transform(A)
+        binary = set(np.unique(y)) <= {0.0, 1.0}
+        cv = min(self.cv, int(min(np.bincount(y.astype(int))))) if binary and len(np.unique(y)) > 1 else self.cv
+        lasso = LassoCV(cv=max(2, min(cv, len(y))), random_state=self.random_state, max_iter=self.max_iter,
+                        n_jobs=1).fit(A, y)
         self.alpha_ = float(lasso.alpha_)
+        self.n_iter_ = int(lasso.n_iter_)
         self.coef_ = lasso.coef_.copy()
         mask = self.coef_ != 0
         if mask.sum() < self.min_features:

@@ -140,3 +140,13 @@ def test_smoke_chain(tmp_path):
     assert prov["stages"]["cnn"]["notes"]["imagenet_weights_used"] is False  # offline: said, not hidden
     again = runner.run(params, results_root=tmp_path)
     assert set(again.values()) == {"skipped"}
+    # the same images as own data, through a manifest (pseudonymised): cohort, images and cropping
+    own = dict(p, run="own", data={"source": "manifest", "manifest": str(run_dir / "data" / "manifest.csv"),
+                                   "pseudonymise": True, "salt": "x"})
+    own_params = tmp_path / "own.yaml"
+    own_params.write_text(yaml.safe_dump(own))
+    st = runner.run(own_params, results_root=tmp_path, only=["cohort", "data", "crop25d"])
+    assert set(st.values()) == {"ran"}
+    cases = __import__("pandas").read_csv(tmp_path / "own" / "data" / "cases.csv")
+    assert cases["patient_id"].str.startswith("p-").all() and len(cases) == len(sigs)
+    assert not (tmp_path / "own" / "data" / "oracle.csv").exists()

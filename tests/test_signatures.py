@@ -91,3 +91,10 @@ def test_selection_rules_and_clinical_screen():
         sig.select_signature({"lr": 0.7}, "svm")
     t2 = pd.DataFrame({"variable": ["a", "b", "c"], "p_paper": [0.01, 0.02, 0.5], "m_p_paper": [0.01, 0.2, np.nan]})
     assert sig.clinical_screen(t2) == ["a"]
+
+
+@pytest.mark.parametrize("est", [sig.UnivariateFilter(), sig.CorrelationPruner(), sig.LassoSelector(random_state=0)])
+def test_selectors_pass_sklearn_estimator_checks(est):
+    from sklearn.utils.estimator_checks import check_estimator
+
+    check_estimator(est)
