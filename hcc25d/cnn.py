@@ -326,7 +326,7 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     aug = dict(prm.get("augment", {}))
     bar = tqdm(range(start, epochs), desc=desc, disable=not progress, file=sys.stderr, ncols=100, mininterval=1.0)
     for epoch in bar:
-        if bad_epochs > int(prm.get("patience", 3)):
+        if bad_epochs >= int(prm.get("patience", 3)):
             break
         t0 = time.perf_counter()
         model.train()
