@@ -309,7 +309,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     gen = torch.Generator().manual_seed(seed)
     log, best, best_state, start, bad_epochs = [], -np.inf, None, 0, 0
     data_hash = hashlib.sha1(np.ascontiguousarray(x).view(np.uint8)).hexdigest()
-    fp = _fingerprint(prm, seed, len(tr_idx), len(va_idx), float(y.sum()), desc, data_hash,
+    code_hash = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()  # a changed training loop retrains
+    fp = _fingerprint(prm, seed, len(tr_idx), len(va_idx), float(y.sum()), desc, data_hash, code_hash,
                       sorted(map(str, set(groups[va_idx]))))
     if checkpoint is not None and checkpoint.exists():
         ck = torch.load(checkpoint, map_location=device, weights_only=False)
