@@ -43,7 +43,7 @@ from scipy import ndimage
 from .config import CropCfg
 
 __all__ = ["CropParams", "resample_and_window", "window", "max_area_index", "select_instances",
-           "extract_square", "crop_arrays", "crop_patient", "crop_all", "load_instances"]
+           "extract_square", "crop_arrays", "crop_patient", "crop_all", "load_instances", "signal_probe"]
 
 VIEWS = ("axial", "sagittal", "coronal")
 
@@ -294,3 +294,45 @@ def load_instances(crop_dir: Path, bag_file: str) -> np.ndarray:
     """A bag's instances as float32 (N, C, S, S) — numpy only, for the CNN stages."""
     with np.load(Path(crop_dir) / "instances" / bag_file) as z:
         return z["x"].astype(np.float32)
+
+
+def _histogram_features(x: np.ndarray, channels, bins: int = 16) -> np.ndarray:
+    out = []
+    for c in channels:
+        a = x[:, c].reshape(len(x), -1).astype(np.float32)
+        h = np.stack([np.histogram(r, bins=bins, range=(0.0, 1.0))[0] for r in a]) / a.shape[1]
+        out += [h, a.std(1, keepdims=True), np.percentile(a, [90, 99], axis=1).T]
+    return np.hstack(out)
+
+
+def signal_probe(x: np.ndarray, index: pd.DataFrame, channel_names=("arterial", "plain", "portal"),
+                 folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Where is the signal? For every instance slot (view, offset) and phase set, the cross-validated AUC
+    of a logistic regression on simple intensity-histogram features of that instance alone.
+
+    A teaching probe, not a model of the method: it uses the *training* cohort only (patient-level
+    folds, one instance per patient per slot) and shows which slices and phases carry information.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    tr = index[index["cohort"] == "training"]
+    sets = [("three phases", tuple(range(len(channel_names))))] + [(n, (i,)) for i, n in enumerate(channel_names)]
+    rows = []
+    for (view, off), g in tr.groupby(["view", "offset"], sort=False):
+        rows_i = g.index.to_numpy()
+        y = g["label"].to_numpy()
+        k = min(folds, int(min(np.bincount(y)))) if len(set(y)) == 2 else 0
+        if k < 2:
+            continue
+        for name, chans in sets:
+            F = _histogram_features(x[rows_i], chans)
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+            p = cross_val_predict(model, F, y, cv=StratifiedKFold(k, shuffle=True, random_state=seed),
+                                  method="predict_proba")[:, 1]
+            rows.append({"slot": f"{view}{int(off):+d}", "view": view, "offset": int(off), "phases": name,
+                         "AUC": roc_auc_score(y, p)})
+    return pd.DataFrame(rows)

@@ -373,3 +373,17 @@ def stats_pretty_total(max_total: float):
 
     v = r_pretty(0, max_total)
     return v[v <= max_total + 1e-9]
+
+
+def probe_heatmap(probe: pd.DataFrame):
+    """AUC of the signal probe: phase sets (rows) × instance slots (columns)."""
+    import seaborn as sns
+
+    t = probe.pivot_table(index="phases", columns="slot", values="AUC", sort=False)
+    fig, ax = plt.subplots(figsize=(1.0 * t.shape[1] + 2, 0.55 * t.shape[0] + 1.4))
+    sns.heatmap(t, annot=True, fmt=".2f", cmap="mako_r", vmin=0.5, vmax=max(0.75, float(np.nanmax(t.values))),
+                ax=ax, cbar_kws={"label": "cross-validated AUC (training)"}, annot_kws={"fontsize": 8})
+    ax.set(xlabel="instance", ylabel="")
+    ax.set_title("Where is the signal? A histogram probe per instance and phase set")
+    fig.tight_layout()
+    return fig

@@ -61,7 +61,7 @@ STAGES: list[Stage] = [
           sections=("seed", "data", "cohort", "twin"), modules=("imaging", "manifest", "synthetic", "parallel"),
           param_files=("data.manifest",)),
     Stage("crop25d", "02_crop25d.ipynb", "2.5D cropping", deps=("data",),
-          sections=("data", "crop"), modules=("crop25d", "manifest", "parallel")),
+          sections=("data", "crop"), modules=("crop25d", "manifest", "parallel", "cnn")),
     Stage("radiomics", "03_radiomics.ipynb", "Radiomics features", deps=("data",),
           sections=("data", "radiomics"), modules=("radiomics", "crop25d", "manifest", "parallel"),
           data_files=("data/ibsi_pyradiomics.yaml",), param_files=("radiomics.settings",)),

@@ -153,3 +153,19 @@ def test_twin_patient_channels_in_paper_order(tmp_path):
     assert inst.shape == (9, 3, 64, 64) and cube.shape == (3, 48, 48, 48)
     c = inst[0, :, 28:36, 28:36].mean(axis=(1, 2))
     assert c[0] > c[2] > c[1]  # tumour: arterial > portal > plain
+
+
+def test_signal_probe_finds_the_phase_that_carries_signal():
+    rng = np.random.default_rng(0)
+    rows, xs = [], []
+    for i in range(80):
+        y = i % 2
+        for off in (0, 2):
+            x = rng.normal(0.4, 0.05, (3, 16, 16)).astype(np.float32)
+            x[0] += 0.08 * y * (off == 2)  # signal only in channel 0, only at offset +2
+            xs.append(np.clip(x, 0, 1))
+            rows.append({"patient_id": f"p{i}", "cohort": "training", "label": y, "view": "axial", "offset": off})
+    probe = crop25d.signal_probe(np.stack(xs), pd.DataFrame(rows))
+    t = probe.pivot_table(index="phases", columns="slot", values="AUC")
+    assert t.loc["arterial", "axial+2"] > 0.9 and t.loc["three phases", "axial+2"] > 0.85
+    assert t.loc["portal", "axial+2"] < 0.7 and t.loc["arterial", "axial+0"] < 0.7
