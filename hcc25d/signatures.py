@@ -118,7 +118,7 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         self.coef_ = lasso.coef_.copy()
         mask = self.coef_ != 0
         if mask.sum() < self.min_features:
-            _, coefs, _ = lasso_path(A, y, n_alphas=50)
+            _, coefs, _ = lasso_path(A, y, alphas=50)
             last = coefs[:, -1]
             mask = np.zeros(A.shape[1], bool)
             mask[np.argsort(-np.abs(last), kind="stable")[: self.min_features]] = True
