@@ -145,22 +145,14 @@ class AugmentCfg:
 
 
 @dataclass(frozen=True)
-class CnnCfg:
-    """Slice-level transfer learning (see :mod:`hcc25d.cnn`)."""
+class TrainCfg:
+    """Training settings shared by the slice-level CNNs and the 3D baseline."""
 
-    #: torchvision backbones (the paper's: densenet121, resnet50, resnet101, vgg19).
-    backbones: tuple[str, ...] = ("resnet18",)
-    #: ``imagenet`` (torchvision weights API), ``none`` (random initialisation) or a path to a state dict.
-    weights: str = "imagenet"
-    #: ImageNet weights unavailable: ``fail``, or ``random`` initialisation (said loudly; not transfer learning).
-    on_missing_weights: str = _choices("fail", "random", default="fail")
-    epochs: int = 8
-    batch_size: int = 64
+    epochs: int = 10
+    batch_size: int = 16
     optimizer: str = _choices("adamw", "sgd", default="adamw")
-    #: AdamW learning rate and weight decay (a low rate and strong decay suit training from scratch on
-    #: ~1,500 instances; the gpu profile fine-tunes pretrained weights at the same rate).
-    lr: float = 0.0001
-    weight_decay: float = 0.01
+    lr: float = 0.001
+    weight_decay: float = 0.0001
     schedule: str = _choices("cosine", "step", "none", default="cosine")
     #: ``balanced``: weight the positive class by n_negative / n_positive; ``none``.
     class_weight: str = _choices("balanced", "none", default="balanced")
@@ -169,12 +161,10 @@ class CnnCfg:
     val_fraction: float = 0.2
     #: epochs without improvement of the validation AUC before stopping.
     patience: int = 3
-    #: cross-fitting folds for the training cohort's instance predictions.
+    #: cross-fitting folds for the training cohort's predictions.
     folds: int = 3
     #: ``crossfit`` (leakage-safe) or ``insample`` (the paper's way: the final model predicts its own training patients).
     prediction: str = _choices("crossfit", "insample", default="crossfit")
-    #: backbone for the multi-instance stage: ``cv`` = best out-of-fold training AUC (fixed rule), or a backbone name.
-    selection: str = "cv"
     augment: AugmentCfg = field(default_factory=AugmentCfg)
     #: mixed precision on CUDA.
     amp: bool = True
@@ -186,28 +176,32 @@ class CnnCfg:
 
 
 @dataclass(frozen=True)
-class Cnn3dCfg:
-    """The 3D baseline (see :mod:`hcc25d.cnn3d`)."""
+class CnnCfg(TrainCfg):
+    """Slice-level transfer learning (see :mod:`hcc25d.cnn`); training settings as :class:`TrainCfg`."""
+
+    #: torchvision backbones (the paper's: densenet121, resnet50, resnet101, vgg19).
+    backbones: tuple[str, ...] = ("resnet18",)
+    #: ``imagenet`` (torchvision weights API), ``none`` (random initialisation) or a path to a state dict.
+    weights: str = "imagenet"
+    #: ImageNet weights unavailable: ``fail``, or ``random`` initialisation (said loudly; not transfer learning).
+    on_missing_weights: str = _choices("fail", "random", default="fail")
+    #: backbone for the multi-instance stage: ``cv`` = best out-of-fold training AUC (fixed rule), or a backbone name.
+    selection: str = "cv"
+    epochs: int = 8
+    batch_size: int = 64
+    #: AdamW learning rate and weight decay (a low rate and strong decay suit training from scratch on
+    #: ~1,500 instances; the gpu profile fine-tunes pretrained weights at the same rate).
+    lr: float = 0.0001
+    weight_decay: float = 0.01
+
+
+@dataclass(frozen=True)
+class Cnn3dCfg(TrainCfg):
+    """The 3D baseline (see :mod:`hcc25d.cnn3d`); training settings as :class:`TrainCfg`."""
 
     #: channels of the first stage (64 = ResNet-18's widths).
     width: int = 16
-    epochs: int = 10
-    batch_size: int = 16
-    optimizer: str = _choices("adamw", "sgd", default="adamw")
-    lr: float = 0.001
-    weight_decay: float = 0.0001
-    schedule: str = _choices("cosine", "step", "none", default="cosine")
-    class_weight: str = _choices("balanced", "none", default="balanced")
-    dropout: float = 0.2
-    val_fraction: float = 0.2
-    patience: int = 3
-    folds: int = 3
-    prediction: str = _choices("crossfit", "insample", default="crossfit")
     augment: AugmentCfg = field(default_factory=lambda: AugmentCfg(rotate_deg=0.0))
-    amp: bool = True
-    deterministic: bool = True
-    device: str = _choices("auto", "cpu", default="auto")
-    resume: bool = True
 
 
 @dataclass(frozen=True)

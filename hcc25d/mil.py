@@ -45,6 +45,16 @@ def _as_array(X) -> np.ndarray:
     return np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X, dtype=float)
 
 
+def _fit_threshold(threshold, A: np.ndarray, y) -> float:
+    """The instance threshold: Youden's on the training bags (each instance labelled with its patient's
+    label) for ``"youden"``, else the number given (0.5 when ``"youden"`` has no labels to use)."""
+    if threshold == "youden" and y is not None and len(np.unique(y)) == 2:
+        yy = np.repeat(np.asarray(y), A.shape[1])
+        ok = ~np.isnan(A.ravel())
+        return _youden(yy[ok], A.ravel()[ok])
+    return 0.5 if threshold == "youden" else float(threshold)
+
+
 def _youden(y, p):
     from sklearn.metrics import roc_curve
 
@@ -76,13 +86,7 @@ class LikelihoodHistogram(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         A = validate_data(self, X, ensure_all_finite="allow-nan", dtype=float)
-        if self.threshold == "youden" and y is not None and len(np.unique(y)) == 2:
-            yy = np.repeat(np.asarray(y), A.shape[1])
-            flat = A.ravel()
-            ok = ~np.isnan(flat)
-            self.threshold_ = _youden(yy[ok], flat[ok])
-        else:
-            self.threshold_ = 0.5 if self.threshold == "youden" else float(self.threshold)
+        self.threshold_ = _fit_threshold(self.threshold, A, y)
         self.edges_ = np.linspace(0.0, 1.0, self.n_bins + 1)
         return self
 
@@ -141,12 +145,7 @@ class BagOfWordsTfidf(TransformerMixin, BaseEstimator):
         qs = np.quantile(flat, np.linspace(0, 1, self.n_words + 1)) if len(flat) else np.linspace(0, 1, self.n_words + 1)
         qs[0], qs[-1] = -np.inf, np.inf
         self.edges_ = np.unique(qs)
-        if self.threshold == "youden" and y is not None and len(np.unique(y)) == 2:
-            yy = np.repeat(np.asarray(y), A.shape[1])
-            ok = ~np.isnan(A.ravel())
-            self.threshold_ = _youden(yy[ok], A.ravel()[ok])
-        else:
-            self.threshold_ = 0.5 if self.threshold == "youden" else float(self.threshold)
+        self.threshold_ = _fit_threshold(self.threshold, A, y)
         self.vectorizer_ = CountVectorizer(token_pattern=r"[py]\d+", lowercase=False)
         counts = self.vectorizer_.fit_transform(self._docs(A))
         self.tfidf_ = TfidfTransformer(smooth_idf=self.smooth_idf, sublinear_tf=self.sublinear_tf).fit(counts)
