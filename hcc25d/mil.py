@@ -62,7 +62,16 @@ def _youden(y, p):
     return float(min(thr[int(np.argmax(tpr - fpr))], 1.0))
 
 
-class LikelihoodHistogram(TransformerMixin, BaseEstimator):
+class _BagTransformer(TransformerMixin, BaseEstimator):
+    """Base of the MIL transformers: bags may lack instances, so NaN is a valid input."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+
+class LikelihoodHistogram(_BagTransformer):
     """Histogram of a bag's instance probabilities (``n_bins`` equal bins on [0, 1], as fractions) and
     the fraction of instances predicted positive.
 
@@ -78,11 +87,6 @@ class LikelihoodHistogram(TransformerMixin, BaseEstimator):
     def __init__(self, n_bins: int = 10, threshold="youden"):
         self.n_bins = n_bins
         self.threshold = threshold
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True  # a bag may lack an instance (NaN)
-        return tags
 
     def fit(self, X, y=None):
         A = validate_data(self, X, ensure_all_finite="allow-nan", dtype=float)
@@ -109,7 +113,7 @@ class LikelihoodHistogram(TransformerMixin, BaseEstimator):
         return np.array([f"hist_p{i}" for i in range(self.n_bins)] + ["hist_label0", "hist_label1"], dtype=object)
 
 
-class BagOfWordsTfidf(TransformerMixin, BaseEstimator):
+class BagOfWordsTfidf(_BagTransformer):
     """TF-IDF over words made from the instances' discretised predictions.
 
     Each instance contributes the word ``p<k>`` (its probability's quantile bin, ``n_words`` bins with
@@ -122,11 +126,6 @@ class BagOfWordsTfidf(TransformerMixin, BaseEstimator):
         self.threshold = threshold
         self.smooth_idf = smooth_idf
         self.sublinear_tf = sublinear_tf
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True  # a bag may lack an instance (NaN)
-        return tags
 
     def _docs(self, A):
         docs = []
