@@ -1,5 +1,23 @@
-"""Ablations of the DL_2.5D pipeline (beyond the paper): which parts of the input carry the signal."""
+"""Ablations of the DL_2.5D pipeline (beyond the paper): each variant changes one factor of the input and
+*retrains the slice-level CNN* on it, then goes through the same multi-instance fusion and the same model
+family as the full signature.
+
+Variants (:data:`VARIANTS`): the full model (three views, three phases), 2D (the central axial slice
+only), axial 2.5D (the seven axial slices, no sagittal or coronal view), one phase (arterial; portal), and
+no intensity reference. Each is reported with its DL features alone and with the same radiomics set as the
+full model (for a one-phase variant: that phase's features plus the shape features, which describe the
+mask and not a phase), with the paired DeLong test against the full model on the same patients.
+
+The **negative control** (:func:`negative_control_bags`) regenerates the twin with
+``signal_position: central`` — the same latent traits, drawn the same way, but placed on the tumour's
+maximal cross-section — and crops it in memory. With the signal on the central slice a 2.5D model has
+nothing to gain over a 2D one; a pipeline that still shows a 2.5D advantage there would be measuring
+something other than the planted signal.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -7,85 +25,223 @@ import pandas as pd
 from . import signatures as sig
 from .stats import auc_ci, delong_test
 
-__all__ = ["selected_features", "run_ablations", "evaluate_variant"]
+__all__ = ["Variant", "VARIANTS", "select_variants", "subset_bags", "retrain_cnn", "mil_features",
+           "evaluate_variant", "radiomics_columns", "negative_control_bags", "summary", "EXPECTED",
+           "COHORTS"]
+
+COHORTS = ("training", "internal", "external")
 
 
-def selected_features(pipe) -> pd.DataFrame:
-    """The features a fitted fusion pipeline keeps, with their univariate P and LASSO coefficient."""
-    names = np.asarray(pipe.named_steps["fusion"].get_feature_names_out())
-    uni = pipe.named_steps["univariate"]
-    names_u = names[uni.get_support()]
-    p_u = uni.pvalues_[uni.get_support()]
-    cor = pipe.named_steps["correlation"]
-    names_c, p_c = names_u[cor.get_support()], p_u[cor.get_support()]
-    if "lasso" in pipe.named_steps:
-        las = pipe.named_steps["lasso"]
-        keep = las.get_support()
-        return pd.DataFrame({"feature": names_c[keep], "univariate P": p_c[keep], "LASSO coefficient": las.coef_[keep]})
-    return pd.DataFrame({"feature": names_c, "univariate P": p_c})
+@dataclass(frozen=True)
+class Variant:
+    """One ablation: which instance slots and phases the CNN is retrained on, and the intensity reference."""
+
+    #: the key of ``ablations.variants`` in a params file
+    key: str
+    name: str
+    #: the factor it isolates (for the table and figure)
+    factor: str
+    #: ``all``, ``central`` (axial offset 0 only) or ``axial`` (the axial stack)
+    slots: str = "all"
+    #: the phases the CNN sees (``None`` = all channels); one phase is copied into the three channels
+    phases: Optional[tuple] = None
+    #: ``None`` = the CNN stage's setting; else ``parenchyma`` or ``none``
+    reference: Optional[str] = None
 
 
-def evaluate_variant(name, X, meta, inst_cols, rad_cols, key, cfg, full_probs):
+VARIANTS = (
+    Variant("full", "full: 2.5D, three views, three phases", "reference"),
+    Variant("2d", "2D: central axial slice", "2.5D", slots="central"),
+    Variant("axial", "axial 2.5D: no sagittal/coronal view", "views", slots="axial"),
+    Variant("arterial", "one phase: arterial", "phases", phases=("arterial",)),
+    Variant("portal", "one phase: portal", "phases", phases=("portal",)),
+    Variant("no-reference", "no intensity reference", "intensity reference", reference="none"),
+)
+
+
+def select_variants(keys, channels) -> list:
+    """The full model and the variants named by ``keys`` (``ablations.variants``), in the table's order;
+    an unknown key or a phase that is not among the crop channels is an error naming the choices."""
+    known = {v.key: v for v in VARIANTS}
+    bad = [k for k in keys if k not in known or k == "full"]
+    if bad:
+        raise ValueError(f"ablations.variants: unknown {bad}; choose from {[k for k in known if k != 'full']}")
+    out = [VARIANTS[0]] + [v for v in VARIANTS[1:] if v.key in set(keys)]
+    for v in out:
+        if v.phases and not set(v.phases) <= set(channels):
+            raise ValueError(f"ablations.variants: {v.key!r} needs the phase(s) {list(v.phases)}, which are not "
+                             f"among the crop channels {list(channels)}")
+    return out
+
+
+def subset_bags(bags, variant: Variant, channels: Sequence[str]):
+    """The instances and channels a variant's CNN is trained on (a one-phase variant repeats its phase in
+    the three channels, as a single-phase study fed to an RGB network would)."""
+    from .cnn import Bags
+
+    idx = bags.index
+    if variant.slots == "central":
+        keep = ((idx["view"] == "axial") & (idx["offset"] == 0)).to_numpy()
+    elif variant.slots == "axial":
+        keep = (idx["view"] == "axial").to_numpy()
+    elif variant.slots == "all":
+        keep = np.ones(len(idx), bool)
+    else:
+        raise ValueError(f"unknown slots {variant.slots!r}")
+    x = bags.x[keep]
+    index = idx[keep].reset_index(drop=True)
+    if variant.phases:
+        missing = [p for p in variant.phases if p not in channels]
+        if missing:
+            raise ValueError(f"ablation phase(s) {missing} are not among the crop channels {list(channels)}")
+        cols = [list(channels).index(p) for p in variant.phases]
+        x = x[:, cols]
+        if len(cols) == 1:
+            x = np.repeat(x, len(channels), axis=1)
+    return Bags(np.ascontiguousarray(x), index)
+
+
+def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, cache_dir=None,
+                progress: bool = True, name: Optional[str] = None) -> pd.DataFrame:
+    """Cross-fit the selected backbone on a variant's instances, with the CNN stage's folds and settings.
+
+    ``raw_bags``: the cropping stage's bags *before* the intensity reference (the variant decides).
+    Returns the instance probabilities (as the CNN stage's ``instance_probs``).
+    """
+    from . import cnn
+    from .config import to_dict
+
+    C = cfg.cnn
+    bags, _ = cnn.reference_shift(raw_bags, variant.reference or C.intensity_reference)
+    sub = subset_bags(bags, variant, cfg.crop.channels)
+    make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
+    preds, _, _, _ = cnn.crossfit_predict(sub, make, to_dict(C), cfg.seed, folds=C.folds, prediction=C.prediction,
+                                          device=cnn.torch_device(C.device), cache_dir=cache_dir,
+                                          name=name or f"{backbone} [{variant.name}]", progress=progress,
+                                          fold_of=fold_of)
+    return preds
+
+
+def mil_features(preds: pd.DataFrame) -> pd.DataFrame:
+    """Patients × instance slots of probabilities (the input of the MIL fusion)."""
+    from .mil import bag_matrix
+
+    return bag_matrix(preds)
+
+
+def radiomics_columns(rad_cols: Sequence[str], phases: Optional[Sequence[str]]) -> list[str]:
+    """The radiomics set of a variant: all features, or one phase's features plus the shape features."""
+    if not phases:
+        return list(rad_cols)
+    return [c for c in rad_cols if c.startswith("shape_") or any(c.startswith(p + "_") for p in phases)]
+
+
+def evaluate_variant(name: str, X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, key: str, cfg, cv,
+                     full: Optional[np.ndarray] = None, views=None) -> tuple[dict, np.ndarray]:
+    """Tune the family ``key`` on a variant's features (training rows, the given CV) and score everyone.
+
+    Returns the table row (AUC per cohort, DeLong P against ``full`` per validation cohort) and every
+    patient's probability (out-of-fold for training patients)."""
     S = cfg.signatures
     train = (meta["cohort"] == "training").to_numpy()
     y = meta["label"].to_numpy()
-    pipe = sig.fusion_pipeline(key, inst_cols, rad_cols, cfg.seed, S.n_bins, S.n_words, S.p_threshold, S.corr_threshold)
+    pipe = sig.fusion_pipeline(key, inst_cols, rad_cols, cfg.seed, S.n_bins, S.n_words, S.p_threshold,
+                               S.corr_threshold)
     gs, oof = sig.tune(pipe, {**sig.DEFAULT_GRIDS[key], **S.grids.get(key, {})}, X[train], y[train], cfg.seed,
-                       S.cv_folds, n_jobs=cfg.compute.n_jobs)
-    p = sig.with_oof(train, oof, gs.predict_proba(X)[:, 1])
-    row = {"variant": name, "instances": len(inst_cols), "radiomics features": len(rad_cols), "cv AUC": gs.best_score_}
-    for c in ("training", "internal", "external"):
+                       S.cv_folds, n_jobs=cfg.compute.n_jobs, cv=cv, class_weight=S.class_weight)
+    p = sig.with_oof(train, oof, sig.predict_views(gs, X, views or [X], train))
+    row = {"variant": name, "instances per patient": len(inst_cols), "radiomics features": len(rad_cols)}
+    for c in COHORTS:
         m = (meta["cohort"] == c).to_numpy()
         if m.sum() == 0 or len(set(y[m])) < 2:
             continue
         a = auc_ci(y[m], p[m])
         row[f"AUC {c}"] = a.auc
-        if full_probs is not None and c != "training":
-            row[f"DeLong P vs full ({c})"] = delong_test(y[m], p[m], full_probs[m]).p_value
+        row[f"CI low {c}"], row[f"CI high {c}"] = a.low, a.high
+        if full is not None and c != "training":
+            row[f"DeLong P vs full ({c})"] = delong_test(y[m], p[m], full[m]).p_value
     return row, p
 
 
-def _one_phase_bags(cfg, paths, phase):
-    """Retrain the slice-level CNN on one phase (copied into the three channels) and return its
-    leakage-safe instance probabilities."""
-    from . import cnn
-    from .config import to_dict
+# --------------------------------------------------------------------------------------------------
+# the negative-control twin
+# --------------------------------------------------------------------------------------------------
+def _nc_worker(args):
+    row, seed, twin_prm, crop_prm = args
+    from .crop25d import crop_arrays, parenchyma_reference, resample_and_window
+    from .imaging import make_patient, to_images
 
-    bags = cnn.load_bags(paths.stage_dir("crop25d"))
-    ch = list(cfg.crop.channels).index(phase)
-    x = np.repeat(bags.x[:, ch:ch + 1], 3, axis=1)
-    one = cnn.Bags(x, bags.index)
-    sel = pd.read_csv(paths.stage_dir("cnn") / "instance_probs_selected.csv", nrows=1)["backbone"].iloc[0]
-    make = lambda: cnn.build_model(sel, cfg.cnn.weights, cfg.cnn.on_missing_weights, cfg.cnn.dropout)[0]  # noqa: E731
-    cache = paths.run_dir / ".cache" / f"cnn-{phase}" if cfg.cnn.resume else None
-    preds, _, _, _ = cnn.crossfit_predict(one, make, to_dict(cfg.cnn), cfg.seed, folds=cfg.cnn.folds,
-                                          prediction=cfg.cnn.prediction, device=cnn.torch_device(cfg.cnn.device),
-                                          cache_dir=cache, name=f"{sel}-{phase}", progress=cfg.compute.progress)
-    return preds
+    vol = make_patient(row, seed, twin_prm)
+    imgs, mask = to_images(vol)
+    v, m, names, _ = resample_and_window(imgs, mask, crop_prm)
+    x, idx, _ = crop_arrays(v, m, crop_prm, crop_prm.spacing_mm)[0]
+    ref = parenchyma_reference(v, m, crop_prm.spacing_mm)
+    pid = str(row["patient_id"])
+    rows = [{"patient_id": pid, "bag": pid, "instance": i, **r, "cohort": row["cohort"], "label": int(row["label"]),
+             **{f"ref_{c}": float(rv) for c, rv in zip(crop_prm.channels, ref)}} for i, r in enumerate(idx)]
+    return x.astype(np.float16), rows
 
 
-def run_ablations(cfg, paths, X, meta, inst_cols, rad_cols, key, full_oof, full_pred) -> pd.DataFrame:
-    from .mil import bag_matrix
+def negative_control_bags(patients: pd.DataFrame, cfg, progress: bool = True):
+    """The negative-control twin's 2.5D instances, generated and cropped in memory: the run's twin with
+    ``signal_position: central`` for the same patients and seed (nothing is written to disk)."""
+    from .cnn import Bags
+    from .parallel import map_patients
 
-    train = (meta["cohort"] == "training").to_numpy()
-    full = sig.with_oof(train, full_oof, full_pred)
-    variants = [
-        ("full model (all instances + radiomics)", inst_cols, rad_cols),
-        ("central axial slice only (2D)", [c for c in inst_cols if c == "axial+0"], rad_cols),
-        ("axial 2.5D stack only", [c for c in inst_cols if c.startswith("axial")], rad_cols),
-        ("three views, no radiomics", inst_cols, []),
-        ("central axial slice only, no radiomics", [c for c in inst_cols if c == "axial+0"], []),
-    ]
-    rows = []
-    for name, ic, rc in variants:
-        row, _ = evaluate_variant(name, X, meta, ic, rc, key, cfg, None if name.startswith("full") else full)
-        rows.append(row)
-    phase = cfg.signatures.ablation_phase
-    if phase:
-        preds = _one_phase_bags(cfg, paths, phase)
-        B = bag_matrix(preds).reindex(X.index)
-        rc = [c for c in rad_cols if c.startswith(phase + "_")]
-        X1 = B.join(X[rc])
-        row, _ = evaluate_variant(f"one phase ({phase}): CNN and radiomics", X1, meta, list(B.columns), rc, key, cfg, full)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    twin = replace(cfg.twin, signal_position="central")
+    items = [(row, cfg.seed, twin, cfg.crop) for _, row in patients.iterrows()]
+    res = map_patients(_nc_worker, items, n_jobs=cfg.compute.n_jobs, backend=cfg.compute.backend,
+                       desc="negative-control twin", progress=progress)
+    x = np.concatenate([r[0] for r in res])
+    index = pd.DataFrame([row for r in res for row in r[1]])
+    return Bags(x, index)
+
+
+#: what the twin predicts for each variant against the full model (DL features alone)
+EXPECTED = {
+    "2D: central axial slice": "lower: the peritumoral enhancement is 4–6 mm off the central slice",
+    "axial 2.5D: no sagittal/coronal view": "similar or slightly lower: the views show the off-centre traits "
+                                            "only as thin bands",
+    "one phase: arterial": "similar: the arterial phase carries the enhancement, the satellites and the "
+                           "heterogeneity",
+    "one phase: portal": "lower: the portal phase carries only the heterogeneity",
+    "no intensity reference": "similar internally, lower externally: centre 2's HU offset and bolus timing",
+}
+
+
+def _verdict(diff: float, p: float) -> str:
+    if not np.isfinite(diff):
+        return "not estimable"
+    if p < 0.05:
+        return f"{'lower' if diff > 0 else 'higher'} by {abs(diff):.3f} (P = {p:.3f})"
+    return f"{'lower' if diff > 0 else 'higher'} by {abs(diff):.3f}, within chance (P = {p:.2f})"
+
+
+def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None) -> str:
+    """The ablation findings in words, generated from the tables (DL features alone against the full
+    model, per validation cohort), beside what the twin's construction predicts."""
+    dl = table[table["features"] == "DL alone"].set_index("variant")
+    full = dl[dl["factor"] == "reference"].iloc[0]
+    lines = [f"Deep-learning features alone, full model: AUC {full.get('AUC internal', np.nan):.3f} internal, "
+             f"{full.get('AUC external', np.nan):.3f} external. Against it:", ""]
+    for name, r in dl[dl["factor"] != "reference"].iterrows():
+        parts = []
+        for c in ("internal", "external"):
+            if f"AUC {c}" in r and np.isfinite(r[f"AUC {c}"]):
+                parts.append(f"{c} {_verdict(full[f'AUC {c}'] - r[f'AUC {c}'], r[f'DeLong P vs full ({c})'])}")
+        exp = EXPECTED.get(name)
+        lines.append(f"* **{name}** — " + "; ".join(parts) + (f". *Twin's construction: {exp}.*" if exp else "."))
+    if nc is not None and len(nc):
+        lines.append("")
+        for twin_name, g in nc.groupby("twin", sort=False):
+            g = g.set_index("variant")
+            if len(g) < 2:
+                continue
+            f, d = g.iloc[0], g.iloc[1]
+            gains = [f"{c} {f[f'AUC {c}'] - d[f'AUC {c}']:+.3f} (P = {d[f'DeLong P vs full ({c})']:.2f})"
+                     for c in ("internal", "external") if f"AUC {c}" in d and np.isfinite(d[f"AUC {c}"])]
+            lines.append(f"* 2.5D minus 2D on the **{twin_name}** twin: " + ", ".join(gains) + ".")
+        lines.append("")
+        lines.append("The negative control should show no gain of 2.5D over 2D; the default twin, a gain. A "
+                     "difference without a small P value is not evidence either way at these cohort sizes.")
+    return "\n".join(lines)

@@ -3,19 +3,26 @@
 Only numpy, torch and torchvision are needed here (the stage can run on a GPU machine without
 SimpleITK or PyRadiomics).
 
-* Backbones: any torchvision classification model by name — the paper's ``densenet121``, ``resnet50``,
-  ``resnet101``, ``vgg19`` and a light CPU default ``resnet18`` — with a new one-logit head.
+* Backbones: the CPU default ``litecnn`` (:class:`LiteCNN`, a four-layer network of about 60 k
+  parameters made to train from scratch on ~1,500 instances) or any torchvision classification model by
+  name — the paper's ``densenet121``, ``resnet50``, ``resnet101``, ``vgg19`` — with a new one-logit head.
 * Weights: ``imagenet`` (torchvision's weights API; used when cached or downloadable), ``none`` (random
   initialisation), or a path to a state dict. When ImageNet weights are unavailable,
   ``on_missing_weights: fail`` stops, ``random`` continues from random initialisation and says so (the
   result is then *not* transfer learning; :func:`build_model` returns that fact for provenance).
-* Training: instance label = patient label; flips, small rotations and intensity jitter; class weighting;
-  AdamW or SGD with a cosine or step schedule; early stopping on a validation split of *training
-  patients*; mixed precision on CUDA; deterministic mode; per-epoch checkpoints with resume.
-* Predictions for the multi-instance stage: training patients are predicted by **cross-fitting** (k
-  patient-level folds; no model predicts a patient it was trained on); internal and external patients by
-  the model trained on all training patients. ``prediction: insample`` reproduces the paper's way (the
-  final model predicts its own training patients) for comparison.
+* Training: instance label = patient label; the eight flips/transpositions of the square (which keep
+  every intensity), optional image noise, intensity jitter off by default (it is as large as the planted
+  contrast); class weighting; AdamW or SGD with a linear warm-up then cosine decay, stepped every batch;
+  a fixed budget of epochs (no early stopping on a noisy validation AUC, unless ``val_fraction`` > 0);
+  mixed precision on CUDA; deterministic mode; per-epoch checkpoints with resume.
+* Intensity reference: each patient's phases can be shifted so that their peritumoral parenchyma sits
+  where the training cohort's does (:func:`reference_shift`), which removes a scanner's HU offset and a
+  contrast bolus that reaches the liver earlier or later.
+* Predictions for the multi-instance stage, from **one model set**: training patients are predicted by
+  **cross-fitting** (k patient-level folds; no model predicts a patient it was trained on), internal and
+  external patients by the mean of the same k fold models — so all cohorts' probabilities come from the
+  same models and lie on the same scale. ``prediction: insample`` reproduces the paper's way (one final
+  model trained on all training patients predicts everyone, its own training patients included).
 """
 from __future__ import annotations
 
@@ -34,8 +41,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["set_determinism", "build_model", "load_bags", "patient_folds", "train_model", "predict",
-           "crossfit_predict", "target_layer", "WeightsUnavailable"]
+__all__ = ["set_determinism", "LiteCNN", "build_model", "load_bags", "reference_shift", "patient_folds",
+           "train_model", "predict", "crossfit_predict", "target_layer", "WeightsUnavailable"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,14 +100,68 @@ def _replace_head(model, name: str, dropout: float):
     return model
 
 
+def _lite_class():
+    import torch
+    import torch.nn as nn
+
+    def cbr(cin, cout, stride=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU(inplace=True))
+
+    class LiteCNN(nn.Module):
+        """A light CNN for training from scratch on a CPU: a strided 3×3 stem, three 3×3 convolution
+        layers with batch normalisation (two 2× max-poolings between them), then global average *and*
+        global max pooling (the mean brightness and texture of the crop, and its strongest local
+        feature: a small enhancing nodule) into one logit. ``width`` channels in the stem, 2× and 4× after.
+        """
+
+        def __init__(self, in_channels: int = 3, width: int = 16, dropout: float = 0.3):
+            super().__init__()
+            w = int(width)
+            self.features = nn.Sequential(cbr(in_channels, w, 2), cbr(w, 2 * w), nn.MaxPool2d(2),
+                                          cbr(2 * w, 4 * w), nn.MaxPool2d(2), cbr(4 * w, 4 * w))
+            self.dropout = nn.Dropout(dropout)
+            self.fc = nn.Linear(8 * w, 1)
+
+        def forward(self, x):
+            f = self.features(x)
+            return self.fc(self.dropout(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)))
+
+    return LiteCNN
+
+
+def LiteCNN(in_channels: int = 3, width: int = 16, dropout: float = 0.3):
+    """The CPU default network (see the class's docstring): about 60 k parameters at ``width`` 16."""
+    return _lite_class()(in_channels, width, dropout)
+
+
+#: networks of this package (not torchvision's): name → factory(width, dropout)
+OWN_MODELS = {"litecnn": lambda width, dropout: LiteCNN(3, width, dropout)}
+
+
 def build_model(name: str, weights: str = "imagenet", on_missing_weights: str = "fail", dropout: float = 0.2,
-                download_timeout: float = 15.0):
-    """A torchvision backbone with a one-logit head. Returns ``(model, info)`` where ``info`` says which
-    weights were really used (``imagenet``, ``random``, or the path) and why."""
+                download_timeout: float = 15.0, width: int = 16):
+    """A torchvision backbone with a one-logit head, or one of :data:`OWN_MODELS`. Returns ``(model,
+    info)`` where ``info`` says which weights were really used (``imagenet``, ``random``, or the path) and
+    why. The package's own networks have no ImageNet weights: they are always trained from scratch
+    (``weights`` must then be ``none`` or a path)."""
     import torch
     import torchvision
 
     info = {"backbone": name, "requested": weights, "used": None, "note": ""}
+    if name in OWN_MODELS:
+        model = OWN_MODELS[name](width, dropout)
+        if weights in ("none", None, ""):
+            info.update(used="random", note=f"{name} (width {width}): trained from scratch by design")
+            return model, info
+        if weights == "imagenet":
+            raise ValueError(f"{name} is this package's own network and has no ImageNet weights: set "
+                             f"cnn.weights: none (or a torchvision backbone for transfer learning)")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        info.update(used=str(weights), note=f"state dict from {weights}; missing {len(missing)}, "
+                                            f"unexpected {len(unexpected)} keys")
+        return model, info
     if weights == "imagenet":
         w = _imagenet_weights(name)
         if w is None:
@@ -142,6 +203,8 @@ def target_layer(model):
 
     if hasattr(model, "layer4"):
         return model.layer4[-1]
+    if type(model).__name__ == "LiteCNN":
+        return model.features[-1]
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
     return convs[-1]
 
@@ -181,7 +244,40 @@ def load_bags(crop_dir: str | Path, kind: str = "instances") -> Bags:
     for f in first["file"]:
         with np.load(crop_dir / "cubes" / f) as z:
             arrays.append(z["x"])
-    return Bags(np.stack(arrays), first[["patient_id", "bag", "file", "cohort", "label"]].copy())
+    keep = ["patient_id", "bag", "file", "cohort", "label"] + [c for c in first if c.startswith("ref_")]
+    return Bags(np.stack(arrays), first[keep].copy())
+
+
+def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.DataFrame]:
+    """Shift each patient's channels so that its peritumoral parenchyma sits at the training cohort's level.
+
+    The cropping stage measured every patient's parenchyma per phase (``ref_<phase>`` columns of the
+    index, window units; see :func:`hcc25d.crop25d.parenchyma_reference`). The target of each phase is
+    the median over the *training* patients (so nothing is fitted on the validation cohorts); every
+    patient's channel is moved by ``target − ref``. A scanner's HU offset or a contrast bolus that
+    reaches the liver earlier or later then no longer moves the whole image, while the tumour's and the
+    peritumoral contrast *relative to the liver* stays. ``method="none"`` returns the bags unchanged.
+
+    Returns ``(bags, shifts)``, ``shifts`` one row per patient with each channel's shift (window units).
+    """
+    idx = bags.index
+    cols = [c for c in idx.columns if c.startswith("ref_")]  # one per channel, in channel order
+    channels = [c[4:] for c in cols]
+    pats = idx.drop_duplicates("patient_id").set_index("patient_id")
+    if method == "none":
+        return bags, pd.DataFrame(0.0, index=pats.index, columns=channels)
+    if len(cols) != bags.x.shape[1]:
+        raise ValueError(f"cnn.intensity_reference: parenchyma needs the cropping stage's ref_<phase> "
+                         f"columns, one per channel (found {cols}): rerun the crop25d stage, or set it to none")
+    ref = pats[cols].astype(float)
+    train = pats["cohort"] == "training"
+    target = ref[train].median()
+    shifts = (target - ref).fillna(0.0)
+    shifts.columns = channels
+    per_row = shifts.reindex(idx["patient_id"]).to_numpy(np.float32)
+    shape = (len(idx), len(channels)) + (1,) * (bags.x.ndim - 2)
+    x = (bags.x.astype(np.float32) + per_row.reshape(shape)).astype(np.float16)
+    return Bags(x, idx), shifts
 
 
 def patient_folds(patients: pd.DataFrame, k: int, seed: int) -> list[np.ndarray]:
@@ -207,7 +303,14 @@ def _val_split(patients: pd.DataFrame, fraction: float, seed: int):
 # training
 # --------------------------------------------------------------------------------------------------
 def _augment(xb, gen, prm, dims: int = 2):
-    """Random flips, small rotations (2D) and intensity jitter on a batch tensor (same device)."""
+    """Random flips (and, for square 2D crops, transposition: together the 8 symmetries of the square),
+    small rotations (2D), additive image noise and intensity jitter on a batch tensor (same device).
+
+    Flips and transpositions keep every pixel's value, so the intensity cue (a few hundredths of the
+    window) survives; ``noise`` adds Gaussian noise of a per-image SD drawn from [0, noise] (a noisier
+    scanner); ``intensity`` (scale 1 ± x, shift ± x/2) is off by default because it is as large as the
+    contrast a model has to find.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -218,6 +321,10 @@ def _augment(xb, gen, prm, dims: int = 2):
             m = torch.rand(b, generator=gen) < 0.5
             if m.any():
                 xb[m.to(dev)] = xb[m.to(dev)].flip(ax)
+        if dims == 2 and xb.shape[-1] == xb.shape[-2]:
+            m = torch.rand(b, generator=gen) < 0.5
+            if m.any():
+                xb[m.to(dev)] = xb[m.to(dev)].transpose(2, 3)
     deg = float(prm.get("rotate_deg", 0.0))
     if deg > 0 and dims == 2:
         ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(deg)
@@ -225,7 +332,12 @@ def _augment(xb, gen, prm, dims: int = 2):
         theta = torch.zeros(b, 2, 3)
         theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
         grid = F.affine_grid(theta.to(dev, xb.dtype), list(xb.shape), align_corners=False)
-        xb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        xb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    noise = float(prm.get("noise", 0.0))
+    if noise > 0:
+        shape = (b,) + (1,) * (xb.dim() - 1)
+        sd = torch.rand(shape, generator=gen) * noise
+        xb = xb + (sd * torch.randn(tuple(xb.shape), generator=gen)).to(dev, xb.dtype)
     jit = float(prm.get("intensity", 0.0))
     if jit > 0:
         shape = (b,) + (1,) * (xb.dim() - 1)
@@ -270,15 +382,35 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _lr_lambda(kind: str, total_steps: int, warmup_steps: int):
+    """Learning-rate multiplier per optimiser step: linear warm-up from 0.1 over ``warmup_steps``, then
+    ``cosine`` decay to 0, ``step`` (÷10 at 1/3 and 2/3 of the steps) or constant (``none``)."""
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return 0.1 + 0.9 * step / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        if kind == "step":
+            return 0.1 ** int(min(t, 0.999) * 3)
+        return 1.0
+    return f
+
+
 def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, prm: dict, seed: int,
                 device: str = "cpu", dims: int = 2, checkpoint: Optional[Path] = None, desc: str = "train",
                 progress: bool = True, val_ids=None):
-    """Train one model with early stopping on the patients ``val_ids`` (drawn from the training patients).
+    """Train one model for a fixed budget of ``epochs`` (or, with ``val_ids``, stop early on them).
 
-    ``x``: (N, C, ...) arrays; ``y``: instance labels; ``groups``: patient id per instance. Returns
-    ``(model, log)`` where ``log`` has one row per epoch (train loss, validation loss and AUC, lr, seconds).
-    A checkpoint is written after every epoch; an existing checkpoint with the same fingerprint is
-    resumed.
+    ``x``: (N, C, ...) arrays; ``y``: instance labels; ``groups``: patient id per instance. The learning
+    rate warms up linearly over ``warmup_epochs`` and then follows ``schedule``, stepped after every batch.
+    With ``val_ids`` (patients drawn from the training patients) the weights of the epoch with the lowest
+    validation loss are kept and training stops after ``patience`` epochs without improvement — the loss,
+    not the AUC, because on a few dozen patients the AUC jumps by chance from epoch to epoch.
+
+    Returns ``(model, log)`` where ``log`` has one row per epoch (train loss, validation loss and AUC when
+    there is a validation split, lr, optimiser steps so far, seconds, images per second). A checkpoint is
+    written after every epoch; an existing checkpoint with the same fingerprint is resumed.
     """
     import torch
     import torch.nn.functional as F
@@ -293,21 +425,20 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     n_pos, n_neg = y[tr_idx].sum(), len(tr_idx) - y[tr_idx].sum()
     pos_weight = torch.tensor([n_neg / max(n_pos, 1)], device=device) if prm.get("class_weight", "balanced") == "balanced" else None
     params = [p for p in model.parameters() if p.requires_grad]
+    lr, wd = float(prm["lr"]), float(prm["weight_decay"])
     if prm.get("optimizer", "adamw") == "sgd":
-        opt = torch.optim.SGD(params, lr=prm.get("lr", 0.01), momentum=0.9, weight_decay=prm.get("weight_decay", 1e-4))
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
     else:
-        opt = torch.optim.AdamW(params, lr=prm.get("lr", 1e-3), weight_decay=prm.get("weight_decay", 1e-4))
-    epochs = int(prm.get("epochs", 10))
-    sched_kind = prm.get("schedule", "cosine")
-    if sched_kind == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    elif sched_kind == "step":
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1)
-    else:
-        sched = None
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    epochs = int(prm["epochs"])
+    bs = int(prm["batch_size"])
+    steps_per_epoch = sum(1 for i in range(0, len(tr_idx), bs) if len(tr_idx) - i >= 2)
+    total_steps = steps_per_epoch * epochs
+    warmup = min(total_steps, int(round(float(prm.get("warmup_epochs", 0)) * steps_per_epoch)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(prm.get("schedule", "cosine"), total_steps, warmup))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     gen = torch.Generator().manual_seed(seed)
-    log, best, best_state, start, bad_epochs = [], -np.inf, None, 0, 0
+    log, best, best_state, start, bad_epochs, steps = [], -np.inf, None, 0, 0, 0
     data_hash = hashlib.sha1(np.ascontiguousarray(x).view(np.uint8)).hexdigest()
     code_hash = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()  # a changed training loop retrains
     fp = _fingerprint(prm, seed, len(tr_idx), len(va_idx), float(y.sum()), desc, data_hash, code_hash,
@@ -317,17 +448,16 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
         if ck.get("fingerprint") == fp:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
-            if sched is not None and ck.get("scheduler"):
-                sched.load_state_dict(ck["scheduler"])
+            sched.load_state_dict(ck["scheduler"])
             log, best, bad_epochs, start = ck["log"], ck["best"], ck["bad_epochs"], ck["epoch"] + 1
-            best_state = ck["best_state"]
+            best_state, steps = ck["best_state"], ck["steps"]
             gen.set_state(ck["gen"])
             torch.set_rng_state(ck["torch_rng"])
-    bs = int(prm.get("batch_size", 64))
     aug = dict(prm.get("augment", {}))
+    patience = int(prm.get("patience", 0))
     bar = tqdm(range(start, epochs), desc=desc, disable=not progress, file=sys.stderr, ncols=100, mininterval=1.0)
     for epoch in bar:
-        if bad_epochs >= int(prm.get("patience", 3)):
+        if len(va_idx) and patience and bad_epochs >= patience:
             break
         t0 = time.perf_counter()
         model.train()
@@ -347,20 +477,20 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            losses.append(float(loss.detach()))
-        lr = opt.param_groups[0]["lr"]
-        if sched is not None:
             sched.step()
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"), "lr": lr}
+            steps += 1
+            losses.append(float(loss.detach()))
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "lr": opt.param_groups[0]["lr"], "steps": steps}
         if len(va_idx):
             pv = predict(model, x[va_idx], device=device, dims=dims, amp=amp)
             yv = y[va_idx]
             eps = 1e-6
             row["val_loss"] = float(-np.mean(yv * np.log(pv + eps) + (1 - yv) * np.log(1 - pv + eps)))
             row["val_auc"] = _auc(yv, pv)
-            score = row["val_auc"] if np.isfinite(row["val_auc"]) else -row["val_loss"]
+            score = -row["val_loss"]
         else:
-            score = epoch  # no validation split: keep the last epoch
+            score = epoch  # fixed budget: keep the last epoch
         row["seconds"] = time.perf_counter() - t0
         row["images_per_s"] = len(tr_idx) / max(row["seconds"], 1e-9)
         log.append(row)
@@ -369,12 +499,12 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_auc=f"{row.get('val_auc', float('nan')):.3f}")
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", steps=steps)
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = checkpoint.with_suffix(".tmp")
             torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict() if sched is not None else None, "epoch": epoch,
+                        "scheduler": sched.state_dict(), "epoch": epoch, "steps": steps,
                         "log": log, "best": best, "bad_epochs": bad_epochs, "best_state": best_state,
                         "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
             os.replace(tmp, checkpoint)
@@ -386,26 +516,40 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
 
 def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, folds: int = 5,
                      prediction: str = "crossfit", device: str = "cpu", dims: int = 2,
-                     cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True):
-    """Leakage-safe probabilities for every instance (or cube) of ``bags``.
+                     cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True,
+                     fold_of: Optional[dict] = None):
+    """Leakage-safe probabilities for every instance (or cube) of ``bags`` from one set of models.
 
-    Training patients: out-of-fold predictions of ``folds`` models (``prediction: crossfit``), or the
-    final model's in-sample predictions (``insample``, the paper's way). Internal and external patients:
-    the final model trained on all training patients. Every model stops early on a validation split of
-    its own training patients. Returns ``(predictions, logs, final_model, meta)`` where ``meta`` holds
-    each training patient's fold and, per fitted model, the patients it was trained on (fit + early-
-    stopping validation) — the record the leakage test checks.
+    ``prediction="crossfit"``: ``folds`` models, each trained on all training patients but one fold.
+    Every training patient is predicted by the model that did not see it (out of fold); every internal
+    and external patient by the **mean of the same fold models** (``prob``), and by each of them
+    (``prob_fold<k>``). One model set for all cohorts: a fold model's probabilities of a validation
+    patient are on exactly the scale of its out-of-fold probabilities, so the multi-instance stage, whose
+    bins, vocabulary and thresholds are fitted on the training patients' out-of-fold probabilities, builds
+    a validation patient's features from each fold model in turn and averages what the fused model says
+    (:func:`hcc25d.signatures.heldout_views`). The plain mean is narrower than a single model's spread
+    where the fold models disagree, which is why it is not fed to fitted steps. ``prob_insample`` is, for a training patient, the mean of the fold
+    models that *were* trained on it (what an in-sample report shows). ``fold_of`` (patient → fold index)
+    fixes the folds, e.g. to those of another run; by default they are stratified by label from ``seed``.
+
+    ``prediction="insample"`` (the paper's way): one model trained on all training patients predicts
+    everyone, its own training patients included.
+
+    With ``val_fraction`` > 0 every model stops early on a split of its own training patients.
+    Returns ``(predictions, logs, models, meta)``: ``models`` maps ``fold<k>`` (or ``final``) to the
+    trained model; ``meta`` holds each training patient's fold and, per model, the patients it was trained
+    on (fit + early-stopping validation) — the record the leakage test checks against the data each model
+    actually received.
     """
     pats = bags.patients()
     train = pats[pats["cohort"] == "training"].reset_index(drop=True)
     y = bags.index["label"].to_numpy()
     groups = bags.index["patient_id"].to_numpy()
     pred = np.full(len(bags.index), np.nan)
+    insample = np.full(len(bags.index), np.nan)
     source = np.array([""] * len(bags.index), dtype=object)
-    logs = []
-    assignment = {}
-    trained_on = {}
-    vf = float(prm.get("val_fraction", 0.2))
+    logs, trained_on, models = [], {}, {}
+    vf = float(prm.get("val_fraction", 0.0))
 
     def fit(train_ids, tag, s):
         rows = bags.rows(train_ids)
@@ -415,33 +559,79 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, fol
         ck = (cache_dir / f"{name}-{tag}.pt") if cache_dir is not None else None
         model, log = train_model(make_model, bags.x[rows], y[rows], groups[rows], prm, s, device=device, dims=dims,
                                  checkpoint=ck, desc=f"{name} {tag}", progress=progress, val_ids=val_ids)
+        _log_steps(name, tag, log, len(rows))
         logs.append(log.assign(model=name, fit=tag))
+        models[tag] = model
         return model
 
+    others = bags.rows(pats.loc[pats["cohort"] != "training", "patient_id"])
     if prediction == "crossfit":
-        for f, held in enumerate(patient_folds(train, folds, seed)):
-            for pid in held:
-                assignment[pid] = f
+        if fold_of is None:
+            fold_of = {pid: f for f, held in enumerate(patient_folds(train, folds, seed)) for pid in held}
+        fold_of = {str(k): int(v) for k, v in fold_of.items()}
+        missing = sorted(set(train["patient_id"]) - set(fold_of))
+        if missing:
+            raise ValueError(f"fold_of has no fold for training patient(s) {missing[:5]}")
+        k = max(fold_of.values()) + 1
+        per_fold = np.full((k, len(bags.index)), np.nan)
+        ins_sum, ins_n = np.zeros(len(bags.index)), np.zeros(len(bags.index))
+        for f in range(k):
+            held = np.array([p for p in train["patient_id"] if fold_of[p] == f], dtype=object)
             model = fit(np.setdiff1d(train["patient_id"], held), f"fold{f + 1}", seed + 101 * (f + 1))
             rows = bags.rows(held)
             pred[rows] = predict(model, bags.x[rows], device=device, dims=dims)
             source[rows] = f"fold{f + 1}"
-    final = fit(train["patient_id"].to_numpy(), "final", seed)
-    others = bags.rows(pats.loc[pats["cohort"] != "training", "patient_id"])
-    pred[others] = predict(final, bags.x[others], device=device, dims=dims)
-    source[others] = "final"
-    rows = bags.rows(train["patient_id"])
-    insample = np.full(len(bags.index), np.nan)
-    insample[rows] = predict(final, bags.x[rows], device=device, dims=dims)
-    if prediction != "crossfit":
-        pred[rows] = insample[rows]
-        source[rows] = "final"
+            per_fold[f, others] = predict(model, bags.x[others], device=device, dims=dims)
+            seen = bags.rows(np.setdiff1d(train["patient_id"], held))
+            ins_sum[seen] += predict(model, bags.x[seen], device=device, dims=dims)
+            ins_n[seen] += 1
+        pred[others] = per_fold[:, others].mean(axis=0)
+        source[others] = f"mean of {k} fold models"
+        rows = bags.rows(train["patient_id"])
+        insample[rows] = ins_sum[rows] / np.maximum(ins_n[rows], 1)
+        assignment = {p: fold_of[p] for p in train["patient_id"]}
+    elif prediction == "insample":
+        final = fit(train["patient_id"].to_numpy(), "final", seed)
+        pred[:] = predict(final, bags.x, device=device, dims=dims)
+        source[:] = "final"
+        rows = bags.rows(train["patient_id"])
+        insample[rows] = pred[rows]
+        assignment = {}
+    else:
+        raise ValueError(f"prediction must be 'crossfit' or 'insample', not {prediction!r}")
     out = bags.index.copy()
     out["prob"] = pred
-    out["prob_insample"] = insample  # the paper's way, for comparison only
+    out["prob_insample"] = insample  # in-sample, for comparison only
     out["source"] = source
     out["fold"] = out["patient_id"].map(assignment)
-    return out, pd.concat(logs, ignore_index=True), final, {"fold": assignment, "trained_on": trained_on}
+    if prediction == "crossfit":  # each fold model's own probabilities of the internal/external instances
+        for f in range(k):
+            out[f"prob_fold{f + 1}"] = per_fold[f]
+    return out, pd.concat(logs, ignore_index=True), models, {"fold": assignment, "trained_on": trained_on}
+
+
+def _log_steps(name: str, tag: str, log: pd.DataFrame, n: int) -> None:
+    if len(log):
+        print(f"{name} {tag}: {n} instances, {int(log['epoch'].iloc[-1])} epochs, "
+              f"{int(log['steps'].iloc[-1])} optimiser steps, {log['seconds'].sum():.0f} s", flush=True)
+
+
+def ensemble(models: dict):
+    """The mean of several models' probabilities as one module (for Grad-CAM and for scoring new
+    patients with the cross-fitted fold models)."""
+    import torch
+    import torch.nn as nn
+
+    class Ensemble(nn.Module):
+        def __init__(self, members):
+            super().__init__()
+            self.members = nn.ModuleList(members)
+
+        def forward(self, x):  # logit of the mean probability
+            p = torch.stack([torch.sigmoid(m(x)) for m in self.members]).mean(0).clamp(1e-6, 1 - 1e-6)
+            return torch.log(p / (1 - p))
+
+    return Ensemble(list(models.values()))
 
 
 def torch_device(prefer: str = "auto") -> str:
@@ -454,16 +644,20 @@ def torch_device(prefer: str = "auto") -> str:
 
 def gradcam(model, x: np.ndarray, categories: Sequence[int], device: str = "cpu") -> np.ndarray:
     """Grad-CAM maps (N, H, W) in [0, 1] from the ``pytorch-grad-cam`` library (not hand-written):
-    the evidence for recurrence (category 1) or against it (category 0) in the last convolutional block."""
+    the evidence for recurrence (category 1) or against it (category 0) in the last convolutional block.
+    For an :func:`ensemble` the maps of its members are averaged."""
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-    model = model.to(device).eval()
+    members = list(model.members) if hasattr(model, "members") else [model]
     xt = _normalise(torch.from_numpy(np.asarray(x, np.float32)).to(device))
-    with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
-        maps = cam(input_tensor=xt, targets=[BinaryClassifierOutputTarget(int(c)) for c in categories])
-    return np.asarray(maps)
+    maps = []
+    for m in members:
+        m = m.to(device).eval()
+        with GradCAM(model=m, target_layers=[target_layer(m)]) as cam:
+            maps.append(cam(input_tensor=xt, targets=[BinaryClassifierOutputTarget(int(c)) for c in categories]))
+    return np.mean(np.asarray(maps), axis=0)
 
 
 def select_backbone(table: pd.DataFrame, rule: str) -> tuple[str, str]:

@@ -74,6 +74,10 @@ class TwinCfg:
     arterial_timing: tuple[float, ...] = (1.0, 0.85)
     #: multiplies every effect size of the latent-risk model (0 = no imaging signal).
     signal_scale: float = 1.0
+    #: where the arterial-phase traits sit along z: ``offcentre`` (default: peritumoral enhancement 4-6 mm
+    #: and satellites 3-5 mm above/below the tumour's maximal cross-section) or ``central`` (the same
+    #: traits on the maximal cross-section itself: the negative control, where 2.5D should gain nothing).
+    signal_position: str = _choices("offcentre", "central", default="offcentre")
 
 
 @dataclass(frozen=True)
@@ -136,36 +140,48 @@ class RadiomicsCfg:
 
 @dataclass(frozen=True)
 class AugmentCfg:
-    #: random horizontal/vertical (and, in 3D, depth) flips.
+    #: random flips (2D square crops also transposed: the 8 symmetries of the square; 3D: 3 axes).
     flip: bool = True
-    #: random in-plane rotation range (degrees, 2D only).
-    rotate_deg: float = 10.0
-    #: intensity jitter: scale 1 ± x, shift ± x/2 (windowed units).
-    intensity: float = 0.1
+    #: random in-plane rotation range (degrees, 2D only; 0 = off).
+    rotate_deg: float = 0.0
+    #: additive Gaussian image noise, per-image SD drawn from [0, x] (window units; 0.04 ≈ 10 HU).
+    noise: float = 0.0
+    #: intensity jitter: scale 1 ± x, shift ± x/2 (window units). Off by default: the planted contrasts of
+    #: the twin are 0.02–0.2 window units, so a jitter of that size would drown them.
+    intensity: float = 0.0
 
 
 @dataclass(frozen=True)
 class TrainCfg:
     """Training settings shared by the slice-level CNNs and the 3D baseline."""
 
+    #: the fixed budget of epochs (every model trains for exactly this many unless ``val_fraction`` > 0).
     epochs: int = 10
     batch_size: int = 16
     optimizer: str = _choices("adamw", "sgd", default="adamw")
     lr: float = 0.001
     weight_decay: float = 0.0001
+    #: learning-rate schedule after the warm-up, stepped every batch.
     schedule: str = _choices("cosine", "step", "none", default="cosine")
+    #: epochs of linear learning-rate warm-up (from 0.1 × lr).
+    warmup_epochs: float = 1.0
     #: ``balanced``: weight the positive class by n_negative / n_positive; ``none``.
     class_weight: str = _choices("balanced", "none", default="balanced")
     dropout: float = 0.2
-    #: fraction of the training patients held out for early stopping (never internal/external).
-    val_fraction: float = 0.2
-    #: epochs without improvement of the validation AUC before stopping.
+    #: fraction of each model's training patients held out for early stopping on the validation *loss*
+    #: (0 = no early stopping: the fixed budget of ``epochs``).
+    val_fraction: float = 0.0
+    #: with ``val_fraction`` > 0: epochs without improvement of the validation loss before stopping.
     patience: int = 3
-    #: cross-fitting folds for the training cohort's predictions.
-    folds: int = 3
-    #: ``crossfit`` (leakage-safe) or ``insample`` (the paper's way: the final model predicts its own training patients).
+    #: cross-fitting folds: k models, each trained on k − 1 folds of the training patients.
+    folds: int = 5
+    #: ``crossfit`` (leakage-safe: training patients out of fold, the others by the mean of the same fold
+    #: models) or ``insample`` (the paper's way: one final model predicts its own training patients too).
     prediction: str = _choices("crossfit", "insample", default="crossfit")
     augment: AugmentCfg = field(default_factory=AugmentCfg)
+    #: ``parenchyma``: shift each patient's phases so that the peritumoral parenchyma sits at the training
+    #: cohort's median (removes scanner HU offsets and bolus-timing shifts of the liver); ``none``.
+    intensity_reference: str = _choices("parenchyma", "none", default="parenchyma")
     #: mixed precision on CUDA.
     amp: bool = True
     deterministic: bool = True
@@ -177,22 +193,26 @@ class TrainCfg:
 
 @dataclass(frozen=True)
 class CnnCfg(TrainCfg):
-    """Slice-level transfer learning (see :mod:`hcc25d.cnn`); training settings as :class:`TrainCfg`."""
+    """Slice-level models (see :mod:`hcc25d.cnn`); training settings as :class:`TrainCfg`."""
 
-    #: torchvision backbones (the paper's: densenet121, resnet50, resnet101, vgg19).
-    backbones: tuple[str, ...] = ("resnet18",)
+    #: ``litecnn`` (this package's light CNN, trained from scratch: the CPU default) or torchvision
+    #: backbones (the paper's: densenet121, resnet50, resnet101, vgg19).
+    backbones: tuple[str, ...] = ("litecnn",)
+    #: channels of litecnn's first layer (ignored by torchvision backbones).
+    width: int = 16
     #: ``imagenet`` (torchvision weights API), ``none`` (random initialisation) or a path to a state dict.
-    weights: str = "imagenet"
+    weights: str = "none"
     #: ImageNet weights unavailable: ``fail``, or ``random`` initialisation (said loudly; not transfer learning).
     on_missing_weights: str = _choices("fail", "random", default="fail")
     #: backbone for the multi-instance stage: ``cv`` = best out-of-fold training AUC (fixed rule), or a backbone name.
     selection: str = "cv"
-    epochs: int = 8
-    batch_size: int = 64
-    #: AdamW learning rate and weight decay (a low rate and strong decay suit training from scratch on
-    #: ~1,500 instances; the gpu profile fine-tunes pretrained weights at the same rate).
-    lr: float = 0.0001
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.002
     weight_decay: float = 0.01
+    dropout: float = 0.3
+    warmup_epochs: float = 2.0
+    augment: AugmentCfg = field(default_factory=AugmentCfg)
 
 
 @dataclass(frozen=True)
@@ -201,15 +221,21 @@ class Cnn3dCfg(TrainCfg):
 
     #: channels of the first stage (64 = ResNet-18's widths).
     width: int = 16
-    augment: AugmentCfg = field(default_factory=lambda: AugmentCfg(rotate_deg=0.0))
+    augment: AugmentCfg = field(default_factory=AugmentCfg)
 
 
 @dataclass(frozen=True)
 class SignaturesCfg:
     """MIL fusion, selection and signatures (see :mod:`hcc25d.mil`, :mod:`hcc25d.signatures`)."""
 
-    #: cross-validation folds of the grid search (training cohort only).
+    #: cross-validation of the grid searches (training cohort only): ``cnn`` = the slice-level CNN's
+    #: cross-fitting folds (so a cross-validated training AUC is out of sample for the whole chain), or
+    #: ``stratified``: ``cv_folds`` stratified folds of their own (the paper's 5-fold CV).
+    cv: str = _choices("cnn", "stratified", default="cnn")
     cv_folds: int = 5
+    #: class weighting of all five families (sample weights passed to the classifier's fit): ``balanced``
+    #: or ``none``.
+    class_weight: str = _choices("balanced", "none", default="balanced")
     #: univariate filter: keep features with P below this.
     p_threshold: float = 0.05
     #: correlation pruning: drop a feature with |r| above this with a kept one.
@@ -226,10 +252,20 @@ class SignaturesCfg:
     #: clinical screening thresholds (univariable, then multivariable; the paper's Table 2 analysis).
     clinical_p_uni: float = 0.05
     clinical_p_multi: float = 0.05
-    #: run the ablations (central slice, axial stack, views, phases, radiomics).
-    ablations: bool = True
-    #: the single phase of the one-phase ablation (its CNN is retrained on that phase); null skips it.
-    ablation_phase: Optional[str] = "portal"
+
+
+@dataclass(frozen=True)
+class AblationsCfg:
+    """The ablation stage (see :mod:`hcc25d.ablation`): each variant retrains the slice-level CNN."""
+
+    #: run the ablation stage at all.
+    enabled: bool = True
+    #: the variants beside the full model: ``2d`` (central axial slice), ``axial`` (no sagittal/coronal
+    #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference).
+    variants: tuple[str, ...] = ("2d", "axial", "arterial", "portal", "no-reference")
+    #: also regenerate the twin with its signal on the central slice and compare 2.5D with 2D there
+    #: (twin runs only).
+    negative_control: bool = True
 
 
 @dataclass(frozen=True)
@@ -258,6 +294,7 @@ class Params:
     cnn: CnnCfg = field(default_factory=CnnCfg)
     cnn3d: Cnn3dCfg = field(default_factory=Cnn3dCfg)
     signatures: SignaturesCfg = field(default_factory=SignaturesCfg)
+    ablations: AblationsCfg = field(default_factory=AblationsCfg)
     compute: ComputeCfg = field(default_factory=ComputeCfg)
 
 

@@ -43,7 +43,7 @@ from scipy import ndimage
 from .config import CropCfg
 
 __all__ = ["CropParams", "resample_and_window", "window", "max_area_index", "select_instances",
-           "extract_square", "crop_arrays", "crop_patient", "crop_all", "load_instances", "signal_probe"]
+           "extract_square", "crop_arrays", "parenchyma_reference", "trait_readout", "crop_patient", "crop_all", "load_instances", "signal_probe"]
 
 VIEWS = ("axial", "sagittal", "coronal")
 
@@ -248,13 +248,83 @@ def crop_arrays(vol: np.ndarray, m: np.ndarray, prm: CropParams, spacing=(1.0, 1
     return bags
 
 
+def parenchyma_reference(vol: np.ndarray, m: np.ndarray, spacing, shell_mm=(15.0, 30.0)) -> np.ndarray:
+    """Each channel's intensity of the parenchyma around the tumour, in window units: the median of the
+    voxels in a shell ``shell_mm`` (from, to) outside the tumour mask whose value lies strictly inside the
+    window (so fat, air, bone and padding beyond the image are left out).
+
+    On the twin the shell is liver; on real data it is mostly liver for an intrahepatic tumour (a tumour at
+    the liver's edge also sees some neighbouring tissue, which the median tolerates up to half the shell).
+    The CNN stage can subtract it (``cnn.intensity_reference: parenchyma``) so that a scanner's HU offset
+    or a contrast bolus that reaches the liver earlier or later does not move the whole image. NaN where
+    the shell holds no such voxel.
+    """
+    # every second voxel along each axis is plenty for a median, and 8× cheaper
+    m2, vol2 = m[::2, ::2, ::2].astype(bool), vol[:, ::2, ::2, ::2]
+    d = ndimage.distance_transform_edt(~m2, sampling=tuple(2 * np.asarray(spacing, float)[::-1]))
+    shell = (d > shell_mm[0]) & (d <= shell_mm[1])
+    out = np.full(vol.shape[0], np.nan, np.float32)
+    for c in range(vol.shape[0]):
+        v = vol2[c][shell]
+        v = v[(v > 0.0) & (v < 1.0)]
+        if len(v):
+            out[c] = float(np.median(v))
+    return out
+
+
+def trait_readout(vol: np.ndarray, m: np.ndarray, spacing, channels=("arterial", "plain", "portal")) -> dict:
+    """A knowledge-driven reading of the three kinds of trait the twin plants, from one patient's
+    resampled, windowed volume — not part of the method: a yardstick of what the images hold.
+
+    * ``pae``: the arterial-only brightening (arterial minus plain, each relative to the parenchyma
+      15–30 mm away) averaged over a shell 0.5–8 mm outside the tumour, taken on the axial slice within
+      ±8 mm of the maximal cross-section where it is largest, minus its median over those slices;
+    * ``heterogeneity``: the SD of the portal phase inside the tumour (eroded by 3 voxels);
+    * ``nodules``: the fraction of the shell 1–16 mm outside the tumour whose arterial-only brightening
+      exceeds 0.12 window units (30 HU at the default window).
+
+    Computed at full resolution along z and every second voxel in-plane (window units). NaN where a
+    needed phase is missing.
+    """
+    ch = list(channels)
+    out = {"pae": np.nan, "heterogeneity": np.nan, "nodules": np.nan}
+    roi = _components(m, CropCfg(components="largest"))[0]
+    sp = np.asarray(spacing, float)[::-1] * np.array([1, 2, 2])  # z, y, x
+    roi2, v2 = roi[:, ::2, ::2], vol[:, :, ::2, ::2]
+    d = ndimage.distance_transform_edt(~roi2, sampling=tuple(sp))
+    far = (d > 15) & (d <= 30)
+    if "portal" in ch:
+        core = ndimage.binary_erosion(roi, iterations=3)
+        core = core if core.sum() > 50 else roi
+        out["heterogeneity"] = float(np.std(vol[ch.index("portal")][core]))
+    if not ({"arterial", "plain"} <= set(ch)) or not far.any():
+        return out
+    art, pla = v2[ch.index("arterial")], v2[ch.index("plain")]
+    rel = (art - np.median(art[far])) - (pla - np.median(pla[far]))
+    zc = max_area_index(roi.sum(axis=(1, 2)))
+    shell = (d > 0.5) & (d <= 8)
+    per = [float(rel[z][shell[z]].mean()) for z in range(max(0, zc - 8), min(roi.shape[0], zc + 9))
+           if shell[z].sum() > 10]
+    if per:
+        out["pae"] = float(np.max(per) - np.median(per))
+    ring = (d > 1) & (d <= 16)
+    out["nodules"] = float(np.mean(rel[ring] > 0.12)) if ring.any() else np.nan
+    return out
+
+
 def crop_patient(row: pd.Series, prm: CropParams, phases: Sequence[str], mask_label: Optional[int] = None):
-    """Load one patient (see :func:`hcc25d.manifest.load_patient`), resample, window and crop."""
+    """Load one patient (see :func:`hcc25d.manifest.load_patient`), resample, window and crop.
+
+    Returns ``(bags, channel names, parenchyma reference per channel, trait readout)`` (see
+    :func:`crop_arrays`, :func:`parenchyma_reference` and :func:`trait_readout`).
+    """
     from .manifest import load_patient
 
     imgs, mask = load_patient(row, phases, mask_label)
     vol, m, names, _ = resample_and_window(imgs, mask, prm)
-    return crop_arrays(vol, m, prm, prm.spacing_mm), names
+    real = [c if c in imgs else None for c in prm.channels]  # copied channels are not read as phases
+    return (crop_arrays(vol, m, prm, prm.spacing_mm), names, parenchyma_reference(vol, m, prm.spacing_mm),
+            trait_readout(vol, m, prm.spacing_mm, real))
 
 
 def _worker(args):
@@ -262,7 +332,9 @@ def _worker(args):
     from .io import write_npz
 
     pid = str(row["patient_id"])
-    bags, names = crop_patient(row, prm, phases, mask_label)
+    bags, names, ref, readout = crop_patient(row, prm, phases, mask_label)
+    refs = {f"ref_{c}": float(r) for c, r in zip(prm.channels, ref)}
+    readout = {"patient_id": pid, **readout}
     rows = []
     for b, (inst, idx, cube) in enumerate(bags):
         bag = pid if len(bags) == 1 and prm.components == "largest" else f"{pid}#{b + 1}"
@@ -271,22 +343,25 @@ def _worker(args):
         write_npz(out_dir / "cubes" / f"{fname}.npz", x=cube.astype(np.float16))
         for i, r in enumerate(idx):
             rows.append({"patient_id": pid, "bag": bag, "file": f"{fname}.npz", "instance": i, **r,
-                         "cohort": row["cohort"], "label": int(row["label"]), "channels": "|".join(names)})
-    return rows
+                         "cohort": row["cohort"], "label": int(row["label"]), "channels": "|".join(names),
+                         **refs})
+    return rows, readout
 
 
 def crop_all(cases: pd.DataFrame, prm: CropParams, phases, mask_label, out_dir: Path, n_jobs: int = 1,
              backend: str = "loky", progress: bool = True) -> pd.DataFrame:
     """Crop every case; write ``instances/<bag>.npz`` (N × C × S × S, float16), ``cubes/<bag>.npz``
-    (C × D × H × W) and return the index table (also written as ``index.csv``)."""
+    (C × D × H × W), ``trait_readout.csv`` (:func:`trait_readout`, one row per patient) and return the
+    index table (also written as ``index.csv``)."""
     from .io import write_csv
     from .parallel import map_patients
 
     out_dir = Path(out_dir)
     items = [(row, prm, tuple(phases), mask_label, out_dir) for _, row in cases.iterrows()]
     res = map_patients(_worker, items, n_jobs=n_jobs, backend=backend, desc="2.5D cropping", progress=progress)
-    index = pd.DataFrame([r for rows in res for r in rows])
+    index = pd.DataFrame([r for rows, _ in res for r in rows])
     write_csv(index, out_dir / "index.csv")
+    write_csv(pd.DataFrame([ro for _, ro in res]), out_dir / "trait_readout.csv")
     return index
 
 

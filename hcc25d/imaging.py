@@ -19,12 +19,19 @@ Three latent imaging variables are drawn for each patient given the outcome *y* 
     u_k \\mid y, x \\sim \\mathcal N(\\delta_k\\,y + \\gamma_k\\,x_k,\\ 1),\\qquad k = 1, 2, 3
 
 * :math:`u_1` — **peritumoral arterial enhancement** (PAE): a crescent of liver next to the tumour that
-  enhances in the *arterial phase only*, placed 2–6 mm above the tumour's centre (so it is weak on the
-  central slice); goes with MVI (:math:`x_1` = MVI);
-* :math:`u_2` — **satellite nodules**: three small arterial-enhancing nodules just outside the tumour,
-  3–5 mm above and below its centre, whose size grows with :math:`u_2`; goes with MVI;
+  enhances in the *arterial phase only*, centred 4–6 mm above or below the tumour's maximal axial
+  cross-section (the slice 2.5D cropping centres on) with a z-spread (SD) of 1 mm, so the central slice
+  does not show it; goes with MVI (:math:`x_1` = MVI);
+* :math:`u_2` — **satellite nodules**: three small nodules just outside the tumour, 3–5 mm above and
+  below the maximal cross-section, whose size grows with :math:`u_2`; they enhance in the *arterial
+  phase only* (liver-like before contrast and in the portal phase); go with MVI;
 * :math:`u_3` — **internal heterogeneity**: the amplitude of a smooth texture inside the tumour, in all
-  phases.
+  phases (visible on every slice, the central one included).
+
+Each slice averages the thin traits over its thickness (partial volume), as a CT slice does.
+``twin.signal_position: central`` (the negative control) puts the same PAE and satellites on the maximal
+cross-section itself: the latent variables, their visible expression and the oracle are unchanged, only
+their place along z moves, so a 2.5D model should then gain nothing over a 2D one.
 
 The images then show :math:`u` (through noise and blur). The **oracle** probability is what one would
 know from the clinical variables and the exact latent imaging variables:
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -77,6 +85,13 @@ SIGNAL = {"pae": {"delta": 0.9, "gamma": 0.4},
           "satellites": {"delta": 0.7, "gamma": 0.5},
           "heterogeneity": {"delta": 0.5, "gamma": 0.0}}
 
+
+#: PAE: distance (mm) of its centre from the tumour's maximal axial cross-section, above or below, and
+#: its SD along z (before the slice's own thickness).
+PAE_OFFSET_MM = (4.0, 6.0)
+PAE_Z_SD_MM = 1.0
+#: satellites: distance (mm) of their centres from the maximal cross-section (alternately above and below).
+SATELLITE_OFFSET_MM = (3.0, 5.0)
 
 #: scanner profile and grid per centre (index 0 = centre 1, 1 = centre 2): the ``twin`` params section
 TwinImagingParams = TwinCfg
@@ -126,6 +141,26 @@ def _ellipsoid_rho(X, Y, Z, c, radii, rng, n_terms=0, amp=0.0, freq=(1.0, 2.0)):
     return r
 
 
+def _slab_gaussian(z: np.ndarray, zc: float, sd: float, thickness: float) -> np.ndarray:
+    """A Gaussian profile along z (centre ``zc``, SD ``sd``) averaged over each slice's thickness
+    (a slice of a CT integrates over its slab, so a thin structure is seen partially by the nearest
+    slices rather than sampled at one point)."""
+    from scipy.special import erf
+
+    a = (z - thickness / 2 - zc) / (sd * np.sqrt(2))
+    b = (z + thickness / 2 - zc) / (sd * np.sqrt(2))
+    return (sd * np.sqrt(np.pi / 2) / thickness * (erf(b) - erf(a))).astype(np.float32)
+
+
+def _slab_ball(X, Y, z: np.ndarray, centre, radius: float, thickness: float) -> np.ndarray:
+    """Fraction of each voxel's slab (its in-plane point, the slice's thickness along z) inside a ball."""
+    rho2 = (X[0] - centre[0]) ** 2 + (Y[0] - centre[1]) ** 2  # in-plane, (y, x)
+    h = np.sqrt(np.maximum(radius ** 2 - rho2, 0.0))  # half-height of the ball above (y, x)
+    lo = np.maximum(z[:, None, None] - thickness / 2, centre[2] - h[None])
+    hi = np.minimum(z[:, None, None] + thickness / 2, centre[2] + h[None])
+    return (np.clip(hi - lo, 0.0, None) / thickness).astype(np.float32)
+
+
 def _tube_dist(X, Y, Z, p, d):
     """Distance of every voxel to the infinite line through p with unit direction d."""
     px, py, pz = X - p[0], Y - p[1], Z - p[2]
@@ -138,8 +173,13 @@ def _unit(rng):
     return v / np.linalg.norm(v)
 
 
-def make_patient(row: pd.Series, seed: int, prm: TwinImagingParams) -> dict:
-    """Build one patient's three phases (HU, float32 arrays z, y, x), mask, geometry and traits."""
+def make_patient(row: pd.Series, seed: int, prm: TwinImagingParams, latent: Optional[dict] = None) -> dict:
+    """Build one patient's three phases (HU, float32 arrays z, y, x), mask, geometry and traits.
+
+    ``latent`` overrides the patient's latent imaging variables (``u_pae``, ``u_satellites``,
+    ``u_heterogeneity``); everything else — anatomy, noise — stays the same, so two calls that differ
+    only in ``latent`` isolate the visible expression of the traits (see :func:`planted_contrast`).
+    """
     pid = str(row["patient_id"])
     rng = patient_rng(seed, pid, 2)
     ci = 0 if int(row["centre"]) == 1 else 1
@@ -154,6 +194,8 @@ def make_patient(row: pd.Series, seed: int, prm: TwinImagingParams) -> dict:
     half = min(nxy * sxy, nz * sz) / 2
 
     lat = draw_latent(row, seed, prm.signal_scale)
+    if latent is not None:
+        lat.update({k: float(v) for k, v in latent.items()})
     # ---- tumour geometry
     big = int(row.get("tumor_size", 0)) == 1
     diam = rng.uniform(52, 75) if big else rng.uniform(18, 45)
@@ -216,24 +258,39 @@ def make_patient(row: pd.Series, seed: int, prm: TwinImagingParams) -> dict:
     pae_amp = 80.0 * _sigmoid(1.5 * lat["u_pae"] - 0.5)
     sat_r = 1.0 + 4.5 * _sigmoid(1.5 * lat["u_satellites"] - 0.8)
     het_sd = 4.0 + 30.0 * _sigmoid(1.5 * lat["u_heterogeneity"] - 0.3)
-    # PAE: a crescent of liver just outside the tumour on one side, 2-6 mm above the centre
+    # Where the traits sit along z is measured from the tumour's maximal axial cross-section (the slice
+    # the 2.5D cropping centres on), found on this grid as crop25d does on the resampled one.
+    from .crop25d import max_area_index
+
+    z_max = float(z[max_area_index(tumour.sum(axis=(1, 2)))])
+    central = prm.signal_position == "central"
+    # PAE: a crescent of liver just outside the tumour on one side, centred 4-6 mm above or below the
+    # maximal cross-section with a z-spread (SD) of PAE_Z_SD_MM; each slice averages over its thickness
     side = _unit(rng)
     side[2] = 0
     side /= np.linalg.norm(side)
     outer = (rho_t >= 1.0) & (rho_t < 1.0 + 11.0 / radii.min())
     proj = ((X - c[0]) * side[0] + (Y - c[1]) * side[1]) / (np.sqrt((X - c[0]) ** 2 + (Y - c[1]) ** 2) + 1e-3)
-    zc = c[2] + rng.uniform(2.5, 4.0)
-    pae_w = np.exp(-0.5 * ((Z - zc) / 2.0) ** 2) * np.clip(proj, 0, 1) ** 2 * outer * liver
-    pae_w = ndimage.gaussian_filter(pae_w.astype(np.float32), sigma=(0.8 / sz * 2, 1.0 / sxy, 1.0 / sxy))
-    # satellites: small nodules just outside the tumour, 3-5 mm above and below its centre
-    sats = np.zeros_like(tumour)
+    pae_sign = 1.0 if rng.uniform() < 0.5 else -1.0
+    pae_dz = pae_sign * rng.uniform(*PAE_OFFSET_MM)
+    zc = z_max + (0.0 if central else pae_dz)
+    pae_z = _slab_gaussian(z, zc, PAE_Z_SD_MM, sz)[:, None, None]
+    pae_w = pae_z * (np.clip(proj, 0, 1) ** 2 * outer * liver)
+    pae_w = ndimage.gaussian_filter(pae_w.astype(np.float32), sigma=(0.0, 1.0 / sxy, 1.0 / sxy))
+    # satellites: small nodules just outside the tumour, 3-5 mm above and below the maximal
+    # cross-section, enhancing in the arterial phase only; partial volume over the slice thickness
+    sat_w = np.zeros(X.shape, np.float32)
+    sat_dz = []
     for k in range(3):
-        dz = (1 if k % 2 == 0 else -1) * rng.uniform(3.0, 5.0)
+        dz = (1 if k % 2 == 0 else -1) * rng.uniform(*SATELLITE_OFFSET_MM)
         ang = rng.uniform(0, 2 * np.pi)
-        rr = radii[:2].mean() * np.sqrt(max(0.0, 1 - (dz / radii[2]) ** 2)) + sat_r + rng.uniform(2, 5)
-        cs = c + np.array([rr * np.cos(ang), rr * np.sin(ang), dz])
-        sats |= ((X - cs[0]) ** 2 + (Y - cs[1]) ** 2 + (Z - cs[2]) ** 2) < sat_r ** 2
-    sats &= ~tumour
+        dz_used = 0.0 if central else dz
+        zrel = (z_max + dz_used) - c[2]
+        rr = radii[:2].mean() * np.sqrt(max(0.0, 1 - (zrel / radii[2]) ** 2)) + sat_r + rng.uniform(2, 5)
+        cs = np.array([c[0] + rr * np.cos(ang), c[1] + rr * np.sin(ang), z_max + dz_used])
+        sat_w = np.maximum(sat_w, _slab_ball(X, Y, z, cs, sat_r, sz))
+        sat_dz.append(dz_used)
+    sat_w[tumour] = 0.0
     texture = ndimage.gaussian_filter(rng.standard_normal(X.shape).astype(np.float32),
                                       sigma=(1.5 / sz, 1.5 / sxy, 1.5 / sxy))
     texture /= texture[tumour].std() + 1e-6 if tumour.any() else 1.0
@@ -254,9 +311,10 @@ def make_patient(row: pd.Series, seed: int, prm: TwinImagingParams) -> dict:
         if ph == "arterial":
             img += (pae_amp * timing) * pae_w
         img[major] = hu("major_vessel")
+        if ph == "arterial":  # satellites: tumour-like arterial hyper-enhancement, invisible otherwise
+            img += sat_w * (hu("tumour") - img)
         for m in (tumour, other):
             img[m] = hu("tumour")
-        img[sats] = hu("tumour")
         img[capsule] = hu("capsule")
         img[necrosis] = hu("necrosis")
         viable = tumour & ~necrosis & ~capsule
@@ -271,8 +329,76 @@ def make_patient(row: pd.Series, seed: int, prm: TwinImagingParams) -> dict:
               -(nz - 1) / 2 * sz + rng.uniform(-600, -400))
     traits = {"patient_id": pid, "diameter_mm": diam, "n_extra_tumours": len(extra), "irregular_margin": irregular,
               "necrosis": necrotic, "vessel_contact": adjacent, "pae_amplitude_hu": pae_amp,
-              "satellite_radius_mm": sat_r, "heterogeneity_sd_hu": het_sd, "centre_z_mm": float(c[2]), **lat}
+              "satellite_radius_mm": sat_r, "heterogeneity_sd_hu": het_sd, "centre_z_mm": float(c[2]),
+              "max_area_z_mm": z_max, "pae_offset_mm": float(zc - z_max),
+              "satellite_offsets_mm": "|".join(f"{d:+.1f}" for d in sat_dz),
+              "signal_position": prm.signal_position, **lat}
     return {"phases": phases, "mask": mask, "spacing": (sxy, sxy, sz), "origin": origin, "traits": traits}
+
+
+def to_images(vol: dict):
+    """A generated patient as SimpleITK images: ``({phase: image (HU, float32)}, mask)``, the same
+    shape as :func:`hcc25d.manifest.load_patient` returns for files."""
+    import SimpleITK as sitk
+
+    def img(arr):
+        im = sitk.GetImageFromArray(arr)
+        im.SetSpacing(tuple(float(s) for s in vol["spacing"]))
+        im.SetOrigin(tuple(float(o) for o in vol["origin"]))
+        return im
+
+    return ({ph: sitk.Cast(img(a), sitk.sitkFloat32) for ph, a in vol["phases"].items()},
+            img(vol["mask"].astype(np.uint8)))
+
+
+#: the traits as (latent variable, region of the crop where it shows)
+TRAIT_REGIONS = {"u_pae": "peritumoral", "u_satellites": "peritumoral", "u_heterogeneity": "tumour"}
+
+
+def planted_contrast(row: pd.Series, seed: int, prm: TwinImagingParams, crop_prm, trait: str,
+                     low: float = -1.5, high: float = 1.5) -> pd.DataFrame:
+    """The planted contrast of one trait, measured on the 2.5D instances rather than taken from the
+    generator's parameters.
+
+    The patient is generated twice, with the trait's latent variable at ``low`` and at ``high`` (the other
+    traits and all anatomy and noise unchanged), both are cropped exactly as the cropping stage does, and
+    for every instance slot and phase the difference between the two crops is measured in window units
+    (1 = the window width, 250 HU by default): its peak (largest absolute value) outside the tumour mask
+    for the peritumoral traits (PAE, satellites), its root-mean-square inside the mask for heterogeneity.
+    Anatomy and noise are identical in the two crops, so the difference is the trait alone.
+    """
+    from .crop25d import VIEWS, crop_arrays, resample_and_window
+
+    base = {k: 0.0 for k in TRAIT_REGIONS}
+    out = []
+    crops = []
+    for value in (low, high):
+        vol = make_patient(row, seed, prm, latent={**base, trait: value})
+        imgs, mask = to_images(vol)
+        v, m, names, _ = resample_and_window(imgs, mask, crop_prm)
+        x, idx, _ = crop_arrays(v, m, crop_prm, crop_prm.spacing_mm)[0]
+        # the tumour mask cropped like the image (a fourth "channel")
+        mx, _, _ = crop_arrays(np.concatenate([v[:1] * 0, m[None].astype(np.float32)]), m, crop_prm,
+                               crop_prm.spacing_mm)[0]
+        crops.append((x, mx[:, 1] > 0.5, idx, names))
+    (x0, in0, idx, names), (x1, in1, _, _) = crops
+    region = TRAIT_REGIONS[trait]
+    for i, r in enumerate(idx):
+        sel = (in0[i] | in1[i]) if region == "tumour" else ~(in0[i] | in1[i])
+        for c, ph in enumerate(names):
+            d = (x1[i, c] - x0[i, c])[sel]
+            if not len(d):
+                val = 0.0
+            elif region == "tumour":
+                val = float(np.sqrt(np.mean(d ** 2)))
+            else:
+                val = float(np.max(np.abs(d)))
+            out.append({"trait": trait, "slot": f"{r['view']}{int(r['offset']):+d}", "view": r["view"],
+                        "offset": int(r["offset"]), "phase": ph, "region": region,
+                        "contrast": val})
+    df = pd.DataFrame(out)
+    df["view"] = pd.Categorical(df["view"], VIEWS, ordered=True)
+    return df
 
 
 def write_patient(vol: dict, out_dir: Path) -> dict:

@@ -107,9 +107,14 @@ METRICS = ["accuracy", "auc", "ci_low", "ci_high", "sensitivity", "specificity",
 
 
 def compare_metrics(table: str, ours: pd.DataFrame, name_map: dict, model_col: str,
-                    oracle: dict | None = None, cohort_map: dict | None = None) -> pd.DataFrame:
-    """Paper vs ours for Tables 3–5: one row per model, cohort and metric, with the twin's oracle AUC
-    beside every AUC. ``name_map`` maps the paper's model names to ours (absent → not reproduced)."""
+                    reference: dict | None = None, cohort_map: dict | None = None, which=None) -> pd.DataFrame:
+    """Paper vs ours for Tables 3–5: one row per model, cohort and metric. ``name_map`` maps the paper's
+    model names to ours (absent → not reproduced).
+
+    ``reference``: the twin's patient-level reference AUCs (:func:`hcc25d.stats.load_reference`), put
+    beside every AUC; ``which(model)`` says which one applies (``"image"`` for an image-only model,
+    ``"combined"`` for one with clinical variables; default image). Leave it out for instance-level
+    tables (Table 3): an instance-level AUC is not comparable with a patient-level reference."""
     paper = paper_tables()[table]
     cohort_map = cohort_map or {}
     rows = []
@@ -124,5 +129,6 @@ def compare_metrics(table: str, ours: pd.DataFrame, name_map: dict, model_col: s
                              "model (ours)": oname or "not trained", "cohort": cohort_name, "metric": m,
                              "paper": pv, "ours": round(ov, 3) if np.isfinite(ov) else np.nan,
                              "difference": round(ov - pv, 3) if np.isfinite(ov) else np.nan,
-                             "oracle AUC": (oracle or {}).get(cohort_name) if m == "auc" else np.nan})
+                             "reference AUC": ((reference or {}).get((which or (lambda _: "image"))(pname), {})
+                                               .get(cohort_name)) if m == "auc" else np.nan})
     return pd.DataFrame(rows)

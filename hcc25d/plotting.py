@@ -154,8 +154,14 @@ COHORT_TITLES = {"training": "Training cohort", "internal": "Internal validation
 
 
 def roc_panels(frame: pd.DataFrame, model_col: str, prob: str = "prob", label: str = "label",
-               cohorts=("training", "internal", "external"), title: str = "", oracle: dict | None = None):
-    """One ROC panel per cohort, one curve per model (AUC in the legend); optional oracle AUC per cohort."""
+               cohorts=("training", "internal", "external"), title: str = "", reference: dict | None = None,
+               which: tuple = ("image", "combined")):
+    """One ROC panel per cohort, one curve per model (AUC in the legend).
+
+    ``reference``: the twin's patient-level reference AUCs (:func:`hcc25d.stats.load_reference`), shown
+    under each panel's title — ``which`` picks the image-only and/or the clinical + image reference. Only
+    for patient-level curves: an instance-level AUC is not comparable with a patient-level reference.
+    """
     from sklearn.metrics import roc_curve
 
     from .stats import auc_ci
@@ -172,8 +178,11 @@ def roc_panels(frame: pd.DataFrame, model_col: str, prob: str = "prob", label: s
             ax.plot(fpr, tpr, lw=1.6, label=f"{name}: {a.auc:.3f} ({a.low:.3f}–{a.high:.3f})")
         ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=0.8)
         t = COHORT_TITLES.get(c, c)
-        if oracle and c in oracle:
-            t += f"\n(oracle AUC {oracle[c]:.3f})"
+        if reference:
+            names = {"image": "image only", "combined": "clinical + image"}
+            parts = [f"{names[k]} {reference[k][c]:.3f}" for k in which if c in reference.get(k, {})]
+            if parts:
+                t += "\nreference AUC: " + ", ".join(parts)
         ax.set(title=t, xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
         ax.legend(loc="lower right", fontsize=7, title="AUC (95% CI)", title_fontsize=7)
     if title:
@@ -183,20 +192,18 @@ def roc_panels(frame: pd.DataFrame, model_col: str, prob: str = "prob", label: s
 
 
 def learning_curves(logs: pd.DataFrame, title: str = ""):
-    """Training loss, validation loss and validation AUC per epoch, one line per fitted model."""
+    """Training loss and learning rate per epoch, one line per fitted model; with an early-stopping split,
+    its loss too (faint)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for (model, fit), g in logs.groupby(["model", "fit"], sort=False):
         lbl = f"{model} {fit}"
-        ls = "-" if fit == "final" else ":"
-        axes[0].plot(g["epoch"], g["train_loss"], ls=ls, label=f"{lbl} train")
-        if "val_loss" in g:
-            axes[0].plot(g["epoch"], g["val_loss"], ls=ls, alpha=0.6)
-        if "val_auc" in g:
-            axes[1].plot(g["epoch"], g["val_auc"], ls=ls, label=lbl)
-    axes[0].set(xlabel="epoch", ylabel="loss (train; validation faint)", title="Loss")
-    axes[1].set(xlabel="epoch", ylabel="AUC on the early-stopping split", title="Validation AUC", ylim=(0.3, 1.0))
-    axes[1].axhline(0.5, ls="--", c="0.6", lw=0.8)
-    axes[1].legend(fontsize=7, ncol=2)
+        axes[0].plot(g["epoch"], g["train_loss"], label=lbl)
+        if "val_loss" in g and g["val_loss"].notna().any():
+            axes[0].plot(g["epoch"], g["val_loss"], alpha=0.5, ls=":")
+        axes[1].plot(g["epoch"], g["lr"], label=lbl)
+    axes[0].set(xlabel="epoch", ylabel="loss", title="Training loss (validation dotted, if any)")
+    axes[1].set(xlabel="epoch", ylabel="learning rate (end of epoch)", title="Learning-rate schedule")
+    axes[0].legend(fontsize=7, ncol=2)
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
@@ -246,9 +253,11 @@ def grid_search_plot(results: dict):
     return fig
 
 
-def calibration_panels(frame: pd.DataFrame, signatures, cohorts=("training", "internal", "external"), n_bins: int = 5):
+def calibration_panels(frame: pd.DataFrame, signatures, cohorts=("training", "internal", "external"), n_bins: int = 5,
+                       fitted: bool = False):
     """Figure 8A: calibration curves (scikit-learn's ``calibration_curve``, quantile bins) per cohort,
-    one line per signature, with the Hosmer–Lemeshow P value in the legend."""
+    one line per signature, with the Hosmer–Lemeshow P value in the legend (``fitted``: whether the
+    probabilities were fitted on these patients, which sets the test's degrees of freedom)."""
     from sklearn.calibration import calibration_curve
 
     from .stats import hosmer_lemeshow
@@ -261,7 +270,7 @@ def calibration_panels(frame: pd.DataFrame, signatures, cohorts=("training", "in
             if h["label"].nunique() < 2:
                 continue
             frac, mean = calibration_curve(h["label"], h[s], n_bins=n_bins, strategy="quantile")
-            hl = hosmer_lemeshow(h["label"], np.clip(h[s], 1e-6, 1 - 1e-6))
+            hl = hosmer_lemeshow(h["label"], np.clip(h[s], 1e-6, 1 - 1e-6), fitted=fitted)
             ax.plot(mean, frac, "o-", ms=3, lw=1.3, label=f"{s} (HL P = {hl.p_value:.3f})")
         ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=0.8, label="perfect")
         ax.set(title=COHORT_TITLES.get(c, c), xlabel="predicted probability", ylabel="observed frequency",
@@ -385,5 +394,57 @@ def probe_heatmap(probe: pd.DataFrame):
                 ax=ax, cbar_kws={"label": "cross-validated AUC (training)"}, annot_kws={"fontsize": 8})
     ax.set(xlabel="instance", ylabel="")
     ax.set_title("Where is the signal? A histogram probe per instance and phase set")
+    fig.tight_layout()
+    return fig
+
+
+def ablation_plot(table: pd.DataFrame, cohorts=("training", "internal", "external"), title: str = "",
+                  reference: dict | None = None):
+    """AUC with its 95 % CI per ablation variant (rows) and cohort (panels); deep-learning features alone
+    (circles) and with radiomics (squares). ``table``: the ablation stage's table."""
+    variants = list(dict.fromkeys(table["variant"]))
+    feats = list(dict.fromkeys(table["features"]))
+    cohorts = [c for c in cohorts if f"AUC {c}" in table]
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(4.0 * len(cohorts), 0.45 * len(variants) + 1.6),
+                             sharey=True, squeeze=False)
+    markers = ["o", "s", "^", "D"]
+    ypos = np.arange(len(variants))[::-1]
+    for ax, c in zip(axes[0], cohorts):
+        for j, f in enumerate(feats):
+            g = table[table["features"] == f].set_index("variant").reindex(variants)
+            off = (j - (len(feats) - 1) / 2) * 0.22
+            auc = g[f"AUC {c}"].to_numpy(float)
+            lo = auc - g[f"CI low {c}"].to_numpy(float)
+            hi = g[f"CI high {c}"].to_numpy(float) - auc
+            ax.errorbar(auc, ypos + off, xerr=[lo, hi], fmt=markers[j % 4], ms=5, capsize=2, lw=1, label=f)
+        ax.axvline(0.5, ls="--", c="0.6", lw=0.8)
+        if reference and c in reference.get("image", {}):
+            ax.axvline(reference["image"][c], ls=":", c="0.3", lw=1, label="reference (image only)")
+        ax.set(title=COHORT_TITLES.get(c, c), xlabel="AUC (95% CI)", xlim=(0.3, 1.0))
+    axes[0][0].set_yticks(ypos, variants)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def planted_contrast_heatmap(pc: pd.DataFrame):
+    """The twin's planted contrast per trait (panels), phase (rows) and instance slot (columns), averaged
+    over the probed patients (:func:`hcc25d.imaging.planted_contrast`)."""
+    import seaborn as sns
+
+    traits = list(dict.fromkeys(pc["trait"]))
+    names = {"u_pae": "peritumoral enhancement (peak)", "u_satellites": "satellites (peak)",
+             "u_heterogeneity": "heterogeneity (RMS inside the tumour)"}
+    fig, axes = plt.subplots(1, len(traits), figsize=(4.6 * len(traits), 2.6), squeeze=False)
+    for ax, t in zip(axes[0], traits):
+        m = pc[pc["trait"] == t].pivot_table(index="phase", columns="slot", values="contrast", aggfunc="mean",
+                                             sort=False)
+        sns.heatmap(m, ax=ax, cmap="mako_r", vmin=0, annot=True, fmt=".2f", annot_kws={"fontsize": 6},
+                    cbar_kws={"label": "window units"})
+        ax.set(title=names.get(t, t), xlabel="", ylabel="")
+        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    fig.suptitle("Planted contrast by instance slot and phase (measured on the crops)", y=1.04)
     fig.tight_layout()
     return fig

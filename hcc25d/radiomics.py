@@ -57,7 +57,9 @@ def make_extractor(params: dict, classes: Optional[Sequence[str]] = None):
 
 
 def _features(result: dict, prefix: str) -> dict:
-    return {f"{prefix}_{k}": float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
+    """``<phase>_<feature>``; shape features describe the mask, not a phase: ``shape_<feature>``."""
+    return {f"{'shape' if k.split('_')[1].startswith('shape') else prefix}_{k}": float(v)
+            for k, v in result.items() if not k.startswith("diagnostics_")}
 
 
 def extract_patient(row: pd.Series, params: dict, phases: Sequence[str], mask_label: Optional[int] = None,

@@ -58,7 +58,8 @@ STAGES: list[Stage] = [
           sections=("seed", "data", "cohort"), modules=("cohort", "synthetic"),
           data_files=("data/table1_spec.yaml",), param_files=("cohort.spec", "data.manifest")),
     Stage("data", "01b_data.ipynb", "Images: twin or own data", deps=("cohort",),
-          sections=("seed", "data", "cohort", "twin"), modules=("imaging", "manifest", "synthetic", "parallel"),
+          sections=("seed", "data", "cohort", "twin", "crop"),
+          modules=("imaging", "manifest", "synthetic", "parallel", "crop25d"),
           param_files=("data.manifest",)),
     Stage("crop25d", "02_crop25d.ipynb", "2.5D cropping", deps=("data",),
           sections=("data", "crop"), modules=("crop25d", "manifest", "parallel", "cnn")),
@@ -71,15 +72,18 @@ STAGES: list[Stage] = [
           sections=("seed", "cnn3d"), modules=("cnn", "cnn3d")),
     Stage("signatures", "06_signatures.ipynb", "MIL fusion and signatures",
           deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d"),
-          sections=("seed", "signatures", "cnn", "crop"), modules=("mil", "signatures", "ablation", "cohort", "cnn")),
+          sections=("seed", "signatures", "cnn", "crop"), modules=("mil", "signatures", "cohort", "cnn")),
     Stage("evaluation", "07_evaluation.ipynb", "Evaluation", deps=("cohort", "data", "signatures"),
           sections=(), modules=()),
+    Stage("ablations", "08_ablations.ipynb", "Ablations", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "signatures"),
+          sections=("seed", "cnn", "crop", "signatures", "twin", "ablations"),
+          modules=("ablation", "cnn", "mil", "signatures", "imaging", "crop25d", "parallel")),
     Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction",
           deps=("cohort", "data", "cnn", "signatures", "evaluation"),
           sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
     Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
           sections=(), modules=("manifest",)),
-    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation", "compare", "owndata"),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation", "ablations", "compare", "owndata"),
           sections=(), modules=()),
 ]
 
@@ -376,7 +380,10 @@ def build_book(run_name: str, strict: bool = True) -> Path:
         cmd += ["-W", "-n", "--keep-going"]
     _log(f"rendering the book for run '{run_name}'")
     env = dict(os.environ, HCC25D_RUN=run_name, HCC25D_FIGURES=str(figs))
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env)
+    if (PROJECT_ROOT / "_build").exists():  # for benchmarks/bench_book.py
+        (PROJECT_ROOT / "_build" / ".render_seconds").write_text(f"{time.perf_counter() - t0:.1f}\n")
     if proc.returncode != 0:
         raise RuntimeError("jupyter-book build failed (warnings are errors); see the messages above")
     out = PROJECT_ROOT / "_build" / "html" / "index.html"

@@ -3,8 +3,15 @@ DL_2.5D, DL_3D and combined signatures.
 
 Everything learnable is a scikit-learn step inside one ``Pipeline`` that ``GridSearchCV`` refits within
 each cross-validation fold of the *training* cohort: the MIL fusion (histogram, bag-of-words vocabulary
-and IDF), the univariate filter, the correlation pruning, the LASSO, the scaler and the classifier. The
-internal and external cohorts are only ever passed to ``predict_proba``.
+and IDF), the univariate filter, the correlation pruning, the LASSO, the scaler and the classifier — and,
+for the clinical and combined signatures, the screening of the clinical variables (:class:`ClinicalScreen`).
+The internal and external cohorts are only ever passed to ``predict_proba``.
+
+The cross-validation folds are the slice-level CNN's cross-fitting folds (:func:`folds_cv`): a training
+patient's instance probabilities come from the CNN model that did not see it, and the same patient is
+held out of the fusion model that scores it, so a "cross-validated training AUC" is an out-of-sample
+number for the whole chain. All five families weigh the classes the same way (``balanced`` sample
+weights, :func:`balanced_weights`), passed to the classifier's ``fit``.
 """
 from __future__ import annotations
 
@@ -17,9 +24,11 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["UnivariateFilter", "CorrelationPruner", "LassoSelector", "MODEL_NAMES", "DEFAULT_GRIDS",
-           "make_classifier", "fusion_pipeline", "tune", "select_signature", "clinical_screen",
-           "fit_combined", "FitRecorder", "FitLog", "build_models", "with_oof"]
+__all__ = ["UnivariateFilter", "CorrelationPruner", "LassoSelector", "ClinicalScreen", "MODEL_NAMES",
+           "DEFAULT_GRIDS", "make_classifier", "fusion_pipeline", "clinical_pipeline", "combined_pipeline",
+           "folds_cv", "balanced_weights", "tune", "select_signature", "clinical_screen", "fit_combined",
+           "predict_combined", "FitRecorder", "FitLog", "build_models", "with_oof", "selected_features",
+           "heldout_views", "predict_views"]
 
 MODEL_NAMES = {"lr": "LR", "rf": "RandomForest", "et": "ExtraTrees", "xgb": "XGBoost", "lgbm": "LightGBM"}
 
@@ -158,6 +167,45 @@ class FitRecorder(BaseEstimator):
         return self.fit(X, y).transform(X)
 
 
+class ClinicalScreen(SelectorMixin, BaseEstimator):
+    """The paper's clinical screening as a fitted step: univariable P < ``p_uni`` (its OLS analysis of
+    Table 2, :func:`hcc25d.cohort.table2`'s ``p_paper``), then the variables whose P stays below
+    ``p_multi`` in the multivariable model of those; if none stays, the univariable set; if none passes,
+    the variable with the smallest univariable P (a pipeline needs one). Inside a pipeline it is refitted
+    in every cross-validation fold, so the screening never sees the patients it is evaluated on."""
+
+    def __init__(self, p_uni: float = 0.05, p_multi: float = 0.05):
+        self.p_uni = p_uni
+        self.p_multi = p_multi
+
+    def fit(self, X, y):
+        from .cohort import _ols_paper
+
+        A, y = validate_data(self, X, y, dtype=float)
+        frame = pd.DataFrame(A)
+        p = np.ones(A.shape[1])
+        for j in range(A.shape[1]):
+            if np.std(A[:, j]) > 0:
+                res, _ = _ols_paper(y, frame[[j]])
+                p[j] = float(res.pvalues[j])
+        self.pvalues_ = np.nan_to_num(p, nan=1.0)
+        uni = np.flatnonzero(self.pvalues_ < self.p_uni)
+        keep = uni
+        if len(uni):
+            res, _ = _ols_paper(y, frame[list(uni)])
+            multi = [j for j in uni if res.pvalues[j] < self.p_multi]
+            keep = np.array(multi) if multi else uni
+        else:
+            keep = np.array([int(np.argmin(self.pvalues_))])
+        self.support_ = np.zeros(A.shape[1], bool)
+        self.support_[keep] = True
+        return self
+
+    def _get_support_mask(self):
+        check_is_fitted(self, "support_")
+        return self.support_
+
+
 def make_classifier(key: str, seed: int):
     if key == "lr":
         from sklearn.linear_model import LogisticRegression
@@ -166,11 +214,11 @@ def make_classifier(key: str, seed: int):
     if key == "rf":
         from sklearn.ensemble import RandomForestClassifier
 
-        return RandomForestClassifier(random_state=seed, n_jobs=1, class_weight="balanced")
+        return RandomForestClassifier(random_state=seed, n_jobs=1)
     if key == "et":
         from sklearn.ensemble import ExtraTreesClassifier
 
-        return ExtraTreesClassifier(random_state=seed, n_jobs=1, class_weight="balanced")
+        return ExtraTreesClassifier(random_state=seed, n_jobs=1)
     if key == "xgb":
         from xgboost import XGBClassifier
 
@@ -212,16 +260,41 @@ def fusion_pipeline(key: str, inst_cols: Sequence[str], rad_cols: Sequence[str],
     return Pipeline(steps)
 
 
-def tune(pipe, grid: dict, X: pd.DataFrame, y, seed: int, folds: int = 5, n_jobs: int = 1):
-    """Grid search with stratified ``folds``-fold CV (AUC) on the training rows only; returns the fitted
-    ``GridSearchCV`` and the out-of-fold probabilities of its best configuration."""
+def folds_cv(fold: pd.Series):
+    """A scikit-learn splitter from a fold number per training row (the CNN's cross-fitting folds)."""
+    from sklearn.model_selection import PredefinedSplit
+
+    f = pd.Series(fold)
+    if f.isna().any():
+        raise ValueError(f"{int(f.isna().sum())} training row(s) have no cross-fitting fold")
+    return PredefinedSplit(f.astype(int).to_numpy())
+
+
+def balanced_weights(y) -> np.ndarray:
+    """Sample weights n / (2 n_class): each class carries half the weight (one policy for all families)."""
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    return compute_sample_weight("balanced", np.asarray(y))
+
+
+def tune(pipe, grid: dict, X: pd.DataFrame, y, seed: int, folds: int = 5, n_jobs: int = 1, cv=None,
+         class_weight: str = "balanced"):
+    """Grid search (AUC) on the training rows only; returns the fitted ``GridSearchCV`` and the out-of-fold
+    probabilities of its best configuration.
+
+    ``cv``: a splitter (e.g. :func:`folds_cv` of the CNN's folds); by default stratified ``folds``-fold.
+    ``class_weight="balanced"`` passes :func:`balanced_weights` to the final step's ``fit``
+    (``model__sample_weight``), the same way for every family.
+    """
     from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    cv = cv if cv is not None else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     grid = {f"model__{k}": list(v) for k, v in grid.items()}
+    params = {"model__sample_weight": balanced_weights(y)} if class_weight == "balanced" else {}
     gs = GridSearchCV(pipe, grid, scoring="roc_auc", cv=cv, n_jobs=n_jobs, refit=True, error_score="raise")
-    gs.fit(X, y)
-    oof = cross_val_predict(clone(gs.best_estimator_), X, y, cv=cv, method="predict_proba", n_jobs=n_jobs)[:, 1]
+    gs.fit(X, y, **params)
+    oof = cross_val_predict(clone(gs.best_estimator_), X, y, cv=cv, method="predict_proba", n_jobs=n_jobs,
+                            params=params)[:, 1]
     return gs, oof
 
 
@@ -245,6 +318,30 @@ def clinical_screen(t2: pd.DataFrame, p_uni: float = 0.05, p_multi: float = 0.05
     return kept or sel["variable"].tolist()
 
 
+def clinical_pipeline(key: str, seed: int, p_uni: float = 0.05, p_multi: float = 0.05):
+    """Clinical signature: screening (refitted per fold) → scaler → classifier."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([("screen", ClinicalScreen(p_uni, p_multi)), ("scale", StandardScaler()),
+                     ("model", make_classifier(key, seed))])
+
+
+def combined_pipeline(score_col: str, clinical: Sequence[str], p_uni: float = 0.05, p_multi: float = 0.05):
+    """Combined model for cross-validation: the DL_2.5D score and the clinical variables the screening
+    keeps *within the fold* → unpenalised logistic regression (the model :func:`fit_combined` fits on the
+    whole training cohort for the nomogram)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    parts = [("score", "passthrough", [score_col])]
+    if clinical:
+        parts.append(("clinical", ClinicalScreen(p_uni, p_multi), list(clinical)))
+    return Pipeline([("select", ColumnTransformer(parts)),
+                     ("model", LogisticRegression(penalty=None, max_iter=5000))])
+
+
 def fit_combined(train: pd.DataFrame, score_col: str, clinical: Sequence[str]):
     """Logistic regression of the outcome on the DL_2.5D score and the kept clinical variables, fitted
     on the training cohort only (statsmodels, so that coefficients and intervals are available for the
@@ -262,24 +359,76 @@ def predict_combined(fit, frame: pd.DataFrame, score_col: str, clinical: Sequenc
     return np.asarray(fit.predict(X))
 
 
+def heldout_views(instance_probs: pd.DataFrame, X: pd.DataFrame, inst_cols: Sequence[str]) -> list[pd.DataFrame]:
+    """The feature table as each cross-fitted CNN fold model sees the internal and external patients.
+
+    ``X`` holds the training patients' out-of-fold instance probabilities (and, for the others, the
+    mean of the fold models). View *k* replaces the non-training rows' instance columns by fold model
+    *k*'s own probabilities (``prob_fold<k>``), which are on the scale of the out-of-fold ones. Without
+    such columns (``prediction: insample``) the only view is ``X`` itself.
+    """
+    from .mil import bag_matrix
+
+    folds = sorted(c for c in instance_probs.columns if c.startswith("prob_fold"))
+    if not folds or not len(inst_cols):
+        return [X]
+    others = instance_probs.loc[instance_probs["cohort"] != "training", "patient_id"].unique()
+    others = X.index.intersection(others)
+    views = []
+    for c in folds:
+        v = X.copy()
+        B = bag_matrix(instance_probs[instance_probs["patient_id"].isin(others)], prob=c)
+        v.loc[others, list(inst_cols)] = B.reindex(index=others, columns=list(inst_cols)).to_numpy()
+        views.append(v)
+    return views
+
+
+def predict_views(estimator, X: pd.DataFrame, views: Sequence[pd.DataFrame], train_mask) -> np.ndarray:
+    """Probabilities of every row: from ``X`` for the training rows (in-sample fit of a refitted model),
+    the mean over the fold-model ``views`` for the others."""
+    train_mask = np.asarray(train_mask, bool)
+    p = estimator.predict_proba(X)[:, 1]
+    if len(views) > 1 or views[0] is not X:
+        v = np.mean([estimator.predict_proba(V)[:, 1] for V in views], axis=0)
+        p[~train_mask] = v[~train_mask]
+    return p
+
+
 def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, seed: int, n_jobs: int = 1,
-                 recorder: Optional[list] = None) -> dict:
+                 recorder: Optional[list] = None, cv=None, models: Optional[Sequence[str]] = None,
+                 views: Optional[Sequence[pd.DataFrame]] = None) -> dict:
     """Tune every model family of ``S.models`` on the training rows of ``X`` and score every row.
 
     Returns ``{key: {"search": GridSearchCV, "oof": out-of-fold training probabilities,
-    "proba": probabilities of every row from the refitted best pipeline}}``. Only
+    "proba": probabilities of every row from the refitted best pipeline}}`` — for internal and external
+    rows the mean over the fold-model ``views`` (:func:`heldout_views`) when given. Only
     ``X[meta.cohort == "training"]`` is ever passed to ``fit``; the other rows are only predicted.
     """
     train = (meta["cohort"] == "training").to_numpy()
     y = meta["label"].to_numpy()
     out = {}
-    for key in S.models:
+    for key in (models or S.models):
         pipe = fusion_pipeline(key, inst_cols, rad_cols, seed, S.n_bins, S.n_words, S.p_threshold,
                                S.corr_threshold, recorder=recorder)
         gs, oof = tune(pipe, {**DEFAULT_GRIDS[key], **S.grids.get(key, {})}, X[train], y[train], seed,
-                       S.cv_folds, n_jobs=n_jobs)
-        out[key] = {"search": gs, "oof": oof, "proba": gs.predict_proba(X)[:, 1]}
+                       S.cv_folds, n_jobs=n_jobs, cv=cv, class_weight=S.class_weight)
+        out[key] = {"search": gs, "oof": oof, "proba": predict_views(gs, X, views or [X], train)}
     return out
+
+
+def selected_features(pipe) -> pd.DataFrame:
+    """The features a fitted fusion pipeline keeps, with their univariate P and LASSO coefficient."""
+    names = np.asarray(pipe.named_steps["fusion"].get_feature_names_out())
+    uni = pipe.named_steps["univariate"]
+    names_u = names[uni.get_support()]
+    p_u = uni.pvalues_[uni.get_support()]
+    cor = pipe.named_steps["correlation"]
+    names_c, p_c = names_u[cor.get_support()], p_u[cor.get_support()]
+    if "lasso" in pipe.named_steps:
+        las = pipe.named_steps["lasso"]
+        keep = las.get_support()
+        return pd.DataFrame({"feature": names_c[keep], "univariate P": p_c[keep], "LASSO coefficient": las.coef_[keep]})
+    return pd.DataFrame({"feature": names_c, "univariate P": p_c})
 
 
 def with_oof(train_mask, oof, proba) -> np.ndarray:

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats as _st
 
 __all__ = ["AUCResult", "DeLongResult", "auc_ci", "delong_test", "delong_cov", "binary_metrics",
-           "youden_threshold", "oracle_auc_table", "metrics_by_cohort", "HLResult", "hosmer_lemeshow",
+           "youden_threshold", "reference_auc_table", "load_reference", "REFERENCE_COLUMNS", "metrics_by_cohort", "HLResult", "hosmer_lemeshow",
            "net_benefit", "r_pretty", "nomogram_scale"]
 
 AUCResult = namedtuple("AUCResult", ["auc", "low", "high"])
@@ -124,17 +124,37 @@ def binary_metrics(y_true, y_prob, threshold: float) -> dict:
             "ppv": div(tp, tp + fp), "npv": div(tn, tn + fn), "threshold": float(threshold)}
 
 
-def oracle_auc_table(oracle: pd.DataFrame) -> pd.DataFrame:
-    """AUC (DeLong 95 % CI) of the oracle probability per cohort."""
+def reference_auc_table(oracle: pd.DataFrame) -> pd.DataFrame:
+    """The twin's reference AUCs per cohort (DeLong 95 % CI): the oracle probability, which knows the
+    clinical variables *and* the exact latent imaging variables (the ceiling of a clinical + imaging
+    model), and its imaging part alone (the ceiling of an image-only model such as DL_2.5D)."""
     rows = []
     for c in ("training", "internal", "external"):
         g = oracle[oracle["cohort"] == c]
         if g["label"].nunique() < 2:
             continue
         r = auc_ci(g["label"], g["oracle_prob"])
-        rows.append({"cohort": c, "n": len(g), "oracle AUC": round(r.auc, 3),
-                     "95% CI": f"{r.low:.3f}–{r.high:.3f}"})
+        i = auc_ci(g["label"], g["imaging_llr"])
+        rows.append({"cohort": c, "n": len(g), REFERENCE_COLUMNS["combined"]: round(r.auc, 3),
+                     "95% CI (clinical + image)": f"{r.low:.3f}–{r.high:.3f}",
+                     REFERENCE_COLUMNS["image"]: round(i.auc, 3), "95% CI (image only)": f"{i.low:.3f}–{i.high:.3f}"})
     return pd.DataFrame(rows)
+
+
+#: column names of the two reference AUCs (tab-reference-auc.csv of the data stage)
+REFERENCE_COLUMNS = {"combined": "reference AUC (clinical + image)", "image": "reference AUC (image only)"}
+
+
+def load_reference(data_dir) -> Optional[dict]:
+    """The twin's reference AUCs as ``{"combined": {cohort: auc}, "image": {cohort: auc}}`` from a data
+    stage's folder, or None (own data: the true probabilities are unknown)."""
+    from pathlib import Path
+
+    f = Path(data_dir) / "tab-reference-auc.csv"
+    if not f.exists():
+        return None
+    t = pd.read_csv(f).set_index("cohort")
+    return {k: t[col].to_dict() for k, col in REFERENCE_COLUMNS.items()}
 
 
 def metrics_by_cohort(frame: pd.DataFrame, prob: str = "prob", label: str = "label", cohort: str = "cohort",
@@ -143,10 +163,16 @@ def metrics_by_cohort(frame: pd.DataFrame, prob: str = "prob", label: str = "lab
     """Accuracy, AUC (DeLong 95 % CI), sensitivity, specificity, PPV and NPV per cohort.
 
     The threshold is chosen on the ``train`` cohort (Youden) unless given, and carried unchanged to the
-    other cohorts — never chosen on the cohort being evaluated.
+    other cohorts — never chosen on the cohort being evaluated. Patients without a prediction (NaN) are
+    left out and ``n`` counts those that have one; a cohort with no prediction or one class is skipped.
     """
-    tr = frame[frame[cohort] == train]
-    thr = youden_threshold(tr[label], tr[prob]) if threshold is None else float(threshold)
+    tr = frame[(frame[cohort] == train) & frame[prob].notna()]
+    if threshold is not None:
+        thr = float(threshold)
+    elif tr[label].nunique() == 2:
+        thr = youden_threshold(tr[label], tr[prob])
+    else:
+        thr = float("nan")  # no training predictions to choose a threshold on
     rows = []
     for c in cohorts:
         g = frame[(frame[cohort] == c) & frame[prob].notna()]
@@ -163,29 +189,40 @@ def metrics_by_cohort(frame: pd.DataFrame, prob: str = "prob", label: str = "lab
 HLResult = namedtuple("HLResult", ["statistic", "p_value", "df"])
 
 
-def hosmer_lemeshow(y_true, y_prob, groups: int = 10, method: str = "quantile") -> HLResult:
+def hosmer_lemeshow(y_true, y_prob, groups: int = 10, method: str = "quantile", fitted: bool = True,
+                    df_rule: str = "formed") -> HLResult:
     """Hosmer–Lemeshow goodness-of-fit test.
 
     ``method="quantile"`` groups exactly as R's ``ResourceSelection::hoslem.test``: breaks are the unique
     type-7 quantiles of the probabilities at 0, 1/g, …, 1 (duplicates removed), groups are
-    ``cut(p, breaks, include.lowest = TRUE)`` (right-closed intervals, the lowest included), and
-    ``df = g − 2`` with ``g`` the requested number of groups. ``method="stata"`` sorts the patients by
-    risk and splits them into ``g`` groups of (nearly) equal size, as Stata's ``estat gof`` deciles do.
+    ``cut(p, breaks, include.lowest = TRUE)`` (right-closed intervals, the lowest included).
+    ``method="stata"`` sorts the patients by risk and splits them into ``g`` groups of (nearly) equal
+    size, as Stata's ``estat gof`` deciles do.
+
+    Degrees of freedom (``df_rule="formed"``, the default): :math:`G - 2` when the probabilities were
+    ``fitted`` on these patients (in-sample: the two fitted parameters of a logistic model cost two
+    degrees of freedom), :math:`G` when they were not (a validation cohort, or out-of-fold predictions:
+    nothing was estimated on these patients), where :math:`G` counts the groups actually formed — after
+    tied probabilities merged quantile breaks. ``df_rule="requested"`` is R's ``hoslem.test``, which
+    always uses ``g − 2`` with the requested ``g`` whatever the ties and the origin of the probabilities.
+    Missing probabilities (NaN) are dropped; a test with no degree of freedom left has P = NaN.
 
     .. math::
 
-        \\hat C = \\sum_{k}\\left[\\frac{(O_{1k}-E_{1k})^2}{E_{1k}} + \\frac{(O_{0k}-E_{0k})^2}{E_{0k}}\\right]
-        \\sim \\chi^2_{g-2}
+        \hat C = \sum_{k}\left[\frac{(O_{1k}-E_{1k})^2}{E_{1k}} + \frac{(O_{0k}-E_{0k})^2}{E_{0k}}\right]
+        \sim \chi^2_{\text{df}}
 
     (Hand-written because no maintained Python package implements the R grouping.)
     """
     y = np.asarray(y_true, float)
     p = np.asarray(y_prob, float)
+    ok = np.isfinite(p) & np.isfinite(y)
+    y, p = y[ok], p[ok]
     if method == "quantile":
         breaks = np.unique(np.quantile(p, np.linspace(0, 1, groups + 1)))  # numpy's default is R's type 7
         idx = np.searchsorted(breaks, p, side="left") - 1  # right-closed intervals (a, b]
         idx[p <= breaks[0]] = 0                            # include.lowest
-        idx = np.clip(idx, 0, len(breaks) - 2)
+        idx = np.clip(idx, 0, max(len(breaks) - 2, 0))
     elif method == "stata":
         order = np.argsort(p, kind="stable")
         idx = np.empty(len(p), int)
@@ -193,13 +230,20 @@ def hosmer_lemeshow(y_true, y_prob, groups: int = 10, method: str = "quantile") 
     else:
         raise ValueError("method must be 'quantile' or 'stata'")
     stat = 0.0
-    for k in np.unique(idx):
+    formed = np.unique(idx)
+    for k in formed:
         m = idx == k
         o1, e1 = y[m].sum(), p[m].sum()
         o0, e0 = m.sum() - o1, m.sum() - e1
         stat += (o1 - e1) ** 2 / e1 + (o0 - e0) ** 2 / e0
-    df = groups - 2
-    return HLResult(float(stat), float(_st.chi2.sf(stat, df)), df)
+    if df_rule == "requested":
+        df = groups - 2
+    elif df_rule == "formed":
+        df = len(formed) - (2 if fitted else 0)
+    else:
+        raise ValueError("df_rule must be 'formed' or 'requested'")
+    pval = float(_st.chi2.sf(stat, df)) if df > 0 else float("nan")
+    return HLResult(float(stat), pval, int(df))
 
 
 def net_benefit(y_true, y_prob, thresholds) -> pd.DataFrame:

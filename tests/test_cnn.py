@@ -6,8 +6,8 @@ import torch
 
 from hcc25d import cnn, cnn3d
 
-PRM = {"epochs": 2, "batch_size": 16, "lr": 0.003, "patience": 3, "val_fraction": 0.25, "deterministic": True,
-       "augment": {"flip": True, "rotate_deg": 10.0, "intensity": 0.1}}
+PRM = {"epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
+       "val_fraction": 0.25, "deterministic": True, "augment": {"flip": True, "rotate_deg": 10.0, "intensity": 0.1}}
 
 
 def tiny_model():
@@ -33,32 +33,70 @@ def make_bags(n_train=24, n_int=8, n_ext=8, inst=3, size=16, signal=1.0, seed=0)
     return cnn.Bags(np.stack(xs).astype(np.float16), pd.DataFrame(rows))
 
 
-def test_crossfit_never_predicts_a_patient_its_model_saw():
+class Recorder(torch.nn.Module):
+    """A tiny model that records, while training, the patient code carried by channel 2 of every input."""
+
+    seen: list = []
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_model()
+        self.codes = set()
+        Recorder.seen.append(self.codes)
+
+    def forward(self, x):
+        if self.training:  # channel 2 is constant per patient: undo the normalisation to read the code
+            raw = x[:, 2].mean((1, 2)) * cnn.IMAGENET_STD[2] + cnn.IMAGENET_MEAN[2]
+            self.codes.update(int(round(float(v) * 1000)) for v in raw)
+        return self.net(x)
+
+
+def test_crossfit_never_trains_on_a_patient_it_predicts():
     bags = make_bags()
-    preds, logs, final, meta = cnn.crossfit_predict(bags, tiny_model, PRM, seed=1, folds=3, progress=False)
+    codes = {}
+    for i, pid in enumerate(bags.index["patient_id"].unique()):
+        codes[pid] = 100 + i  # a code per patient, written into channel 2 of all its instances
+        bags.x[bags.rows([pid]), 2] = codes[pid] / 1000
+    Recorder.seen = []
+    prm = dict(PRM, val_fraction=0.0, augment={"flip": True})
+    preds, logs, models, meta = cnn.crossfit_predict(bags, Recorder, prm, seed=1, folds=3, progress=False)
     train = preds[preds["cohort"] == "training"]
-    assert train["source"].str.startswith("fold").all()
-    for pid, g in train.groupby("patient_id"):
-        fold_tag = g["source"].iloc[0]
-        assert pid not in meta["trained_on"][fold_tag], (pid, fold_tag)
-        assert g["fold"].nunique() == 1
-    # every training patient is predicted exactly by one fold model, and the folds partition them
+    assert len(Recorder.seen) == 3 and set(models) == {"fold1", "fold2", "fold3"}
+    # the data each fold model actually received, decoded from its inputs
+    for f, seen in enumerate(Recorder.seen):
+        held = train.loc[train["source"] == f"fold{f + 1}", "patient_id"].unique()
+        assert len(held) and not {codes[p] for p in held} & seen
+        assert seen == {codes[p] for p in set(train["patient_id"]) - set(held)}
+    # validation patients never reach training; the folds partition the training patients
+    val_codes = {codes[p] for p in preds.loc[preds["cohort"] != "training", "patient_id"]}
+    assert not val_codes & set().union(*Recorder.seen)
     assert sorted(meta["fold"]) == sorted(train["patient_id"].unique())
+    assert train.groupby("patient_id")["fold"].nunique().eq(1).all()
+    # one model set: validation patients are scored by the mean of the same fold models
     others = preds[preds["cohort"] != "training"]
-    assert (others["source"] == "final").all()
-    assert not set(others["patient_id"]) & set(meta["trained_on"]["final"])
-    # the final model saw every training patient (its in-sample predictions are kept apart)
-    assert set(meta["trained_on"]["final"]) == set(train["patient_id"])
+    assert (others["source"] == "mean of 3 fold models").all()
+    x = bags.x[bags.rows(others["patient_id"].unique())]
+    mean = np.mean([cnn.predict(m, x) for m in models.values()], axis=0)
+    assert np.allclose(np.sort(others["prob"].to_numpy()), np.sort(mean), atol=1e-6)
+    assert np.allclose(cnn.predict(cnn.ensemble(models), x), mean, atol=1e-5)
     assert preds["prob"].between(0, 1).all() and train["prob_insample"].notna().all()
-    assert set(logs["fit"]) == {"fold1", "fold2", "fold3", "final"}
+    assert set(logs["fit"]) == {"fold1", "fold2", "fold3"} and (logs["steps"] > 0).all()
 
 
-def test_insample_mode_reproduces_papers_way():
-    bags = make_bags()
-    preds, _, _, meta = cnn.crossfit_predict(bags, tiny_model, PRM, seed=1, folds=3, prediction="insample", progress=False)
-    train = preds[preds["cohort"] == "training"]
-    assert (train["source"] == "final").all() and np.allclose(train["prob"], train["prob_insample"])
-    assert list(meta["trained_on"]) == ["final"]
+def test_out_of_fold_and_held_out_probabilities_share_one_scale():
+    # training, internal and external patients drawn from the same distribution: the out-of-fold
+    # probabilities of the training patients and each fold model's probabilities of the others must agree
+    # (the fold models' own offsets differ, so the plain mean is narrower: it is not what fitted steps get)
+    bags = make_bags(n_train=60, n_int=60, n_ext=60, inst=2, signal=1.0, seed=3)
+    prm = dict(PRM, epochs=6, lr=0.01, val_fraction=0.0)
+    preds, _, _, _ = cnn.crossfit_predict(bags, tiny_model, prm, seed=2, folds=3, progress=False)
+    oof = preds.loc[preds["cohort"] == "training", "prob"]
+    others = preds[preds["cohort"] != "training"]
+    held = pd.concat([others[f"prob_fold{k}"] for k in (1, 2, 3)])  # every fold model's view
+    assert oof.std() > 0.05  # the models learned something (else every scale is a constant)
+    assert abs(oof.mean() - held.mean()) < 0.03
+    assert 0.85 < held.std() / oof.std() < 1.18
+    assert np.allclose(others[["prob_fold1", "prob_fold2", "prob_fold3"]].mean(axis=1), others["prob"])
 
 
 def test_training_is_deterministic_and_learns():
@@ -70,23 +108,72 @@ def test_training_is_deterministic_and_learns():
     m2, log2 = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=3, progress=False)
     assert np.allclose(cnn.predict(m1, bags.x), cnn.predict(m2, bags.x))
     assert cnn._auc(y, cnn.predict(m1, bags.x)) > 0.9
-    assert {"epoch", "train_loss", "lr", "seconds", "images_per_s"} <= set(log1.columns)
+    assert {"epoch", "train_loss", "lr", "steps", "seconds", "images_per_s"} <= set(log1.columns)
 
 
-def test_checkpoint_resume(tmp_path):
+def test_learning_rate_warms_up_then_decays():
+    f = cnn._lr_lambda("cosine", total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1) and f(10) == pytest.approx(1.0)
+    assert f(5) < f(9) < f(10) and f(50) < 1.0 and f(100) == pytest.approx(0.0, abs=1e-9)
+    assert cnn._lr_lambda("none", 100, 0)(70) == 1.0
+
+
+def test_augmentation_keeps_intensities():
+    x = torch.rand(8, 3, 16, 16)
+    out = cnn._augment(x.clone(), torch.Generator().manual_seed(0), {"flip": True}, dims=2)
+    # flips and transpositions only move pixels: each image keeps its sorted values
+    assert torch.allclose(out.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+    noisy = cnn._augment(x.clone(), torch.Generator().manual_seed(0), {"flip": False, "noise": 0.05}, dims=2)
+    assert 0 < float((noisy - x).std()) < 0.05
+
+
+def test_reference_shift_moves_parenchyma_to_the_training_median():
+    bags = make_bags()
+    pats = bags.index["patient_id"]
+    ref = pats.map({p: (0.4 if p.startswith("ext") else 0.3) for p in pats.unique()})
+    bags.index["ref_arterial"], bags.index["ref_plain"], bags.index["ref_portal"] = ref, ref + 0.1, ref + 0.2
+    shifted, shifts = cnn.reference_shift(bags)
+    ext = bags.rows([p for p in pats.unique() if p.startswith("ext")])
+    assert np.allclose(shifted.x[ext].astype(float) - bags.x[ext].astype(float), -0.1, atol=2e-3)
+    assert np.allclose(shifts.loc["tra000"], 0) and np.allclose(shifts.loc["ext000"], -0.1)
+    same, zero = cnn.reference_shift(bags, "none")
+    assert same.x is bags.x and (zero == 0).all().all()
+    with pytest.raises(ValueError, match="ref_"):
+        cnn.reference_shift(make_bags())
+
+
+def test_checkpoint_resume(tmp_path, monkeypatch):
     bags = make_bags()
     y = bags.index["label"].to_numpy()
     g = bags.index["patient_id"].to_numpy()
+    prm = dict(PRM, epochs=3, val_fraction=0.0)
+    full, log_full = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=5, checkpoint=tmp_path / "full.pt", progress=False)
+    steps_per_epoch = int(log_full["steps"].iloc[0])
+    # a run interrupted in the middle of its third epoch (after the second epoch's checkpoint) ...
+    calls = {"n": 0}
+    real = cnn._augment
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 2 * steps_per_epoch + 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cnn, "_augment", interrupted)
     ck = tmp_path / "m.pt"
-    full, log_full = cnn.train_model(tiny_model, bags.x, y, g, dict(PRM, epochs=3), seed=5, checkpoint=tmp_path / "full.pt", progress=False)
-    # an interrupted run: 2 of 3 epochs, saved under the same fingerprint, then resumed
-    cnn.train_model(tiny_model, bags.x, y, g, dict(PRM, epochs=3), seed=5, checkpoint=ck, progress=False)
-    state = torch.load(ck, weights_only=False)
-    state["epoch"] = 1
-    state["log"] = state["log"][:2]
-    torch.save(state, ck)
-    resumed, log_res = cnn.train_model(tiny_model, bags.x, y, g, dict(PRM, epochs=3), seed=5, checkpoint=ck, progress=False)
-    assert len(log_res) == 3 and log_res["epoch"].tolist() == [1, 2, 3]
+    with pytest.raises(KeyboardInterrupt):
+        cnn.train_model(tiny_model, bags.x, y, g, prm, seed=5, checkpoint=ck, progress=False)
+    assert torch.load(ck, weights_only=False)["epoch"] == 1  # epochs 1 and 2 were saved
+    monkeypatch.setattr(cnn, "_augment", real)
+    # ... and resumed: weights, optimiser, schedule and random streams restored, the same model
+    resumed, log_res = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=5, checkpoint=ck, progress=False)
+    assert log_res["epoch"].tolist() == [1, 2, 3]
+    assert log_res["steps"].tolist() == log_full["steps"].tolist()
+    assert np.allclose(cnn.predict(full, bags.x), cnn.predict(resumed, bags.x), atol=1e-6)
+    # a checkpoint of other settings is not resumed
+    other, log_other = cnn.train_model(tiny_model, bags.x, y, g, dict(prm, lr=0.001), seed=5, checkpoint=ck, progress=False)
+    assert log_other["steps"].tolist() == log_full["steps"].tolist()
+    assert not np.allclose(cnn.predict(full, bags.x), cnn.predict(other, bags.x))
 
 
 def test_weights_fallback_is_explicit(monkeypatch):
@@ -114,6 +201,15 @@ def test_weights_from_path(tmp_path):
     m2, info = cnn.build_model("resnet18", str(tmp_path / "w.pt"))
     assert info["used"] == str(tmp_path / "w.pt")
     assert torch.equal(m.state_dict()["conv1.weight"], m2.state_dict()["conv1.weight"])
+
+
+def test_litecnn_is_light_and_refuses_imagenet():
+    m, info = cnn.build_model("litecnn", "none", width=16)
+    assert info["used"] == "random" and sum(p.numel() for p in m.parameters()) < 100_000
+    assert m.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 1)
+    assert cnn.target_layer(m) is m.features[-1]
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        cnn.build_model("litecnn", "imagenet")
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg19", "densenet121"])

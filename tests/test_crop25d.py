@@ -143,13 +143,15 @@ def test_twin_patient_channels_in_paper_order(tmp_path):
     from hcc25d import cohort, imaging, synthetic
 
     pts = synthetic.generate_clinical(cohort.load_spec(), 20240601)
-    big = pts[(pts.necrosis == 0) & (pts.tumor_size == 1)]
+    big = pts[(pts.necrosis == 0) & (pts.tumor_size == 1) & (pts.centre == 1)]
     rows = pd.concat([big[big.label == 1].iloc[:1], big[big.label == 0].iloc[:1]]).assign(cohort="training")
     imaging.build_twin(rows, 20240601, config.TwinCfg(), tmp_path, [])
     case = manifest.validate_manifest(tmp_path / "manifest.csv").iloc[0]
-    (bags, names) = crop25d.crop_patient(case, P(image_size=64), ("plain", "arterial", "portal"))
+    (bags, names, ref, readout) = crop25d.crop_patient(case, P(image_size=64), ("plain", "arterial", "portal"))
     inst, idx, cube = bags[0]
     assert names == ["arterial", "plain", "portal"]
+    # the parenchyma reference is the twin's liver: 70 / 55 / 110 HU at centre 1 (window floor -75 HU)
+    assert np.allclose(ref * 250 - 75, (70, 55, 110), atol=6)
     assert inst.shape == (9, 3, 64, 64) and cube.shape == (3, 48, 48, 48)
     c = inst[0, :, 28:36, 28:36].mean(axis=(1, 2))
     assert c[0] > c[2] > c[1]  # tumour: arterial > portal > plain
@@ -169,3 +171,28 @@ def test_signal_probe_finds_the_phase_that_carries_signal():
     t = probe.pivot_table(index="phases", columns="slot", values="AUC")
     assert t.loc["arterial", "axial+2"] > 0.9 and t.loc["three phases", "axial+2"] > 0.85
     assert t.loc["portal", "axial+2"] < 0.7 and t.loc["arterial", "axial+0"] < 0.7
+
+
+def test_trait_readout_follows_each_planted_trait():
+    from hcc25d import cohort, imaging, synthetic
+
+    pts = synthetic.generate_clinical(cohort.load_spec(), 20240601)
+    row = pts[(pts.tumor_size == 0) & (pts.tumor_number == 0) & (pts.necrosis == 0)].iloc[0]
+    twin = config.TwinCfg(matrix=112, extent_z_mm=64.0)
+    prm = P(image_size=48)
+
+    def read(**lat):
+        base = {"u_pae": 0.0, "u_satellites": 0.0, "u_heterogeneity": 0.0, **lat}
+        imgs, mask = imaging.to_images(imaging.make_patient(row, 20240601, twin, latent=base))
+        v, m, names, _ = crop25d.resample_and_window(imgs, mask, prm)
+        return crop25d.trait_readout(v, m, prm.spacing_mm, names)
+
+    mid = read()
+    assert read(u_pae=2.0)["pae"] > mid["pae"] + 0.01 > read(u_pae=-2.0)["pae"] + 0.01
+    assert read(u_heterogeneity=2.0)["heterogeneity"] > 1.5 * read(u_heterogeneity=-2.0)["heterogeneity"]
+    assert read(u_satellites=2.0)["nodules"] > read(u_satellites=-2.0)["nodules"]
+    # a missing phase leaves its measurements undefined rather than reading a copy
+    imgs, mask = imaging.to_images(imaging.make_patient(row, 20240601, twin))
+    v, m, _, _ = crop25d.resample_and_window(imgs, mask, prm)
+    r = crop25d.trait_readout(v, m, prm.spacing_mm, ["arterial", None, "portal"])
+    assert np.isnan(r["pae"]) and np.isfinite(r["heterogeneity"])

@@ -116,3 +116,54 @@ def test_latent_signal_and_oracle(patients):
     lat0 = pd.DataFrame([{"patient_id": r["patient_id"], **imaging.draw_latent(r, SEED, 0.0)} for _, r in patients.iterrows()])
     o0 = imaging.oracle_probabilities(patients, lat0, 0.0)
     assert np.allclose(o0["imaging_llr"], 0)
+
+
+@pytest.fixture(scope="module")
+def contrast(patients):
+    """The planted contrast measured on the crops of two small-tumour patients, both twin layouts."""
+    from hcc25d import config
+
+    crop = config.CropCfg(image_size=64)
+    rows = patients[(patients["tumor_size"] == 0) & (patients["tumor_number"] == 0)].iloc[:2]
+    out = {}
+    for pos in ("offcentre", "central"):
+        twin = config.TwinCfg(signal_position=pos, matrix=112, extent_z_mm=64.0)  # small tumours fit
+        out[pos] = pd.concat([imaging.planted_contrast(r, SEED, twin, crop, t).assign(patient_id=r["patient_id"])
+                              for _, r in rows.iterrows() for t in imaging.TRAIT_REGIONS], ignore_index=True)
+    return out
+
+
+def _slot(df, trait, phase):
+    g = df[(df["trait"] == trait) & (df["phase"] == phase)]
+    return g.pivot_table(index="patient_id", columns="slot", values="contrast")
+
+
+def test_peritumoral_enhancement_sits_4_to_6_mm_off_the_central_slice(contrast):
+    pae = _slot(contrast["offcentre"], "u_pae", "arterial")
+    side = pae[["axial-4", "axial+4"]].max(axis=1)       # above or below, per patient
+    assert (side > 0.04).all()                              # clearly visible 4 mm away ...
+    assert (pae["axial+0"] < 0.2 * side).all()              # ... and not on the central slice
+    assert (pae[["axial-1", "axial+1"]].max(axis=1) < 0.5 * side).all()
+    # the negative control puts it on the central slice, with the same strength
+    nc = _slot(contrast["central"], "u_pae", "arterial")
+    assert (nc["axial+0"] > 4 * nc[["axial-4", "axial+4"]].max(axis=1)).all()
+    assert nc["axial+0"].mean() > 0.5 * side.mean()
+
+
+def test_arterial_only_traits_and_heterogeneity_in_every_phase(contrast):
+    df = contrast["offcentre"]
+    for trait in ("u_pae", "u_satellites"):
+        assert _slot(df, trait, "arterial").max(axis=1).gt(0.04).all(), trait
+        for phase in ("plain", "portal"):  # invisible outside the arterial phase
+            assert _slot(df, trait, phase).to_numpy().max() < 0.005, (trait, phase)
+    het = {ph: _slot(df, "u_heterogeneity", ph) for ph in ("arterial", "plain", "portal")}
+    for ph, t in het.items():  # in every phase and on every slot, the central one included
+        assert (t > 0.03).all().all(), ph
+    assert np.allclose(het["plain"].to_numpy(), het["portal"].to_numpy(), rtol=0.2)
+
+
+def test_reference_auc_unchanged_by_signal_position(patients):
+    lat = pd.DataFrame([{"patient_id": r["patient_id"], **imaging.draw_latent(r, SEED)} for _, r in patients.iterrows()])
+    ref = imaging.oracle_probabilities(patients, lat)
+    for c, g in ref.groupby("cohort"):
+        assert 0.78 <= auc_ci(g["label"], g["imaging_llr"]).auc <= 0.86, c  # the image-only reference

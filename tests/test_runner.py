@@ -123,7 +123,7 @@ def test_smoke_chain(tmp_path):
     reference validations have their own tests and are switched off here to save time)."""
     p = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
     p.setdefault("radiomics", {})["validate"] = False
-    p["signatures"]["ablation_phase"] = None
+    p["ablations"] = {"variants": ["2d"]}  # one retrained variant and the negative control
     params = tmp_path / "smoke.yaml"
     params.write_text(yaml.safe_dump(p))
     status = runner.run(params, results_root=tmp_path)

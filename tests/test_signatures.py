@@ -98,3 +98,64 @@ def test_selectors_pass_sklearn_estimator_checks(est):
     from sklearn.utils.estimator_checks import check_estimator
 
     check_estimator(est)
+
+
+def test_clinical_screen_is_the_papers_rule_and_refits_per_fold():
+    rng = np.random.default_rng(0)
+    n = 200
+    y = (rng.random(n) < 0.5).astype(int)
+    strong = (rng.random(n) < 0.3 + 0.4 * y).astype(float)       # P << 0.05
+    copy = np.where(rng.random(n) < 0.75, strong, 1 - strong)     # univariably significant, not multivariably
+    noise = (rng.random(n) < 0.5).astype(float)
+    X = pd.DataFrame({"strong": strong, "copy": copy, "noise": noise})
+    s = sig.ClinicalScreen(0.05, 0.05).fit(X, y)
+    assert s.pvalues_[0] < 0.001 and s.pvalues_[1] < 0.05 and s.pvalues_[2] > 0.05
+    assert s.get_support().tolist() == [True, False, False]
+    # nothing passes: the smallest P is kept so that a pipeline still has a feature
+    none = sig.ClinicalScreen().fit(X[["noise"]].assign(n2=rng.random(n)), y)
+    assert none.get_support().sum() == 1
+    # inside a pipeline the screening is redone on each fold's training rows only
+    from sklearn.model_selection import cross_validate
+
+    res = cross_validate(sig.clinical_pipeline("lr", 0), X, y, cv=3, return_estimator=True)
+    for est in res["estimator"]:
+        assert est.named_steps["screen"].pvalues_ is not s.pvalues_ and est.named_steps["screen"].get_support()[0]
+
+
+def test_grid_search_uses_the_cnn_folds_and_balanced_weights():
+    X, meta, ic, rc = dataset()
+    tr = meta["cohort"] == "training"
+    fold = pd.Series(np.arange(tr.sum()) % 4, index=meta.index[tr])
+    cv = sig.folds_cv(fold)
+    splits = list(cv.split(X[tr]))
+    assert len(splits) == 4 and all(set(fold.iloc[test]) == {k} for k, (_, test) in enumerate(splits))
+    models = sig.build_models(X, meta, ic, rc, config.SignaturesCfg(models=("lr",), grids=S.grids), seed=0, cv=cv)
+    assert models["lr"]["search"].n_splits_ == 4
+    w = sig.balanced_weights(np.r_[np.zeros(30), np.ones(90)])
+    assert w[:30].sum() == pytest.approx(w[30:].sum())  # each class carries half the weight
+    with pytest.raises(ValueError, match="no cross-fitting fold"):
+        sig.folds_cv(pd.Series([0, 1, np.nan]))
+
+
+def test_held_out_patients_are_scored_per_fold_model_and_averaged():
+    X, meta, ic, rc = dataset()
+    tr = (meta["cohort"] == "training").to_numpy()
+    rows = []
+    for pid, (c, yv) in meta[["cohort", "label"]].iterrows():
+        for col in ic:
+            view, off = col[:5], int(col[5:])
+            r = {"patient_id": pid, "cohort": c, "label": yv, "view": view, "offset": off, "prob": X.loc[pid, col]}
+            if c != "training":  # two fold models: one shifted up, one down, same mean
+                r.update(prob_fold1=min(1.0, r["prob"] + 0.1), prob_fold2=max(0.0, r["prob"] - 0.1))
+            rows.append(r)
+    inst = pd.DataFrame(rows)
+    views = sig.heldout_views(inst, X, ic)
+    assert len(views) == 2
+    assert np.allclose(views[0].loc[tr, ic], X.loc[tr, ic]) and np.allclose(views[0][rc], X[rc])
+    assert np.allclose(views[0].loc[~tr, ic].to_numpy(), np.minimum(1, X.loc[~tr, ic].to_numpy() + 0.1))
+    models = sig.build_models(X, meta, ic, rc, config.SignaturesCfg(models=("lr",), grids=S.grids), seed=0, views=views)
+    gs = models["lr"]["search"]
+    expect = np.mean([gs.predict_proba(v)[:, 1] for v in views], axis=0)
+    assert np.allclose(models["lr"]["proba"][~tr], expect[~tr])
+    assert np.allclose(models["lr"]["proba"][tr], gs.predict_proba(X)[tr, 1])
+    assert sig.heldout_views(inst.drop(columns=["prob_fold1", "prob_fold2"]), X, ic)[0] is X

@@ -46,16 +46,42 @@ def test_bootstrap_ci_is_seeded_and_brackets_auc(df):
 
 def test_hosmer_lemeshow_against_resourceselection(df):
     r = REF["hosmer_lemeshow"]
-    h = stats.hosmer_lemeshow(df["y"], df["cancerpredmarker"], groups=10)
-    assert h.statistic == pytest.approx(r["statistic"], abs=r["tol"])
-    assert h.p_value == pytest.approx(r["p"], abs=r["tol"])
-    assert h.df == r["df"]
+    # R's convention (df = g - 2 always) reproduces hoslem.test; with no ties 10 groups form, so the
+    # default convention (formed groups - 2 for fitted probabilities) gives the same numbers
+    for h in (stats.hosmer_lemeshow(df["y"], df["cancerpredmarker"], groups=10, df_rule="requested"),
+              stats.hosmer_lemeshow(df["y"], df["cancerpredmarker"], groups=10, fitted=True)):
+        assert h.statistic == pytest.approx(r["statistic"], abs=r["tol"])
+        assert h.p_value == pytest.approx(r["p"], abs=r["tol"])
+        assert h.df == r["df"]
     # with tied risks the two groupings differ: R's unique quantile breaks collapse to few groups,
     # Stata-style deciles keep 10 groups of equal size
     tied = 0.1 + 0.2 * df["famhistory"]
     q = stats.hosmer_lemeshow(df["y"], tied, groups=10)
     s = stats.hosmer_lemeshow(df["y"], tied, groups=10, method="stata")
-    assert s.df == q.df == 8 and not np.isclose(s.statistic, q.statistic)
+    assert not np.isclose(s.statistic, q.statistic)
+    assert stats.hosmer_lemeshow(df["y"], tied, groups=10, df_rule="requested").df == 8  # R's count
+
+
+def test_hosmer_lemeshow_degrees_of_freedom(df):
+    p = df["cancerpredmarker"]
+    fitted = stats.hosmer_lemeshow(df["y"], p, groups=10, fitted=True)
+    held_out = stats.hosmer_lemeshow(df["y"], p, groups=10, fitted=False)
+    assert (fitted.df, held_out.df) == (8, 10)          # g - 2 in-sample, g for validation / out-of-fold
+    assert held_out.statistic == fitted.statistic and held_out.p_value > fitted.p_value
+    # ties merge the quantile breaks: this binary risk leaves the unique breaks (0.1, 0.3), one group:
+    # df 1 held out, none left in-sample (no test) -- where R would still claim 8
+    tied = 0.1 + 0.2 * df["famhistory"]
+    assert stats.hosmer_lemeshow(df["y"], tied, fitted=False).df == 1
+    t = stats.hosmer_lemeshow(df["y"], tied, fitted=True)
+    assert t.df < 1 and np.isnan(t.p_value)
+    three = stats.hosmer_lemeshow(df["y"], np.round(p, 1), groups=10, fitted=False)
+    assert three.df == len(np.unique(np.quantile(np.round(p, 1), np.linspace(0, 1, 11)))) - 1
+    # missing predictions are dropped, not propagated
+    pn = p.copy()
+    pn.iloc[:5] = np.nan
+    h = stats.hosmer_lemeshow(df["y"], pn, groups=10, fitted=False)
+    assert np.isfinite(h.statistic) and h.df == 10
+    assert h.statistic == pytest.approx(stats.hosmer_lemeshow(df["y"].iloc[5:], p.iloc[5:], fitted=False).statistic)
 
 
 def test_net_benefit_against_r_dcurves(df, shared):
