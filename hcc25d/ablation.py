@@ -26,7 +26,7 @@ from . import signatures as sig
 from .stats import auc_ci, delong_test
 
 __all__ = ["Variant", "VARIANTS", "select_variants", "subset_bags", "retrain_cnn", "mil_features",
-           "evaluate_variant", "radiomics_columns", "negative_control_bags", "summary", "EXPECTED",
+           "evaluate_variant", "radiomics_columns", "negative_control_bags", "summary", "EXPECTED", "readout_yardstick",
            "COHORTS"]
 
 COHORTS = ("training", "internal", "external")
@@ -47,6 +47,8 @@ class Variant:
     phases: Optional[tuple] = None
     #: ``None`` = the CNN stage's setting; else ``parenchyma`` or ``none``
     reference: Optional[str] = None
+    #: train with another seed (the same input): how far retraining alone moves the AUC
+    reseed: int = 0
 
 
 VARIANTS = (
@@ -56,6 +58,7 @@ VARIANTS = (
     Variant("arterial", "one phase: arterial", "phases", phases=("arterial",)),
     Variant("portal", "one phase: portal", "phases", phases=("portal",)),
     Variant("no-reference", "no intensity reference", "intensity reference", reference="none"),
+    Variant("seed", "full, retrained with another seed", "training noise", reseed=1),
 )
 
 
@@ -102,7 +105,8 @@ def subset_bags(bags, variant: Variant, channels: Sequence[str]):
 
 
 def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, cache_dir=None,
-                progress: bool = True, name: Optional[str] = None) -> pd.DataFrame:
+                progress: bool = True, name: Optional[str] = None,
+                confounders: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """Cross-fit the selected backbone on a variant's instances, with the CNN stage's folds and settings.
 
     ``raw_bags``: the cropping stage's bags *before* the intensity reference (the variant decides).
@@ -115,10 +119,10 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
     bags, _ = cnn.reference_shift(raw_bags, variant.reference or C.intensity_reference)
     sub = subset_bags(bags, variant, cfg.crop.channels)
     make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
-    preds, _, _, _ = cnn.crossfit_predict(sub, make, to_dict(C), cfg.seed, folds=C.folds, prediction=C.prediction,
-                                          device=cnn.torch_device(C.device), cache_dir=cache_dir,
-                                          name=name or f"{backbone} [{variant.name}]", progress=progress,
-                                          fold_of=fold_of)
+    preds, _, _, _ = cnn.crossfit_predict(sub, make, to_dict(C), cfg.seed + 7919 * variant.reseed, folds=C.folds,
+                                          prediction=C.prediction, device=cnn.torch_device(C.device),
+                                          cache_dir=cache_dir, name=name or f"{backbone} [{variant.name}]",
+                                          progress=progress, fold_of=fold_of, confounders=confounders)
     return preds
 
 
@@ -137,7 +141,8 @@ def radiomics_columns(rad_cols: Sequence[str], phases: Optional[Sequence[str]]) 
 
 
 def evaluate_variant(name: str, X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, key: str, cfg, cv,
-                     full: Optional[np.ndarray] = None, views=None) -> tuple[dict, np.ndarray]:
+                     full: Optional[np.ndarray] = None, views=None,
+                     sample_weight: Optional[np.ndarray] = None) -> tuple[dict, np.ndarray]:
     """Tune the family ``key`` on a variant's features (training rows, the given CV) and score everyone.
 
     Returns the table row (AUC per cohort, DeLong P against ``full`` per validation cohort) and every
@@ -148,7 +153,8 @@ def evaluate_variant(name: str, X: pd.DataFrame, meta: pd.DataFrame, inst_cols, 
     pipe = sig.fusion_pipeline(key, inst_cols, rad_cols, cfg.seed, S.n_bins, S.n_words, S.p_threshold,
                                S.corr_threshold)
     gs, oof = sig.tune(pipe, {**sig.DEFAULT_GRIDS[key], **S.grids.get(key, {})}, X[train], y[train], cfg.seed,
-                       S.cv_folds, n_jobs=cfg.compute.n_jobs, cv=cv, class_weight=S.class_weight)
+                       S.cv_folds, n_jobs=cfg.compute.n_jobs, cv=cv, class_weight=S.class_weight,
+                       sample_weight=sample_weight)
     p = sig.with_oof(train, oof, sig.predict_views(gs, X, views or [X], train))
     row = {"variant": name, "instances per patient": len(inst_cols), "radiomics features": len(rad_cols)}
     for c in COHORTS:
@@ -206,6 +212,7 @@ EXPECTED = {
                            "heterogeneity",
     "one phase: portal": "lower: the portal phase carries only the heterogeneity",
     "no intensity reference": "similar internally, lower externally: centre 2's HU offset and bolus timing",
+    "full, retrained with another seed": "the same in expectation: its difference is the noise of training alone",
 }
 
 
@@ -224,6 +231,13 @@ def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None) -> str:
     full = dl[dl["factor"] == "reference"].iloc[0]
     lines = [f"Deep-learning features alone, full model: AUC {full.get('AUC internal', np.nan):.3f} internal, "
              f"{full.get('AUC external', np.nan):.3f} external. Against it:", ""]
+    seed = dl[dl["factor"] == "training noise"]
+    if len(seed):
+        s_ = seed.iloc[0]
+        noise = max(abs(full[f"AUC {c}"] - s_[f"AUC {c}"]) for c in ("internal", "external") if f"AUC {c}" in s_)
+        lines = [*lines[:-1], f"Retraining the *same* model with another seed moves its AUC by up to {noise:.3f}: "
+                 "the DeLong P values below treat each trained model as fixed and do not count this training "
+                 "noise, so a difference smaller than it says nothing about the factor.", ""]
     for name, r in dl[dl["factor"] != "reference"].iterrows():
         parts = []
         for c in ("internal", "external"):
@@ -245,3 +259,30 @@ def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None) -> str:
         lines.append("The negative control should show no gain of 2.5D over 2D; the default twin, a gain. A "
                      "difference without a small P value is not evidence either way at these cohort sizes.")
     return "\n".join(lines)
+
+
+def readout_yardstick(readout: pd.DataFrame, meta: pd.DataFrame, cv=None, seed: int = 0) -> pd.Series:
+    """Probabilities of a logistic regression on the cropping stage's trait readout
+    (:func:`hcc25d.crop25d.trait_readout`: three measurements made knowing where the twin puts its
+    traits) — fitted on the training patients (out-of-fold there, with ``cv``), applied to the others.
+
+    A yardstick, not a model of the method: what a reading of *these images* that knows where to look
+    reaches, between the latent reference (which knows the traits exactly) and the learned DL_2.5D.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    R = readout.reindex(meta.index)
+    R = R[[c for c in R.columns if R[c].notna().all()]]
+    train = (meta["cohort"] == "training").to_numpy()
+    y = meta["label"].to_numpy()
+    if R.shape[1] == 0:
+        return pd.Series(np.nan, index=meta.index)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    cv = cv if cv is not None else StratifiedKFold(5, shuffle=True, random_state=seed)
+    oof = cross_val_predict(model, R[train], y[train], cv=cv, method="predict_proba")[:, 1]
+    p = model.fit(R[train], y[train]).predict_proba(R)[:, 1]
+    p[train] = oof
+    return pd.Series(p, index=meta.index)

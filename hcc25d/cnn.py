@@ -42,7 +42,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["set_determinism", "LiteCNN", "build_model", "load_bags", "reference_shift", "patient_folds",
-           "train_model", "predict", "crossfit_predict", "target_layer", "WeightsUnavailable"]
+           "train_model", "predict", "crossfit_predict", "deconfounding_weights", "ensemble", "target_layer",
+           "WeightsUnavailable"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -399,7 +400,7 @@ def _lr_lambda(kind: str, total_steps: int, warmup_steps: int):
 
 def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, prm: dict, seed: int,
                 device: str = "cpu", dims: int = 2, checkpoint: Optional[Path] = None, desc: str = "train",
-                progress: bool = True, val_ids=None):
+                progress: bool = True, val_ids=None, weights: Optional[np.ndarray] = None):
     """Train one model for a fixed budget of ``epochs`` (or, with ``val_ids``, stop early on them).
 
     ``x``: (N, C, ...) arrays; ``y``: instance labels; ``groups``: patient id per instance. The learning
@@ -407,6 +408,9 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     With ``val_ids`` (patients drawn from the training patients) the weights of the epoch with the lowest
     validation loss are kept and training stops after ``patience`` epochs without improvement — the loss,
     not the AUC, because on a few dozen patients the AUC jumps by chance from epoch to epoch.
+
+    ``weights``: a loss weight per instance (see :func:`deconfounding_weights`); they replace the class
+    weighting, which they include.
 
     Returns ``(model, log)`` where ``log`` has one row per epoch (train loss, validation loss and AUC when
     there is a validation split, lr, optimiser steps so far, seconds, images per second). A checkpoint is
@@ -424,6 +428,10 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     y = np.asarray(y, np.float32)
     n_pos, n_neg = y[tr_idx].sum(), len(tr_idx) - y[tr_idx].sum()
     pos_weight = torch.tensor([n_neg / max(n_pos, 1)], device=device) if prm.get("class_weight", "balanced") == "balanced" else None
+    w_all = None
+    if weights is not None:
+        w_all = torch.from_numpy(np.asarray(weights, np.float32))
+        pos_weight = None
     params = [p for p in model.parameters() if p.requires_grad]
     lr, wd = float(prm["lr"]), float(prm["weight_decay"])
     if prm.get("optimizer", "adamw") == "sgd":
@@ -442,7 +450,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     data_hash = hashlib.sha1(np.ascontiguousarray(x).view(np.uint8)).hexdigest()
     code_hash = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()  # a changed training loop retrains
     fp = _fingerprint(prm, seed, len(tr_idx), len(va_idx), float(y.sum()), desc, data_hash, code_hash,
-                      sorted(map(str, set(groups[va_idx]))))
+                      sorted(map(str, set(groups[va_idx]))),
+                      None if weights is None else hashlib.sha1(np.asarray(weights, np.float64).tobytes()).hexdigest())
     if checkpoint is not None and checkpoint.exists():
         ck = torch.load(checkpoint, map_location=device, weights_only=False)
         if ck.get("fingerprint") == fp:
@@ -472,7 +481,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             xb = _augment(xb, gen, aug, dims)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
                 logits = model(_normalise(xb, dims)).float().squeeze(1)
-                loss = F.binary_cross_entropy_with_logits(logits, yb, pos_weight=pos_weight)
+                wb = None if w_all is None else w_all[b].to(device)
+                loss = F.binary_cross_entropy_with_logits(logits, yb, pos_weight=pos_weight, weight=wb)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -517,7 +527,7 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
 def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, folds: int = 5,
                      prediction: str = "crossfit", device: str = "cpu", dims: int = 2,
                      cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True,
-                     fold_of: Optional[dict] = None):
+                     fold_of: Optional[dict] = None, confounders: Optional[pd.DataFrame] = None):
     """Leakage-safe probabilities for every instance (or cube) of ``bags`` from one set of models.
 
     ``prediction="crossfit"``: ``folds`` models, each trained on all training patients but one fold.
@@ -536,6 +546,8 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, fol
     everyone, its own training patients included.
 
     With ``val_fraction`` > 0 every model stops early on a split of its own training patients.
+    ``confounders`` (one row per patient, e.g. its tumour size): each model's training instances are
+    weighted by :func:`deconfounding_weights`, computed on that model's own training patients.
     Returns ``(predictions, logs, models, meta)``: ``models`` maps ``fold<k>`` (or ``final``) to the
     trained model; ``meta`` holds each training patient's fold and, per model, the patients it was trained
     on (fit + early-stopping validation) — the record the leakage test checks against the data each model
@@ -557,8 +569,12 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, fol
         _, val_ids = _val_split(tr_pats, vf, s)
         trained_on[tag] = sorted(map(str, train_ids))
         ck = (cache_dir / f"{name}-{tag}.pt") if cache_dir is not None else None
+        w = None
+        if confounders is not None and confounders.shape[1]:
+            w = deconfounding_weights(y[rows], confounders.reindex(groups[rows]))
         model, log = train_model(make_model, bags.x[rows], y[rows], groups[rows], prm, s, device=device, dims=dims,
-                                 checkpoint=ck, desc=f"{name} {tag}", progress=progress, val_ids=val_ids)
+                                 checkpoint=ck, desc=f"{name} {tag}", progress=progress, val_ids=val_ids,
+                                 weights=w)
         _log_steps(name, tag, log, len(rows))
         logs.append(log.assign(model=name, fit=tag))
         models[tag] = model
@@ -608,6 +624,21 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, fol
         for f in range(k):
             out[f"prob_fold{f + 1}"] = per_fold[f]
     return out, pd.concat(logs, ignore_index=True), models, {"fold": assignment, "trained_on": trained_on}
+
+
+def deconfounding_weights(y, confounders: pd.DataFrame) -> np.ndarray:
+    """A weight per instance so that every combination of outcome and confounder levels carries the same
+    total weight: under these weights the confounders are independent of the outcome (and the classes
+    balanced), so a model gains nothing from recognising them — e.g. a tumour's size, which the images
+    show and whose association with recurrence the clinical signature models separately (and which,
+    in the paper's Table 1, reverses between the training and the external cohort). Weights average 1.
+
+    .. math:: w_i = \frac{1}{n_{c(i)}} \Big/ \overline{1/n_{c}},\quad c(i) = (y_i, z_i)
+    """
+    cells = pd.DataFrame(confounders).astype(str).agg("|".join, axis=1).to_numpy()
+    cells = pd.Series(np.char.add(np.asarray(y).astype(int).astype(str), np.asarray(cells, str)))
+    w = 1.0 / cells.map(cells.value_counts()).to_numpy(float)
+    return w / w.mean()
 
 
 def _log_steps(name: str, tag: str, log: pd.DataFrame, n: int) -> None:

@@ -108,8 +108,8 @@ class CropCfg:
     coronal_offsets: tuple[int, ...] = (0,)
     #: context around the ROI's bounding box (mm, each side).
     margin_mm: float = 12.0
-    #: output size (pixels) of each instance (224 in the paper).
-    image_size: int = 96
+    #: output size (pixels) of each instance (224 in the paper and the gpu profile; 64 on a CPU).
+    image_size: int = 64
     #: phases as channels, in the paper's order.
     channels: tuple[str, ...] = ("arterial", "plain", "portal")
     #: ``central``: axial neighbours share one box (aligned, one scale); ``slice``: each slice's own ROI box.
@@ -182,6 +182,11 @@ class TrainCfg:
     #: ``parenchyma``: shift each patient's phases so that the peritumoral parenchyma sits at the training
     #: cohort's median (removes scanner HU offsets and bolus-timing shifts of the liver); ``none``.
     intensity_reference: str = _choices("parenchyma", "none", default="parenchyma")
+    #: clinical variables the image models must not learn as a shortcut (e.g. ``[tumor_size]``, which the
+    #: images show and the clinical signature already has): training instances are weighted so that each
+    #: combination of outcome and these variables carries the same weight. Empty = the paper's way.
+    #: The slice-level setting also weights the DL_2.5D classifiers of the signatures stage.
+    deconfound: tuple[str, ...] = ()
     #: mixed precision on CUDA.
     amp: bool = True
     deterministic: bool = True
@@ -206,8 +211,9 @@ class CnnCfg(TrainCfg):
     on_missing_weights: str = _choices("fail", "random", default="fail")
     #: backbone for the multi-instance stage: ``cv`` = best out-of-fold training AUC (fixed rule), or a backbone name.
     selection: str = "cv"
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 32
+    folds: int = 3
     lr: float = 0.002
     weight_decay: float = 0.01
     dropout: float = 0.3
@@ -221,6 +227,7 @@ class Cnn3dCfg(TrainCfg):
 
     #: channels of the first stage (64 = ResNet-18's widths).
     width: int = 16
+    folds: int = 3
     augment: AugmentCfg = field(default_factory=AugmentCfg)
 
 
@@ -261,8 +268,9 @@ class AblationsCfg:
     #: run the ablation stage at all.
     enabled: bool = True
     #: the variants beside the full model: ``2d`` (central axial slice), ``axial`` (no sagittal/coronal
-    #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference).
-    variants: tuple[str, ...] = ("2d", "axial", "arterial", "portal", "no-reference")
+    #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference), ``seed``
+    #: (the full model retrained with another seed: the noise of training alone).
+    variants: tuple[str, ...] = ("2d", "axial", "arterial", "portal", "no-reference", "seed")
     #: also regenerate the twin with its signal on the central slice and compare 2.5D with 2D there
     #: (twin runs only).
     negative_control: bool = True

@@ -246,7 +246,7 @@ def grid_search_plot(results: dict):
         ax.plot([best], [mean[best]], "o", color="#c44e52", ms=7, label="best")
         ax.set(title=name, xlabel="grid point", xticks=k)
         ax.axhline(0.5, ls="--", c="0.6", lw=0.8)
-    axes[0, 0].set_ylabel("5-fold CV AUC (training)")
+    axes[0, 0].set_ylabel("cross-validated AUC (training)")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Figure 6 (left). Cross-validation results of the grid search", y=1.03)
     fig.tight_layout()
@@ -422,10 +422,11 @@ def ablation_plot(table: pd.DataFrame, cohorts=("training", "internal", "externa
             ax.axvline(reference["image"][c], ls=":", c="0.3", lw=1, label="reference (image only)")
         ax.set(title=COHORT_TITLES.get(c, c), xlabel="AUC (95% CI)", xlim=(0.3, 1.0))
     axes[0][0].set_yticks(ypos, variants)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, y=1.02)
-    fig.tight_layout()
     return fig
 
 
@@ -437,14 +438,17 @@ def planted_contrast_heatmap(pc: pd.DataFrame):
     traits = list(dict.fromkeys(pc["trait"]))
     names = {"u_pae": "peritumoral enhancement (peak)", "u_satellites": "satellites (peak)",
              "u_heterogeneity": "heterogeneity (RMS inside the tumour)"}
-    fig, axes = plt.subplots(1, len(traits), figsize=(4.6 * len(traits), 2.6), squeeze=False)
+    order = (pc.drop_duplicates("slot").assign(k=lambda d: d["view"].astype(str).map(
+        {"axial": 0, "sagittal": 1, "coronal": 2}) * 100 + d["offset"]).sort_values("k")["slot"].tolist())
+    fig, axes = plt.subplots(1, len(traits), figsize=(4.8 * len(traits), 3.0), squeeze=False)
     for ax, t in zip(axes[0], traits):
-        m = pc[pc["trait"] == t].pivot_table(index="phase", columns="slot", values="contrast", aggfunc="mean",
-                                             sort=False)
+        m = pc[pc["trait"] == t].pivot_table(index="phase", columns="slot", values="contrast", aggfunc="mean")
+        m = m.reindex(index=[p for p in ("arterial", "plain", "portal") if p in m.index], columns=order)
         sns.heatmap(m, ax=ax, cmap="mako_r", vmin=0, annot=True, fmt=".2f", annot_kws={"fontsize": 6},
                     cbar_kws={"label": "window units"})
         ax.set(title=names.get(t, t), xlabel="", ylabel="")
         ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+        ax.tick_params(axis="y", labelrotation=0, labelsize=8)
     fig.suptitle("Planted contrast by instance slot and phase (measured on the crops)", y=1.04)
     fig.tight_layout()
     return fig

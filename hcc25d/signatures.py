@@ -278,19 +278,23 @@ def balanced_weights(y) -> np.ndarray:
 
 
 def tune(pipe, grid: dict, X: pd.DataFrame, y, seed: int, folds: int = 5, n_jobs: int = 1, cv=None,
-         class_weight: str = "balanced"):
+         class_weight: str = "balanced", sample_weight: Optional[np.ndarray] = None):
     """Grid search (AUC) on the training rows only; returns the fitted ``GridSearchCV`` and the out-of-fold
     probabilities of its best configuration.
 
     ``cv``: a splitter (e.g. :func:`folds_cv` of the CNN's folds); by default stratified ``folds``-fold.
     ``class_weight="balanced"`` passes :func:`balanced_weights` to the final step's ``fit``
-    (``model__sample_weight``), the same way for every family.
+    (``model__sample_weight``), the same way for every family; ``sample_weight`` (e.g.
+    :func:`hcc25d.cnn.deconfounding_weights`, which also balance the classes) replaces them.
     """
     from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
     cv = cv if cv is not None else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     grid = {f"model__{k}": list(v) for k, v in grid.items()}
-    params = {"model__sample_weight": balanced_weights(y)} if class_weight == "balanced" else {}
+    if sample_weight is not None:
+        params = {"model__sample_weight": np.asarray(sample_weight, float)}
+    else:
+        params = {"model__sample_weight": balanced_weights(y)} if class_weight == "balanced" else {}
     gs = GridSearchCV(pipe, grid, scoring="roc_auc", cv=cv, n_jobs=n_jobs, refit=True, error_score="raise")
     gs.fit(X, y, **params)
     oof = cross_val_predict(clone(gs.best_estimator_), X, y, cv=cv, method="predict_proba", n_jobs=n_jobs,
@@ -303,7 +307,7 @@ def select_signature(cv_scores: dict, rule: str = "cv") -> tuple[str, str]:
     in advance), or a model key (``rf`` reproduces the paper's RandomForest)."""
     if rule == "cv":
         best = max(cv_scores, key=lambda k: cv_scores[k])
-        return best, (f"Rule fixed in advance: the model family with the best mean 5-fold cross-validated "
+        return best, (f"Rule fixed in advance: the model family with the best mean cross-validated "
                       f"training AUC — {MODEL_NAMES[best]} ({cv_scores[best]:.3f}).")
     if rule not in cv_scores:
         raise ValueError(f"signatures.dl25d_model: {rule!r} is not one of {list(cv_scores)} or 'cv'")
@@ -396,7 +400,7 @@ def predict_views(estimator, X: pd.DataFrame, views: Sequence[pd.DataFrame], tra
 
 def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, seed: int, n_jobs: int = 1,
                  recorder: Optional[list] = None, cv=None, models: Optional[Sequence[str]] = None,
-                 views: Optional[Sequence[pd.DataFrame]] = None) -> dict:
+                 views: Optional[Sequence[pd.DataFrame]] = None, sample_weight: Optional[np.ndarray] = None) -> dict:
     """Tune every model family of ``S.models`` on the training rows of ``X`` and score every row.
 
     Returns ``{key: {"search": GridSearchCV, "oof": out-of-fold training probabilities,
@@ -411,7 +415,7 @@ def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, se
         pipe = fusion_pipeline(key, inst_cols, rad_cols, seed, S.n_bins, S.n_words, S.p_threshold,
                                S.corr_threshold, recorder=recorder)
         gs, oof = tune(pipe, {**DEFAULT_GRIDS[key], **S.grids.get(key, {})}, X[train], y[train], seed,
-                       S.cv_folds, n_jobs=n_jobs, cv=cv, class_weight=S.class_weight)
+                       S.cv_folds, n_jobs=n_jobs, cv=cv, class_weight=S.class_weight, sample_weight=sample_weight)
         out[key] = {"search": gs, "oof": oof, "proba": predict_views(gs, X, views or [X], train)}
     return out
 

@@ -250,3 +250,26 @@ def test_gpu_training_step():
     g = bags.index["patient_id"].to_numpy()
     m, log = cnn.train_model(tiny_model, bags.x, y, g, dict(PRM, amp=True), seed=1, device="cuda", progress=False)
     assert np.isfinite(log["train_loss"]).all()
+
+
+def test_deconfounding_weights_make_the_confounder_uninformative():
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.6).astype(int)
+    size = (rng.random(400) < 0.3 + 0.4 * y).astype(int)  # size goes with the outcome
+    w = cnn.deconfounding_weights(y, pd.DataFrame({"tumor_size": size}))
+    assert w.mean() == pytest.approx(1.0)
+    tot = pd.DataFrame({"y": y, "s": size, "w": w}).groupby(["y", "s"])["w"].sum()
+    assert np.allclose(tot, tot.iloc[0])  # every (outcome, size) cell carries the same weight
+    # under the weights, size no longer tells the outcome apart (weighted mean of size equal per class)
+    m = [np.average(size[y == k], weights=w[y == k]) for k in (0, 1)]
+    assert m[0] == pytest.approx(m[1])
+
+
+def test_deconfounded_training_receives_the_weights():
+    bags = make_bags(n_train=30)
+    pats = bags.patients().set_index("patient_id")
+    conf = pd.DataFrame({"tumor_size": (np.arange(len(pats)) % 3 == 0).astype(int)}, index=pats.index)
+    prm = dict(PRM, val_fraction=0.0)
+    a, _, _, _ = cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=3, progress=False)
+    b, _, _, _ = cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=3, progress=False, confounders=conf)
+    assert not np.allclose(a["prob"], b["prob"])  # the weighted loss trains other models

@@ -83,12 +83,12 @@ def test_names_and_failures_by_patient_and_phase(tmp_path):
     assert set(failures["patient_id"]) == {"tiny"} and set(failures["phase"]) == set(phases)
     row = feats.set_index("patient_id").loc["good"]
     cols = [c for c in feats.columns if c != "patient_id"]
-    assert all(c.split("_")[0] in phases and c.split("_")[1] == "original" for c in cols)
+    assert all(c.split("_")[0] in (*phases, "shape") and c.split("_")[1] == "original" for c in cols)
     assert "arterial_original_glcm_Contrast" in cols
     shape = [c for c in cols if "_shape_" in c]
     # shape describes the mask, not a phase: once, under its own prefix (phase ablations keep it)
     assert shape and all(c.startswith("shape_original_shape_") for c in shape)
     assert row["arterial_original_firstorder_Mean"] - row["plain_original_firstorder_Mean"] == pytest.approx(50, abs=0.5)
     counts = rad.feature_counts(cols)
-    assert set(counts["phase"]) == set(phases)
+    assert set(counts["phase"]) == {*phases, "shape"}
     assert set(timings["patient_id"]) == {"good", "tiny"} and (timings["seconds"] > 0).all()
