@@ -156,7 +156,7 @@ def _baseline_task(args):
     import SimpleITK as sitk
     from radiomics import featureextractor
 
-    cls, config, column, image_path, mask_path = args
+    cls, config, column, image_path, mask_path, slice_offset = args
     image = sitk.ReadImage(str(image_path))
     mask = sitk.ReadImage(str(mask_path))
     settings = ast.literal_eval(column["diagnostics_Configuration_Settings"])
@@ -172,7 +172,8 @@ def _baseline_task(args):
         # PyRadiomics' 2D-shape baseline was computed on the single slice of the mask named in its
         # diagnostics (a 512 x 512 x 1 mask), not on the 3D mask
         bb = ast.literal_eval(column["diagnostics_Mask-corrected_BoundingBox"])
-        mask = mask[:, :, bb[2]:bb[2] + 1]
+        k = bb[2] - slice_offset
+        mask = mask[:, :, k:k + 1]
     res = ex.execute(image, mask)
     rows = []
     for feat, val in column.items():
@@ -187,13 +188,15 @@ def _baseline_task(args):
 
 
 def compare_baselines(baseline_dir: str | Path, image: str | Path, mask: str | Path,
-                      rel_tol: float = 0.03, n_jobs: int = 1) -> pd.DataFrame:
+                      rel_tol: float = 0.03, n_jobs: int = 1, slice_offset: int = 0) -> pd.DataFrame:
     """Re-extract PyRadiomics' own baseline values for a case under each baseline's settings.
 
     Each ``baseline_<class>.csv`` has one column per configuration; its settings and enabled image
     types are in the ``diagnostics_Configuration_Settings`` / ``..._EnabledImageTypes`` rows. Returns
     one row per (configuration, feature) with the baseline, our value and the relative difference;
     ``ok`` applies PyRadiomics' test rule (relative difference below 3 %, absolute where the baseline is 0).
+    ``slice_offset``: axial slices cut from the front of the image (a reduced sample), so that a
+    baseline's slice index still names the same slice.
     """
     from .parallel import map_patients
 
@@ -202,7 +205,7 @@ def compare_baselines(baseline_dir: str | Path, image: str | Path, mask: str | P
         cls = f.stem.replace("baseline_", "")
         b = pd.read_csv(f).set_index("featureName")
         for config in b.columns:
-            tasks.append((cls, config, b[config].dropna().to_dict(), str(image), str(mask)))
+            tasks.append((cls, config, b[config].dropna().to_dict(), str(image), str(mask), slice_offset))
     res = map_patients(_baseline_task, tasks, n_jobs=n_jobs, desc="baselines", progress=False)
     out = pd.DataFrame([r for rows in res for r in rows])
     out["ok"] = out["rel_diff"] < rel_tol

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+EXAMPLES = ROOT / "data" / "examples"
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def shared():
-    if not SHARED.exists():
-        pytest.skip("../shared is not present")
-    return SHARED
+def examples():
+    """The reduced public samples shipped with the repository (see data/examples/PROVENANCE.md)."""
+    assert EXAMPLES.is_dir(), f"{EXAMPLES} is missing: it is part of the repository"
+    return EXAMPLES

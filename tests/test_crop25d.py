@@ -103,8 +103,8 @@ def test_ties_are_deterministic():
         crop25d.max_area_index(np.zeros(3))
 
 
-def test_lung1_real_ct(shared):
-    d = shared / "data/real/lung1_ct"
+def test_lung1_real_ct(examples):
+    d = examples / "lung1_ct"
     img = manifest.read_image(d / "lung1_image.nrrd")
     lab = manifest.read_image(d / "lung1_label.nrrd")
     assert np.isclose(img.GetSpacing()[2], 5.0, atol=0.1)

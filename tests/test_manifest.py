@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from hcc25d import manifest
 
-REAL = "data/real"
+HCC = "hcc048_portal_venous_dicom"  # reduced: slices 38-69, rows 120-375, columns 60-315 of the original
 
 
 def _write(arr, path, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
@@ -20,24 +20,24 @@ def _write(arr, path, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
     return path
 
 
-def test_hcc_portal_dicom_series(shared):
-    folder = shared / REAL / "hcc048_portal_venous_dicom"
+def test_hcc_portal_dicom_series(examples):
+    folder = examples / HCC
     im = manifest.read_image(folder)
-    assert im.GetSize() == (512, 512, 89)
+    assert im.GetSize() == (256, 256, 32)
     assert np.allclose(im.GetSpacing(), (0.703125, 0.703125, 2.5))
     assert np.allclose(im.GetDirection(), np.eye(3).ravel())
     a = sitk.GetArrayFromImage(im)
     assert a.min() >= -2048 and a.max() <= 3071
     body = a[a > -500]
     assert -200 < np.median(body) < 150  # soft tissue dominates the body
-    liver = a[60, 190:250, 140:210]  # a box in the right liver lobe, portal venous phase
+    liver = a[22, 70:130, 80:150]  # a box in the right liver lobe, portal venous phase
     assert 70 < np.median(liver) < 170 and np.percentile(liver, 95) < 250
     info = manifest.read_image(folder, header_only=True)
-    assert info.size == (512, 512, 89)
+    assert info.size == (256, 256, 32)
 
 
-def test_abdomen_3slice_dicom_and_nrrd_labels(shared):
-    d = shared / REAL / "abdomen_ct_3slice"
+def test_abdomen_3slice_dicom_and_nrrd_labels(examples):
+    d = examples / "abdomen_ct_3slice"
     ct = manifest.read_image(d)  # the folder also holds a DICOM SEG: the CT series (3 files) is chosen
     assert ct.GetSize() == (512, 512, 3)
     assert np.allclose(ct.GetSpacing()[:2], (0.810547, 0.810547), atol=1e-5)
@@ -48,14 +48,14 @@ def test_abdomen_3slice_dicom_and_nrrd_labels(shared):
 
 
 @pytest.fixture()
-def real_manifest(shared, tmp_path):
+def real_manifest(examples, tmp_path):
     """A manifest over the real files: the 3-slice CT with its liver masks, the HCC series with a
     hand-made mask on its grid. Paths relative to the manifest."""
-    d = shared / REAL / "abdomen_ct_3slice"
-    hcc = shared / REAL / "hcc048_portal_venous_dicom"
+    d = examples / "abdomen_ct_3slice"
+    hcc = examples / HCC
     ref = manifest.read_image(hcc)
     m = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
-    m[40:46, 200:230, 150:180] = 1
+    m[2:8, 80:110, 90:120] = 1
     mk = sitk.GetImageFromArray(m)
     mk.CopyInformation(ref)
     sitk.WriteImage(mk, str(tmp_path / "hcc_mask.nii.gz"))
@@ -179,7 +179,7 @@ def test_other_grid_is_resampled_onto_mask(tmp_path):
     assert all(i.GetSize() == mask.GetSize() for i in imgs.values())
 
 
-def test_pseudonymised_and_no_header_text_in_outputs(real_manifest, tmp_path, shared):
+def test_pseudonymised_and_no_header_text_in_outputs(real_manifest, tmp_path, examples):
     import pydicom
 
     out = manifest.validate_manifest(real_manifest, phases=["portal"], mask_label=1, pseudonymise_ids=True,
@@ -193,7 +193,7 @@ def test_pseudonymised_and_no_header_text_in_outputs(real_manifest, tmp_path, sh
     for name, im in {**imgs, "mask": mask}.items():
         sitk.WriteImage(im, str(res / f"{name}.nii.gz"))
     header_text = set()
-    for f in [shared / REAL / "hcc048_portal_venous_dicom" / "00000045.dcm", shared / REAL / "abdomen_ct_3slice" / "01.dcm"]:
+    for f in [sorted((examples / HCC).glob("*.dcm"))[7], examples / "abdomen_ct_3slice" / "01.dcm"]:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         for tag in ("PatientName", "PatientID", "StudyDate", "StudyDescription", "SeriesDescription",
                     "StudyInstanceUID", "Manufacturer"):

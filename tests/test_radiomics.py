@@ -12,17 +12,21 @@ SETTINGS = PROJECT_ROOT / "params" / "radiomics" / "ct_default.yaml"
 
 
 @pytest.mark.slow
-def test_lung1_baselines_within_3_percent(shared):
-    d = shared / "data/real/lung1_ct"
-    res = rad.compare_baselines(d / "baseline", d / "lung1_image.nrrd", d / "lung1_label.nrrd", n_jobs=2)
+def test_lung1_baselines_within_3_percent(examples):
+    d = examples / "lung1_ct"
+    red = yaml.safe_load((d / "reduced.yaml").read_text())
+    res = rad.compare_baselines(d / "baseline", d / "lung1_image.nrrd", d / "lung1_label.nrrd", n_jobs=2,
+                                slice_offset=red["slice_offset"])
     assert len(res) > 600
     assert res["configuration"].nunique() >= 8 and res["class"].nunique() == 8
-    bad = res[~res["ok"]]
+    checkable = res[~res["configuration"].isin(list(red["not_checkable"]))]
+    assert len(checkable) > 550  # 581 values in 7 configurations
+    bad = checkable[~checkable["ok"]]
     assert bad.empty, bad
 
 
-def test_ibsi_phantom_table(shared):
-    d = shared / "data/reference/ibsi_digital_phantom"
+def test_ibsi_phantom_table(examples):
+    d = examples / "ibsi_digital_phantom"
     t = rad.ibsi_table(d / "phantom.nii.gz", d / "mask.nii.gz", d / "ibsi_1_reference_values_digital_phantom.csv")
     mapped = t[t["pyradiomics"] != ""]
     assert len(mapped) >= 100 and mapped["agrees"].sum() >= 95

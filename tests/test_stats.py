@@ -13,8 +13,8 @@ REF = yaml.safe_load((Path(__file__).parent / "results" / "r_reference.yaml").re
 
 
 @pytest.fixture(scope="module")
-def df(shared):
-    d = pd.read_csv(shared / "data/reference/stats/df_binary.csv")
+def df(examples):
+    d = pd.read_csv(examples / "stats" / "df_binary.csv")
     d["y"] = (d["cancer"].astype(str) == "True").astype(int)
     return d
 
@@ -84,11 +84,11 @@ def test_hosmer_lemeshow_degrees_of_freedom(df):
     assert h.statistic == pytest.approx(stats.hosmer_lemeshow(df["y"].iloc[5:], p.iloc[5:], fitted=False).statistic)
 
 
-def test_net_benefit_against_r_dcurves(df, shared):
+def test_net_benefit_against_r_dcurves(df, examples):
     thr = np.round(np.arange(0, 1, 0.01), 2)
     nb = stats.net_benefit(df["y"], df["famhistory"], thr)
     nb = nb.set_index(nb["threshold"].round(2))
-    r = pd.read_csv(shared / "data/reference/stats/r_dca_famhistory.csv")
+    r = pd.read_csv(examples / "stats" / "r_dca_famhistory.csv")
     r["threshold"] = r["threshold"].round(2)
     for var, col in (("famhistory", "model"), ("all", "treat_all"), ("none", "treat_none")):
         ref = r[r["variable"] == var].set_index("threshold")["net_benefit"]
