@@ -25,7 +25,8 @@ import pandas as pd
 from . import signatures as sig
 from .stats import auc_ci, delong_test
 
-__all__ = ["Variant", "VARIANTS", "select_variants", "subset_bags", "retrain_cnn", "mil_features",
+__all__ = ["Variant", "VARIANTS", "Context", "load_context", "run_variants", "negative_control",
+           "yardstick_table", "shortcut_table", "select_variants", "subset_bags", "retrain_cnn", "mil_features",
            "evaluate_variant", "radiomics_columns", "negative_control_bags", "summary", "EXPECTED", "readout_yardstick",
            "COHORTS"]
 
@@ -286,3 +287,157 @@ def readout_yardstick(readout: pd.DataFrame, meta: pd.DataFrame, cv=None, seed: 
     p = model.fit(R[train], y[train]).predict_proba(R)[:, 1]
     p[train] = oof
     return pd.Series(p, index=meta.index)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage's steps, so that the chapter's cells stay a few lines each
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    """What every variant shares: the run's config, the cropped bags before the intensity reference,
+    the CNN stage's folds and backbone, the radiomics features, the patients and the DL_2.5D family."""
+
+    cfg: object
+    raw: object
+    full_preds: pd.DataFrame
+    radf: pd.DataFrame
+    meta: pd.DataFrame
+    key: str
+    cv: object = None
+    cache: object = None
+    confounders: Optional[pd.DataFrame] = None
+
+    @property
+    def backbone(self) -> str:
+        return str(self.full_preds["backbone"].iloc[0])
+
+    @property
+    def fold_of(self) -> dict:
+        f = self.full_preds.dropna(subset=["fold"]).drop_duplicates("patient_id")
+        return f.set_index("patient_id")["fold"].astype(int).to_dict()
+
+    @property
+    def rad_cols(self) -> list:
+        return [c for c in self.radf.columns if self.radf[c].notna().any()]
+
+    @property
+    def weights(self) -> Optional[np.ndarray]:
+        if self.confounders is None:
+            return None
+        from .cnn import deconfounding_weights
+
+        train = (self.meta["cohort"] == "training").to_numpy()
+        return deconfounding_weights(self.meta["label"].to_numpy()[train],
+                                     self.confounders.loc[self.meta.index[train]])
+
+
+def load_context(cfg, paths) -> Context:
+    """Read the upstream stages' files for the ablation stage."""
+    from .cnn import load_bags
+    from .io import read_json
+
+    patients = pd.read_csv(paths.stage_dir("cohort") / "patients.csv", dtype={"patient_id": str})
+    full = pd.read_csv(paths.stage_dir("cnn") / "instance_probs_selected.csv", dtype={"patient_id": str})
+    radf = pd.read_csv(paths.stage_dir("radiomics") / "features.csv", dtype={"patient_id": str}).set_index("patient_id")
+    key = read_json(paths.stage_dir("signatures") / "stage_provenance.json")["dl25d_model"]
+    ids = sorted(set(full["patient_id"]) & set(radf.index))
+    P = patients.set_index("patient_id")
+    meta = P.loc[ids, ["cohort", "label"]]
+    ctx = Context(cfg, load_bags(paths.stage_dir("crop25d")), full, radf, meta, key,
+                  cache=paths.run_dir / ".cache" / "ablations" if cfg.cnn.resume else None,
+                  confounders=P[list(cfg.cnn.deconfound)] if cfg.cnn.deconfound else None)
+    train = (meta["cohort"] == "training").to_numpy()
+    if cfg.signatures.cv == "cnn" and ctx.fold_of:
+        ctx.cv = sig.folds_cv(pd.Series(ctx.fold_of).reindex(meta.index[train]))
+    return ctx
+
+
+def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Retrain the CNN per variant and score each with DL features alone and with radiomics.
+
+    Returns ``(table, probabilities, patient-mean AUC of each variant's CNN)``."""
+    rows, probs, inst_auc, full = [], {}, [], {}
+    for v in variants:
+        preds = ctx.full_preds if v.factor == "reference" else retrain_cnn(
+            ctx.raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False, confounders=ctx.confounders)
+        pat = preds.groupby("patient_id").agg(cohort=("cohort", "first"), label=("label", "first"),
+                                              prob=("prob", "mean"))
+        inst_auc.append({"variant": v.name, **{c: auc_ci(g["label"], g["prob"]).auc
+                                                 for c, g in pat.groupby("cohort") if g["label"].nunique() == 2}})
+        B = mil_features(preds).reindex(ctx.meta.index)
+        for with_rad in (False, True):
+            rc = radiomics_columns(ctx.rad_cols, v.phases) if with_rad else []
+            X = B.join(ctx.radf[rc]) if rc else B
+            label = "DL + radiomics" if with_rad else "DL alone"
+            row, p = evaluate_variant(v.name, X, ctx.meta, list(B.columns), rc, ctx.key, ctx.cfg, ctx.cv,
+                                      None if v.factor == "reference" else full[label],
+                                      views=sig.heldout_views(preds, X, list(B.columns)),
+                                      sample_weight=ctx.weights)
+            if v.factor == "reference":
+                full[label] = p
+            rows.append({"factor": v.factor, "features": label, **row})
+            probs[f"{v.name} | {label}"] = p
+    return pd.DataFrame(rows), pd.DataFrame(probs, index=ctx.meta.index), pd.DataFrame(inst_auc)
+
+
+def negative_control(ctx: Context, patients: pd.DataFrame, table: pd.DataFrame, progress: bool = True):
+    """2.5D against 2D on the default twin (from ``table``) and on the negative-control twin (retrained
+    here), deep-learning features alone."""
+    nc_raw = negative_control_bags(patients[patients["patient_id"].isin(ctx.meta.index)], ctx.cfg, progress)
+    full_v, twod = VARIANTS[0], VARIANTS[1]
+    rows, p_full = [], None
+    for v in (full_v, twod):
+        cache = ctx.cache / "negative-control" if ctx.cache else None
+        preds = retrain_cnn(nc_raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, cache, False,
+                            name=f"{ctx.backbone} [negative control, {v.name}]", confounders=ctx.confounders)
+        B = mil_features(preds).reindex(ctx.meta.index)
+        row, p = evaluate_variant(v.name, B, ctx.meta, list(B.columns), [], ctx.key, ctx.cfg, ctx.cv, p_full,
+                                  views=sig.heldout_views(preds, B, list(B.columns)), sample_weight=ctx.weights)
+        p_full = p if v is full_v else p_full
+        rows.append({"twin": "negative control (signal on the central slice)", **row})
+    base = table[(table["features"] == "DL alone") & table["variant"].isin([full_v.name, twod.name])]
+    base = base.drop(columns=["factor", "features"]).assign(twin="default (signal 4-6 mm off the central slice)")
+    return pd.concat([base, pd.DataFrame(rows)], ignore_index=True)
+
+
+def yardstick_table(ctx: Context, readout: pd.DataFrame, dl25d: pd.Series, reference: Optional[dict]) -> pd.DataFrame:
+    """Patient-level AUC per cohort of the latent reference, the knowledge-driven reading and DL_2.5D,
+    with each one's share of the reference's margin over chance."""
+    levels = ctx.meta.assign(reading=readout_yardstick(readout, ctx.meta, ctx.cv, ctx.cfg.seed),
+                             dl=dl25d.reindex(ctx.meta.index))
+    rows = []
+    for c, g in levels.groupby("cohort", sort=False):
+        r = {"cohort": c, "n": len(g)}
+        ref = (reference or {}).get("image", {}).get(c)
+        if ref is not None:
+            r["latent reference (image only)"] = ref
+        r["knowledge-driven reading"] = auc_ci(g["label"], g["reading"]).auc
+        r["DL_2.5D"] = auc_ci(g["label"], g["dl"]).auc
+        if ref is not None:
+            r["reading: share of the reference margin"] = (r["knowledge-driven reading"] - 0.5) / (ref - 0.5)
+            r["DL_2.5D: share of the reference margin"] = (r["DL_2.5D"] - 0.5) / (ref - 0.5)
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def shortcut_table(ctx: Context, patients: pd.DataFrame, traits: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """Per cohort: the AUC of the recorded tumour size and of the diameter, and the rank correlation of
+    the CNN's patient score (mean instance probability) with the diameter and the planted traits."""
+    score = ctx.full_preds.groupby("patient_id")["prob"].mean()
+    P = patients.set_index("patient_id").loc[ctx.meta.index]
+    rows = []
+    for c in COHORTS:
+        g = P[P["cohort"] == c]
+        if g["label"].nunique() < 2:
+            continue
+        r = {"cohort": c}
+        if "tumor_size" in g:
+            r["AUC of tumour size ≥ 5 cm"] = auc_ci(g["label"], g["tumor_size"]).auc
+        if traits is not None:
+            t = traits.loc[g.index]
+            r["AUC of the diameter"] = auc_ci(g["label"], t["diameter_mm"]).auc
+            for col, name in (("diameter_mm", "diameter"), ("pae_amplitude_hu", "peritumoral enhancement"),
+                              ("satellite_radius_mm", "satellites"), ("heterogeneity_sd_hu", "heterogeneity")):
+                r[f"CNN score ~ {name} (Spearman)"] = score.loc[g.index].corr(t[col], method="spearman")
+        rows.append(r)
+    return pd.DataFrame(rows)
