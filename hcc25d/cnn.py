@@ -527,7 +527,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
 def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, folds: int = 5,
                      prediction: str = "crossfit", device: str = "cpu", dims: int = 2,
                      cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True,
-                     fold_of: Optional[dict] = None, confounders: Optional[pd.DataFrame] = None):
+                     fold_of: Optional[dict] = None, confounders: Optional[pd.DataFrame] = None,
+                     verbose: bool = True):
     """Leakage-safe probabilities for every instance (or cube) of ``bags`` from one set of models.
 
     ``prediction="crossfit"``: ``folds`` models, each trained on all training patients but one fold.
@@ -575,7 +576,8 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, fol
         model, log = train_model(make_model, bags.x[rows], y[rows], groups[rows], prm, s, device=device, dims=dims,
                                  checkpoint=ck, desc=f"{name} {tag}", progress=progress, val_ids=val_ids,
                                  weights=w)
-        _log_steps(name, tag, log, len(rows))
+        if verbose:
+            _log_steps(name, tag, log, len(rows))
         logs.append(log.assign(model=name, fit=tag))
         models[tag] = model
         return model

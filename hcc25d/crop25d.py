@@ -43,7 +43,7 @@ from scipy import ndimage
 from .config import CropCfg
 
 __all__ = ["CropParams", "resample_and_window", "window", "max_area_index", "select_instances",
-           "extract_square", "crop_arrays", "parenchyma_reference", "trait_readout", "crop_patient", "crop_all", "load_instances", "signal_probe"]
+           "extract_square", "crop_arrays", "channel_summary", "parenchyma_reference", "trait_readout", "crop_patient", "crop_all", "load_instances", "signal_probe"]
 
 VIEWS = ("axial", "sagittal", "coronal")
 
@@ -118,9 +118,17 @@ def resample_and_window(imgs: dict, mask, prm: CropParams, pad_mm: Optional[floa
         roi_i = sitk.RegionOfInterest(src, [int(s) for s in size], [int(v) for v in lo])
         r = sitk.Resample(roi_i, ref, sitk.Transform(), interp, float(floor_hu), sitk.sitkFloat32)
         chans.append(window(sitk.GetArrayViewFromImage(r), prm.window_width, prm.window_level))
-        names.append(ch if ch in imgs else f"{ch} (missing: copy of {available[0]})")
+        names.append(ch if ch in imgs else f"{available[0]} (copy)")
     geometry = {"origin": mask_r.GetOrigin(), "spacing": mask_r.GetSpacing(), "direction": mask_r.GetDirection()}
     return np.stack(chans), sitk.GetArrayFromImage(mask_r), names, geometry
+
+
+def channel_summary(names) -> str:
+    """What the channels hold, in words: ``arterial, plain, portal`` for a three-phase study, or e.g.
+    ``portal × 3`` when one phase was copied into every channel (never a phase the study does not have)."""
+    phases = [str(n).replace(" (copy)", "") for n in names]
+    counts = {p: phases.count(p) for p in dict.fromkeys(phases)}
+    return ", ".join(p if k == 1 else f"{p} × {k}" for p, k in counts.items())
 
 
 def max_area_index(areas: np.ndarray) -> int:

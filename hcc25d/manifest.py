@@ -24,12 +24,13 @@ From DICOM only pixels and geometry are read (no header text reaches results or 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .images import _Info, read_image  # noqa: F401 (read_image stays part of this API)
 
 __all__ = ["ManifestError", "PHASE_COLUMNS", "read_image", "validate_manifest", "load_patient",
            "pseudonymise", "COHORT_ALIASES"]
@@ -50,74 +51,6 @@ class ManifestError(ValueError):
 def pseudonymise(patient_id: str, salt: str) -> str:
     """A salted SHA-256 pseudonym: the same id and salt always give the same pseudonym."""
     return "p-" + hashlib.sha256((salt + "|" + str(patient_id)).encode()).hexdigest()[:12]
-
-
-def _dicom_files(folder: Path) -> list[str]:
-    import SimpleITK as sitk
-
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not ids:
-        raise OSError(f"no DICOM series found in folder {folder}")
-    series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids]
-    return list(max(series, key=len))
-
-
-def read_image(path: str | Path, header_only: bool = False):
-    """Read a NIfTI / NRRD / MHA file or a DICOM series folder with SimpleITK (pixels and geometry only).
-
-    ``header_only`` returns a reader's information (size, spacing, origin, direction) without pixels.
-    """
-    import SimpleITK as sitk
-
-    path = Path(path)
-    if path.is_dir():
-        files = _dicom_files(path)
-        if header_only:
-            r = sitk.ImageFileReader()
-            r.SetFileName(files[0])
-            r.ReadImageInformation()
-            size = list(r.GetSize())
-            size[2] = len(files) if len(size) > 2 else 1
-            return _Info(tuple(size[:3]), r.GetSpacing()[:3], r.GetOrigin()[:3], r.GetDirection()[:9],
-                         files=files)
-        r = sitk.ImageSeriesReader()
-        r.SetFileNames(files)
-        r.MetaDataDictionaryArrayUpdateOff()
-        r.LoadPrivateTagsOff()
-        img = r.Execute()
-    else:
-        if not path.exists():
-            raise FileNotFoundError(f"file not found: {path}")
-        if header_only:
-            r = sitk.ImageFileReader()
-            r.SetFileName(str(path))
-            r.ReadImageInformation()
-            return _Info(tuple(r.GetSize()[:3]), r.GetSpacing()[:3], r.GetOrigin()[:3], r.GetDirection()[:9])
-        img = sitk.ReadImage(str(path))
-    if img.GetDimension() == 4:  # e.g. a 3-slice series read as 4D with a trailing singleton
-        img = img[:, :, :, 0]
-    return img
-
-
-@dataclass
-class _Info:
-    size: tuple
-    spacing: tuple
-    origin: tuple
-    direction: tuple
-    files: Optional[list] = None
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Physical bounding box (min, max corners) of the image's voxel centres."""
-        D = np.array(self.direction, float).reshape(3, 3) if len(self.direction) == 9 else np.eye(3)
-        corners = []
-        for i in (0, self.size[0] - 1):
-            for j in (0, self.size[1] - 1):
-                for k in (0, (self.size[2] if len(self.size) > 2 else 1) - 1):
-                    idx = np.array([i, j, k], float) * np.array(self.spacing[:3], float)
-                    corners.append(np.array(self.origin[:3], float) + D @ idx)
-        c = np.array(corners)
-        return c.min(0), c.max(0)
 
 
 def _same_grid(a: _Info, b: _Info, tol: float = 1e-3) -> bool:
@@ -195,7 +128,7 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
             mfile = (base / str(mpath)).resolve()
             try:
                 mask_info = read_image(mfile, header_only=True)
-                m = sitk.GetArrayFromImage(read_image(mfile))
+                m = sitk.GetArrayFromImage(read_image(mfile, kind="mask"))
                 labels = np.unique(m)
                 nonzero = [int(v) for v in labels if v != 0]
                 if mask_label is not None:
@@ -261,7 +194,7 @@ def load_patient(row: pd.Series, phases: Sequence[str] = ("plain", "arterial", "
     """
     import SimpleITK as sitk
 
-    mask = read_image(row["mask"])
+    mask = read_image(row["mask"], kind="mask")
     m = sitk.GetArrayFromImage(mask)
     m = (m == mask_label) if mask_label is not None else (m != 0)
     mb = sitk.GetImageFromArray(m.astype(np.uint8))

@@ -117,7 +117,7 @@ def instance_grid(instances: np.ndarray, index: pd.DataFrame, channels=("arteria
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[0, 0].set_ylabel("RGB =\n" + "/".join(c[:3] for c in channels), fontsize=8)
+    axes[0, 0].set_ylabel("RGB =\n" + "/".join(str(c).replace(" (copy)", "*")[:4] for c in channels), fontsize=8)
     for i, ch in enumerate(channels):
         axes[i + 1, 0].set_ylabel(ch, fontsize=8)
     if title:

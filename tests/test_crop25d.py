@@ -196,3 +196,18 @@ def test_trait_readout_follows_each_planted_trait():
     v, m, _, _ = crop25d.resample_and_window(imgs, mask, prm)
     r = crop25d.trait_readout(v, m, prm.spacing_mm, ["arterial", None, "portal"])
     assert np.isnan(r["pae"]) and np.isfinite(r["heterogeneity"])
+
+
+def test_channels_say_what_they_hold():
+    assert crop25d.channel_summary(["arterial", "plain", "portal"]) == "arterial, plain, portal"
+    assert crop25d.channel_summary(["portal (copy)", "portal (copy)", "portal"]) == "portal × 3"
+    # a one-phase study's volume: the copied channels are named after the phase they hold
+    import SimpleITK as sitk
+
+    a = np.zeros((20, 30, 30), np.float32)
+    a[8:12, 10:20, 10:20] = 100
+    img = sitk.GetImageFromArray(a)
+    m = sitk.GetImageFromArray((a > 0).astype(np.uint8))
+    _, _, names, _ = crop25d.resample_and_window({"portal": img}, m, P(image_size=16, cube_size=8))
+    assert names == ["portal (copy)", "portal (copy)", "portal"]
+    assert not any(n.startswith(("arterial", "plain")) for n in names)
