@@ -1,5 +1,6 @@
-"""Command line: ``python -m hcc25d run --params params/<run>.yaml [--from STAGE] [--only STAGE] [--force]``
-and ``python -m hcc25d book --run <run>``."""
+"""Command line: ``python -m hcc25d check --params params/<run>.yaml`` (validate before any work),
+``python -m hcc25d run --params params/<run>.yaml [--from STAGE] [--only STAGE] [--force]`` and
+``python -m hcc25d book --run <run>``."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,11 @@ def main(argv=None) -> int:
     g.add_argument("--from", dest="from_stage", help="start at this stage (and run all after it)")
     g.add_argument("--only", action="append", help="run only this stage (repeatable)")
     r.add_argument("--force", action="store_true", help="rerun even if nothing changed")
+    c = sub.add_parser("check", help="validate a params file and, for own data, the manifest and every file "
+                                     "it lists (read in full); nothing is written")
+    c.add_argument("--params", required=True, help="params YAML, e.g. params/own.yaml")
+    c.add_argument("--headers-only", action="store_true",
+                   help="read only the phases' headers (faster; masks are still read in full)")
     b = sub.add_parser("book", help="render the Jupyter Book from a run's executed notebooks")
     b.add_argument("--run", required=True, help="run name (folder under results/)")
     b.add_argument("--no-strict", action="store_true", help="do not treat warnings as errors")
@@ -27,6 +33,12 @@ def main(argv=None) -> int:
     from . import runner
 
     try:
+        if args.cmd == "check":
+            from .check import check
+
+            report = check(args.params, full=not args.headers_only)
+            print(report.text(), file=sys.stdout if report.ok else sys.stderr)
+            return 0 if report.ok else 2
         if args.cmd == "run":
             status = runner.run(args.params, from_stage=args.from_stage, only=args.only, force=args.force)
             ran = [k for k, v in status.items() if v == "ran"]

@@ -73,6 +73,10 @@ class CohortSpec:
         d = self.categorical[var]
         return list(d.get("codes", range(len(d["levels"]))))
 
+    def coding(self) -> dict:
+        """Column -> allowed codes (categorical) or ``None`` (continuous: any number), for checking data."""
+        return {**{v: None for v in self.continuous}, **{v: self.codes(v) for v in self.categorical}}
+
     def n(self, cohort: str, outcome: Optional[int] = None) -> int:
         ns = self.cohorts[cohort]["n"]
         return ns[0] + ns[1] if outcome is None else ns[outcome]

@@ -417,9 +417,24 @@ def from_dict(mapping: dict, overrides: Optional[dict] = None, source: str = "pa
         _set_dotted(mapping, k, v)
     errors: list[str] = []
     params = _build(Params, mapping, "", errors)
+    if not errors:
+        errors += _cross_field_problems(params)
     if errors:
         raise ConfigError(f"{source}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
     return params
+
+
+def _cross_field_problems(p: Params) -> list[str]:
+    """Combinations of individually valid values that cannot work."""
+    errors = []
+    if p.data.source == "manifest" and not p.data.manifest:
+        errors.append("data.manifest: required when data.source is manifest (the path to your manifest CSV)")
+    if p.data.pseudonymise and not str(p.data.salt).strip():
+        errors.append("data.salt: required when data.pseudonymise is true (a secret string, kept fixed "
+                      "across runs; without it the pseudonyms are a plain hash anyone can recompute)")
+    if not p.data.phases:
+        errors.append("data.phases: name at least one phase (plain, arterial, portal)")
+    return errors
 
 
 def _deepcopy(d: Any) -> Any:

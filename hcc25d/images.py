@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["read_image", "to_lps", "is_axis_aligned"]
+__all__ = ["read_image", "verify_complete", "to_lps", "is_axis_aligned"]
 
 
 def _dicom_files(folder: Path) -> list[str]:
@@ -123,3 +123,106 @@ def to_lps(img, kind: str = "image"):
     interp = sitk.sitkNearestNeighbor if kind == "mask" else sitk.sitkLinear
     fill = 0.0 if kind == "mask" else float(sitk.GetArrayViewFromImage(img).min())
     return sitk.Resample(img, ref, sitk.Transform(), interp, fill, img.GetPixelID())
+
+
+def _nifti_expected_bytes(head: bytes) -> Optional[int]:
+    """Header size + voxel bytes a NIfTI-1/2 header announces (``None`` if it is not a NIfTI header)."""
+    import struct
+
+    for end in "<>":
+        if len(head) >= 348 and struct.unpack(end + "i", head[:4])[0] == 348:
+            dim = struct.unpack(end + "8h", head[40:56])
+            bitpix = struct.unpack(end + "h", head[72:74])[0]
+            offset = int(struct.unpack(end + "f", head[108:112])[0])
+            break
+        if len(head) >= 540 and struct.unpack(end + "i", head[:4])[0] == 540:
+            bitpix = struct.unpack(end + "h", head[14:16])[0]
+            dim = struct.unpack(end + "8q", head[16:80])
+            offset = int(struct.unpack(end + "q", head[168:176])[0])
+            break
+    else:
+        return None
+    n = int(np.prod([max(int(d), 1) for d in dim[1:1 + max(0, min(int(dim[0]), 7))]]))
+    return max(offset, 348) + n * max(int(bitpix), 8) // 8
+
+
+def verify_complete(path: str | Path) -> None:
+    """Raise ``OSError`` when a file or DICOM series is incomplete in a way the readers let pass.
+
+    ITK reads a truncated NIfTI (``.nii`` or ``.nii.gz``) without an error and fills the missing voxels
+    with zeros, and it silently leaves a cut or unreadable file out of a DICOM series (a gap in the
+    volume). This check decompresses a NIfTI completely and compares its size with what the header
+    announces; for a DICOM folder it requires every file to be readable DICOM with all its pixel data,
+    and the slices to be evenly spaced. NRRD and MHA readers already fail on truncated data.
+    """
+    import gzip
+    import zlib
+
+    path = Path(path)
+    if path.is_dir():
+        _verify_dicom_folder(path)
+        return
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    total, head = 0, b""
+    try:
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            while True:
+                chunk = fh.read(1 << 22)
+                if not chunk:
+                    break
+                if len(head) < 540:
+                    head += chunk[:540 - len(head)]
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise OSError(f"corrupt or truncated file ({exc})") from None
+    expected = _nifti_expected_bytes(head)
+    if expected is None:
+        raise OSError("not a NIfTI file (no NIfTI header)")
+    if total < expected:
+        raise OSError(f"truncated: {total:,} of the {expected:,} bytes its header announces")
+
+
+def _verify_dicom_folder(folder: Path) -> None:
+    import pydicom
+
+    used = set(_dicom_files(folder))
+    z, problems, series, outside = [], [], set(), []
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception:  # not DICOM at all, or cut inside the header
+            with open(f, "rb") as fh:
+                looks_dicom = fh.read(132)[128:] == b"DICM"
+            if looks_dicom or f.suffix.lower() in (".dcm", ".ima") or str(f) in used:
+                problems.append(f"{f.name} is not readable DICOM")
+            continue
+        if "PixelData" not in ds:
+            continue  # a non-image object (e.g. a DICOM-SEG or a report)
+        if str(f) not in used:
+            outside.append((f.name, str(ds.get("SeriesInstanceUID", ""))))
+            continue
+        series.add(str(ds.get("SeriesInstanceUID", "")))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        need = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
+                * int(ds.BitsAllocated) // 8)
+        transfer = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
+        compressed = transfer not in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "")
+        if not compressed and len(ds.PixelData) < need:
+            problems.append(f"{f.name}: pixel data cut ({len(ds.PixelData):,} of {need:,} bytes)")
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            o = np.array(ds.ImageOrientationPatient, float)
+            z.append(float(np.dot(np.cross(o[:3], o[3:]), np.array(ds.ImagePositionPatient, float))))
+    for name, uid in outside:
+        if uid in series:
+            problems.append(f"{name} belongs to the series but the reader left it out (cut or damaged file?)")
+    if len(z) > 2:
+        dz = np.diff(np.sort(z))
+        med = float(np.median(dz))
+        if med > 0 and float(dz.max()) > 1.5 * med:
+            problems.append(f"slices unevenly spaced (a gap of {dz.max():.2f} mm where the spacing is "
+                            f"{med:.2f} mm): a slice is missing")
+    if problems:
+        raise OSError("; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))

@@ -30,10 +30,10 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .images import _Info, read_image  # noqa: F401 (read_image stays part of this API)
+from .images import _Info, read_image, verify_complete  # noqa: F401 (read_image stays part of this API)
 
-__all__ = ["ManifestError", "PHASE_COLUMNS", "read_image", "validate_manifest", "load_patient",
-           "pseudonymise", "COHORT_ALIASES"]
+__all__ = ["ManifestError", "PHASE_COLUMNS", "read_image", "read_table", "table_problems",
+           "validate_manifest", "read_clinical", "load_patient", "pseudonymise", "COHORT_ALIASES"]
 
 PHASE_COLUMNS = {"plain": "image_plain", "arterial": "image_arterial", "portal": "image_portal"}
 REQUIRED = ("patient_id", "centre", "cohort", "label", "mask")
@@ -66,21 +66,22 @@ def _overlap(a: _Info, b: _Info) -> bool:
 
 def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arterial", "portal"),
                       mask_label: Optional[int] = None, pseudonymise_ids: bool = False, salt: str = "",
-                      clinical_variables: Sequence[str] = ()) -> pd.DataFrame:
+                      clinical_variables: Sequence[str] = (), coding: Optional[dict] = None,
+                      full: bool = True, progress: bool = False) -> pd.DataFrame:
     """Check a manifest and all its files; return a normalised table (absolute paths, cohort names,
     a ``grid`` column saying per patient whether phases must be resampled onto the mask's grid).
+
+    ``coding`` maps clinical columns to their allowed codes (a list) or ``None`` for a continuous
+    variable (a number); :meth:`hcc25d.cohort.CohortSpec.coding` gives it for a cohort specification.
+    ``full`` reads every image's pixels (catching truncated or corrupt files that a header read passes);
+    ``full=False`` reads only the phases' headers (the masks are always read in full).
 
     Raises :class:`ManifestError` listing every problem.
     """
     import SimpleITK as sitk
 
     path = Path(path)
-    if not path.exists():
-        raise ManifestError([f"manifest not found: {path}"], str(path))
-    try:
-        df = pd.read_csv(path, dtype={"patient_id": str})
-    except Exception as exc:  # pandas' parser errors
-        raise ManifestError([f"not readable as CSV ({exc})"], str(path)) from None
+    df = read_table(path)
     problems: list[str] = []
     missing_cols = [c for c in REQUIRED if c not in df.columns]
     missing_cols += [PHASE_COLUMNS[p] for p in phases if PHASE_COLUMNS[p] not in df.columns]
@@ -88,36 +89,19 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
     if unknown_phase:
         problems.append(f"data.phases: unknown phase(s) {unknown_phase} (known: plain, arterial, portal)")
     if missing_cols:
-        problems.append(f"missing column(s): {', '.join(missing_cols)}")
+        problems.append(f"missing column(s): {', '.join(missing_cols)}" + _columns_hint(df))
         raise ManifestError(problems, str(path))
     base = path.parent
     # ---- table-level checks
-    dup = df["patient_id"][df["patient_id"].duplicated(keep=False)]
-    for pid, g in df[df["patient_id"].isin(dup)].groupby("patient_id"):
-        cohorts = sorted(set(g["cohort"].astype(str)))
-        if len(cohorts) > 1:
-            problems.append(f"patient {pid}: in two cohorts ({', '.join(cohorts)}) on rows "
-                            f"{', '.join(str(i + 2) for i in g.index)}")
-        else:
-            problems.append(f"patient {pid}: duplicate patient id on rows {', '.join(str(i + 2) for i in g.index)}")
-    for i, r in df.iterrows():
-        pid = r["patient_id"]
-        if str(r["cohort"]).strip().lower() not in COHORT_ALIASES:
-            problems.append(f"patient {pid}: cohort {r['cohort']!r} is not train, internal or external")
-        if r["label"] not in (0, 1) or pd.isna(r["label"]):
-            problems.append(f"patient {pid}: label {r['label']!r} is not 0 or 1")
-        try:
-            int(r["centre"])
-        except (TypeError, ValueError):
-            problems.append(f"patient {pid}: centre {r['centre']!r} is not an integer")
+    problems += table_problems(df, coding)
     df["cohort"] = df["cohort"].astype(str).str.strip().str.lower().map(COHORT_ALIASES).fillna(df["cohort"])
-    for c, g in df.groupby("cohort"):
-        labels = set(pd.to_numeric(g["label"], errors="coerce").dropna().astype(int))
-        if labels and len(labels) < 2:
-            problems.append(f"cohort {c}: all {len(g)} patients have label {labels.pop()} (one class only)")
     # ---- file-level checks
     grids = []
-    for i, r in df.iterrows():
+    rows = df.iterrows()
+    if progress:
+        from tqdm import tqdm
+        rows = tqdm(rows, total=len(df), desc="reading images", unit="patient", mininterval=2.0, ncols=90)
+    for i, r in rows:
         pid = r["patient_id"]
         grid = "same"
         mask_info = None
@@ -129,6 +113,8 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
             try:
                 mask_info = read_image(mfile, header_only=True)
                 m = sitk.GetArrayFromImage(read_image(mfile, kind="mask"))
+                if full:
+                    verify_complete(mfile)
                 labels = np.unique(m)
                 nonzero = [int(v) for v in labels if v != 0]
                 if mask_label is not None:
@@ -141,7 +127,7 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
                     problems.append(f"patient {pid}: mask {mpath} is not binary (labels {nonzero}); "
                                     f"set data.mask_label to the tumour's label")
             except Exception as exc:
-                problems.append(f"patient {pid}: mask {mpath} missing or unreadable ({_short(exc)})")
+                problems.append(_file_problem(pid, "mask", mpath, mfile, exc))
         for ph, col in PHASE_COLUMNS.items():
             val = r.get(col) if col in df.columns else None
             if val is None or pd.isna(val) or str(val).strip() == "":
@@ -154,8 +140,11 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
             f = (base / str(val)).resolve()
             try:
                 info = read_image(f, header_only=True)
+                if full:
+                    read_image(f)  # every voxel
+                    verify_complete(f)  # what the readers let pass: a truncated NIfTI, a cut DICOM
             except Exception as exc:
-                problems.append(f"patient {pid}: {col} {val} missing or unreadable ({_short(exc)})")
+                problems.append(_file_problem(pid, col, val, f, exc))
                 continue
             if mask_info is not None and not _same_grid(info, mask_info):
                 if _overlap(info, mask_info):
@@ -166,11 +155,11 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
         grids.append(grid)
     if problems:
         raise ManifestError(problems, str(path))
-    out = pd.DataFrame({"patient_id": df["patient_id"].astype(str), "centre": df["centre"].astype(int),
-                        "cohort": df["cohort"], "label": df["label"].astype(int)})
+    out = pd.DataFrame({"patient_id": df["patient_id"].astype(str), "centre": df["centre"].astype(float).astype(int),
+                        "cohort": df["cohort"], "label": df["label"].astype(float).astype(int)})
     for v in clinical_variables:
         if v in df.columns:
-            out[v] = df[v]
+            out[v] = pd.to_numeric(df[v], errors="coerce")
     for ph, col in PHASE_COLUMNS.items():
         out[col] = [str((base / str(p)).resolve()) if ph in phases and pd.notna(p) else ""
                     for p in (df[col] if col in df.columns else [None] * len(df))]
@@ -181,8 +170,106 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
     return out
 
 
+DELIMITERS = (",", ";", "\t", "|")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a manifest CSV. The delimiter is detected from the header line (``,``, ``;``, tab or ``|``:
+    spreadsheets in many locales save ``;``); the one used is kept in ``df.attrs["delimiter"]``."""
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError([f"manifest not found: {path}"], str(path))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            header = fh.readline()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ManifestError([f"not readable as a UTF-8 text file ({_short(exc)}); save it as CSV (UTF-8)"],
+                            str(path)) from None
+    sep = max(DELIMITERS, key=header.count) if header else ","
+    sep = sep if header.count(sep) else ","
+    try:
+        df = pd.read_csv(path, sep=sep, dtype={"patient_id": str}, encoding="utf-8-sig")
+    except Exception as exc:  # pandas' parser errors
+        raise ManifestError([f"not readable as a table with delimiter {sep!r} ({_short(exc)})"],
+                            str(path)) from None
+    df.columns = [str(c).strip() for c in df.columns]
+    df.attrs["delimiter"] = sep
+    return df
+
+
+def _columns_hint(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    return (f" (the header read as {len(cols)} column(s): {', '.join(map(repr, cols[:8]))}"
+            f"{' …' if len(cols) > 8 else ''}; delimiter {df.attrs.get('delimiter', ',')!r})")
+
+
+def _as_number(v):
+    try:
+        x = float(str(v).strip())
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def table_problems(df: pd.DataFrame, coding: Optional[dict] = None) -> list[str]:
+    """The table-level problems of a manifest (no file is read): duplicate ids, a patient in two
+    cohorts, cohort names, labels other than 0/1, non-integer centres, a cohort with one class, and
+    clinical values outside their ``coding`` (column -> allowed codes, or ``None`` for a number).
+    Empty clinical cells are allowed (missing values); each problem names the patient and column."""
+    problems: list[str] = []
+    dup = df["patient_id"][df["patient_id"].duplicated(keep=False)]
+    for pid, g in df[df["patient_id"].isin(dup)].groupby("patient_id"):
+        cohorts = sorted(set(g["cohort"].astype(str)))
+        if len(cohorts) > 1:
+            problems.append(f"patient {pid}: in two cohorts ({', '.join(cohorts)}) on rows "
+                            f"{', '.join(str(i + 2) for i in g.index)}")
+        else:
+            problems.append(f"patient {pid}: duplicate patient id on rows {', '.join(str(i + 2) for i in g.index)}")
+    labels = []
+    for i, r in df.iterrows():
+        pid = r["patient_id"]
+        if str(r["cohort"]).strip().lower() not in COHORT_ALIASES:
+            problems.append(f"patient {pid}: cohort {r['cohort']!r} is not train, internal or external")
+        lab = _as_number(r["label"])
+        labels.append(lab)
+        if lab not in (0.0, 1.0):
+            problems.append(f"patient {pid}: label {r['label']!r} is not 0 or 1 (code early recurrence as "
+                            f"1, none as 0)")
+        c = _as_number(r["centre"])
+        if c is None or c != int(c):
+            problems.append(f"patient {pid}: centre {r['centre']!r} is not an integer")
+        for col, codes in (coding or {}).items():
+            if col not in df.columns or pd.isna(r[col]) or str(r[col]).strip() == "":
+                continue
+            x = _as_number(r[col])
+            if codes is None:
+                if x is None:
+                    problems.append(f"patient {pid}: {col} {r[col]!r} is not a number")
+            elif x is None or x not in [float(k) for k in codes]:
+                problems.append(f"patient {pid}: {col} {r[col]!r} is outside its coding "
+                                f"({', '.join(map(str, codes))}; see the cohort specification)")
+    cohort = df["cohort"].astype(str).str.strip().str.lower().map(COHORT_ALIASES)
+    lab = pd.Series(labels, index=df.index)
+    for c in [c for c in ("training", "internal", "external") if (cohort == c).any()]:
+        vals = set(lab[(cohort == c) & lab.isin([0.0, 1.0])].astype(int))
+        if len(vals) == 1:
+            problems.append(f"cohort {c}: all {int((cohort == c).sum())} patients have label {vals.pop()} "
+                            f"(one class only)")
+    return problems
+
+
 def _short(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    """The informative line of an exception (ITK's first line only names its own source file)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Exception thrown in")] or lines
+    return lines[0].replace("sitk::ERROR: ", "")[:200] if lines else type(exc).__name__
+
+
+def _file_problem(pid, col: str, value, file: Path, exc: Exception) -> str:
+    if not Path(file).exists():
+        return (f"patient {pid}: {col} {value} not found (paths are relative to the manifest's folder, "
+                f"{Path(file).parent.name}/)")
+    return f"patient {pid}: {col} {value} unreadable ({_short(exc)}); re-export or replace the file"
 
 
 def load_patient(row: pd.Series, phases: Sequence[str] = ("plain", "arterial", "portal"),
@@ -214,16 +301,22 @@ def load_patient(row: pd.Series, phases: Sequence[str] = ("plain", "arterial", "
 
 
 def read_clinical(path: str | Path, variables: Sequence[str], pseudonymise_ids: bool = False,
-                  salt: str = "") -> pd.DataFrame:
+                  salt: str = "", coding: Optional[dict] = None) -> pd.DataFrame:
     """The clinical part of a manifest (for the cohort chapter): ids, centre, cohort, label and the
-    clinical columns present. File checks are left to :func:`validate_manifest`."""
+    clinical columns present, after the table checks of :func:`table_problems` (labels, cohorts, ids,
+    clinical coding). File checks are left to :func:`validate_manifest`."""
     path = Path(path)
-    if not path.exists():
-        raise ManifestError([f"manifest not found: {path}"], str(path))
-    df = pd.read_csv(path, dtype={"patient_id": str})
+    df = read_table(path)
     missing = [c for c in ("patient_id", "centre", "cohort", "label") if c not in df.columns]
     if missing:
-        raise ManifestError([f"missing column(s): {', '.join(missing)}"], str(path))
+        raise ManifestError([f"missing column(s): {', '.join(missing)}" + _columns_hint(df)], str(path))
+    problems = table_problems(df, coding)
+    if problems:
+        raise ManifestError(problems, str(path))
+    df["label"] = df["label"].astype(float).astype(int)
+    for v in variables:
+        if v in df.columns:
+            df[v] = pd.to_numeric(df[v], errors="coerce")
     df["cohort"] = df["cohort"].astype(str).str.strip().str.lower().map(COHORT_ALIASES).fillna(df["cohort"])
     if pseudonymise_ids:
         df["patient_id"] = [pseudonymise(p, salt) for p in df["patient_id"].astype(str)]

@@ -247,6 +247,27 @@ def _log(msg: str) -> None:
     print(f"[hcc25d] {msg}", flush=True)
 
 
+def pre_check(params_file: str | Path, run_dir: Path) -> None:
+    """The check of :mod:`hcc25d.check` before the first stage; raises :class:`~hcc25d.check.CheckFailed`
+    listing every problem. A passed check is remembered in ``run_dir/.check.json`` (keyed on the params,
+    the manifest and each listed file's size and modification time) and not repeated while nothing changed."""
+    from .check import CheckFailed, check, check_stamp
+
+    stamp = check_stamp(params_file)
+    record = run_dir / ".check.json"
+    if stamp is not None and record.exists() and read_json(record).get("stamp") == stamp:
+        _log("check: manifest and files unchanged since the last passed check")
+        return
+    _log("check: params" + (", manifest and every listed file (read in full)" if stamp else ""))
+    report = check(params_file)
+    if not report.ok:
+        raise CheckFailed(report.text())
+    for note in report.notes:
+        _log(f"check: {note}")
+    if stamp is not None:
+        write_json({"stamp": stamp, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, record)
+
+
 def run(params_file: str | Path, from_stage: Optional[str] = None, only: Optional[Iterable[str]] = None,
         force: bool = False, results_root: Optional[Path] = None, stages: Optional[list[Stage]] = None,
         notebook_dir: Optional[Path] = None) -> dict:
@@ -264,6 +285,7 @@ def run(params_file: str | Path, from_stage: Optional[str] = None, only: Optiona
     run_dir = root / params.run
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "notebooks").mkdir(exist_ok=True)
+    pre_check(params_file, run_dir)
     kernel = ensure_kernel()
     prov_path = run_dir / "provenance.json"
     prov = read_json(prov_path) if prov_path.exists() else {}

@@ -144,8 +144,8 @@ def test_planted_faults_all_reported(tmp_path):
         manifest.validate_manifest(p)
     msg = str(err.value)
     expected = [
-        "missing: image_plain nope.nii.gz missing or unreadable",
-        "broken: image_arterial broken.nii.gz missing or unreadable",
+        "missing: image_plain nope.nii.gz not found",
+        "broken: image_arterial broken.nii.gz unreadable",
         "empty: mask empty.nii.gz is empty",
         "multi: mask multi.nii.gz is not binary",
         "far: image_portal far.nii.gz and mask mask.nii.gz do not overlap",
