@@ -82,7 +82,7 @@ STAGES: list[Stage] = [
           deps=("cohort", "data", "cnn", "signatures", "evaluation"),
           sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
     Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
-          sections=(), modules=("images", "manifest")),
+          sections=(), modules=("images", "manifest", "dicom_import")),
     Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation", "ablations", "compare", "owndata"),
           sections=(), modules=()),
 ]
