@@ -67,7 +67,7 @@ def main() -> None:
         torch.cuda.synchronize()
     pure = a.steps * bs / (time.perf_counter() - t0)
     # the real pipeline: train_model on the crops (one epoch over n images, no validation split)
-    prm = dict(config.to_dict(cfg.cnn), epochs=1, val_fraction=0.0, patience=99, batch_size=bs)
+    prm = cfg.cnn.model_copy(update=dict(epochs=1, val_fraction=0.0, patience=99, batch_size=bs))
     t0 = time.perf_counter()
     _, log = cnn.train_model(lambda: cnn.build_model(name, "none")[0], x, y, np.arange(len(x)).astype(str), prm,
                              seed=0, device=device, progress=False)

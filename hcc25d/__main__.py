@@ -43,6 +43,9 @@ def main(argv=None) -> int:
     b.add_argument("--run", required=True, help="run name (folder under results/)")
     b.add_argument("--no-strict", action="store_true", help="do not treat warnings as errors")
     sub.add_parser("stages", help="list the stages")
+    pp = sub.add_parser("params", help="the params schema: --defaults prints every field with its default and "
+                                       "documentation (a commented YAML file to copy)")
+    pp.add_argument("--defaults", action="store_true", required=True)
     args = ap.parse_args(argv)
 
     from . import runner
@@ -68,6 +71,11 @@ def main(argv=None) -> int:
             print(f"[hcc25d] {len(ran)} stage(s) ran, {len(status) - len(ran)} unchanged")
         elif args.cmd == "book":
             runner.build_book(args.run, strict=not args.no_strict)
+        elif args.cmd == "params":
+            from .config import defaults_yaml
+
+            print("# hcc25d params: every field with its default (python -m hcc25d params --defaults)")
+            print(defaults_yaml())
         elif args.cmd == "stages":
             for s in runner.STAGES:
                 print(f"{s.name:12s} notebooks/{s.notebook:34s} {s.title}")

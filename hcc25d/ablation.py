@@ -16,7 +16,7 @@ something other than the planted signal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -114,13 +114,12 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
     Returns the instance probabilities (as the CNN stage's ``instance_probs``).
     """
     from . import cnn
-    from .config import to_dict
 
     C = cfg.cnn
     bags, _ = cnn.reference_shift(raw_bags, variant.reference or C.intensity_reference)
     sub = subset_bags(bags, variant, cfg.crop.channels)
     make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
-    preds, _, _, _ = cnn.crossfit_predict(sub, make, to_dict(C), cfg.seed + 7919 * variant.reseed, folds=C.folds,
+    preds, _, _, _ = cnn.crossfit_predict(sub, make, C, cfg.seed + 7919 * variant.reseed, folds=C.folds,
                                           prediction=C.prediction, device=cnn.torch_device(C.device),
                                           cache_dir=cache_dir, name=name or f"{backbone} [{variant.name}]",
                                           progress=progress, fold_of=fold_of, confounders=confounders,
@@ -196,7 +195,7 @@ def negative_control_bags(patients: pd.DataFrame, cfg, progress: bool = True):
     from .cnn import Bags
     from .parallel import map_patients
 
-    twin = replace(cfg.twin, signal_position="central")
+    twin = cfg.twin.model_copy(update={"signal_position": "central"})
     items = [(row, cfg.seed, twin, cfg.crop) for _, row in patients.iterrows()]
     res = map_patients(_nc_worker, items, n_jobs=cfg.compute.n_jobs, backend=cfg.compute.backend,
                        desc="negative-control twin", progress=progress)

@@ -41,6 +41,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .config import TrainCfg, to_dict
+
 __all__ = ["set_determinism", "LiteCNN", "build_model", "load_bags", "reference_shift", "patient_folds",
            "train_model", "predict", "crossfit_predict", "deconfounding_weights", "ensemble", "target_layer",
            "WeightsUnavailable"]
@@ -317,7 +319,7 @@ def _augment(xb, gen, prm, dims: int = 2):
 
     b = xb.shape[0]
     dev = xb.device
-    if prm.get("flip", True):
+    if prm.flip:
         for ax in range(2, 2 + dims):
             m = torch.rand(b, generator=gen) < 0.5
             if m.any():
@@ -326,7 +328,7 @@ def _augment(xb, gen, prm, dims: int = 2):
             m = torch.rand(b, generator=gen) < 0.5
             if m.any():
                 xb[m.to(dev)] = xb[m.to(dev)].transpose(2, 3)
-    deg = float(prm.get("rotate_deg", 0.0))
+    deg = float(prm.rotate_deg)
     if deg > 0 and dims == 2:
         ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(deg)
         cos, sin = torch.cos(ang), torch.sin(ang)
@@ -334,12 +336,12 @@ def _augment(xb, gen, prm, dims: int = 2):
         theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
         grid = F.affine_grid(theta.to(dev, xb.dtype), list(xb.shape), align_corners=False)
         xb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    noise = float(prm.get("noise", 0.0))
+    noise = float(prm.noise)
     if noise > 0:
         shape = (b,) + (1,) * (xb.dim() - 1)
         sd = torch.rand(shape, generator=gen) * noise
         xb = xb + (sd * torch.randn(tuple(xb.shape), generator=gen)).to(dev, xb.dtype)
-    jit = float(prm.get("intensity", 0.0))
+    jit = float(prm.intensity)
     if jit > 0:
         shape = (b,) + (1,) * (xb.dim() - 1)
         scale = 1 + (torch.rand(shape, generator=gen) * 2 - 1) * jit
@@ -398,7 +400,7 @@ def _lr_lambda(kind: str, total_steps: int, warmup_steps: int):
     return f
 
 
-def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, prm: dict, seed: int,
+def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, prm: TrainCfg, seed: int,
                 device: str = "cpu", dims: int = 2, checkpoint: Optional[Path] = None, desc: str = "train",
                 progress: bool = True, val_ids=None, weights: Optional[np.ndarray] = None):
     """Train one model for a fixed budget of ``epochs`` (or, with ``val_ids``, stop early on them).
@@ -420,36 +422,36 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    set_determinism(seed, prm.get("deterministic", True))
+    set_determinism(seed, prm.deterministic)
     model = make_model().to(device)
-    amp = bool(prm.get("amp", True)) and device.startswith("cuda")
+    amp = bool(prm.amp) and device.startswith("cuda")
     val_mask = np.isin(groups, list(val_ids)) if val_ids is not None and len(val_ids) else np.zeros(len(y), bool)
     tr_idx, va_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
     y = np.asarray(y, np.float32)
     n_pos, n_neg = y[tr_idx].sum(), len(tr_idx) - y[tr_idx].sum()
-    pos_weight = torch.tensor([n_neg / max(n_pos, 1)], device=device) if prm.get("class_weight", "balanced") == "balanced" else None
+    pos_weight = torch.tensor([n_neg / max(n_pos, 1)], device=device) if prm.class_weight == "balanced" else None
     w_all = None
     if weights is not None:
         w_all = torch.from_numpy(np.asarray(weights, np.float32))
         pos_weight = None
     params = [p for p in model.parameters() if p.requires_grad]
-    lr, wd = float(prm["lr"]), float(prm["weight_decay"])
-    if prm.get("optimizer", "adamw") == "sgd":
+    lr, wd = float(prm.lr), float(prm.weight_decay)
+    if prm.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
     else:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    epochs = int(prm["epochs"])
-    bs = int(prm["batch_size"])
+    epochs = int(prm.epochs)
+    bs = int(prm.batch_size)
     steps_per_epoch = sum(1 for i in range(0, len(tr_idx), bs) if len(tr_idx) - i >= 2)
     total_steps = steps_per_epoch * epochs
-    warmup = min(total_steps, int(round(float(prm.get("warmup_epochs", 0)) * steps_per_epoch)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(prm.get("schedule", "cosine"), total_steps, warmup))
+    warmup = min(total_steps, int(round(float(prm.warmup_epochs) * steps_per_epoch)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(prm.schedule, total_steps, warmup))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     gen = torch.Generator().manual_seed(seed)
     log, best, best_state, start, bad_epochs, steps = [], -np.inf, None, 0, 0, 0
     data_hash = hashlib.sha1(np.ascontiguousarray(x).view(np.uint8)).hexdigest()
     code_hash = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()  # a changed training loop retrains
-    fp = _fingerprint(prm, seed, len(tr_idx), len(va_idx), float(y.sum()), desc, data_hash, code_hash,
+    fp = _fingerprint(to_dict(prm), seed, len(tr_idx), len(va_idx), float(y.sum()), desc, data_hash, code_hash,
                       sorted(map(str, set(groups[va_idx]))),
                       None if weights is None else hashlib.sha1(np.asarray(weights, np.float64).tobytes()).hexdigest())
     if checkpoint is not None and checkpoint.exists():
@@ -462,8 +464,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             best_state, steps = ck["best_state"], ck["steps"]
             gen.set_state(ck["gen"])
             torch.set_rng_state(ck["torch_rng"])
-    aug = dict(prm.get("augment", {}))
-    patience = int(prm.get("patience", 0))
+    aug = prm.augment
+    patience = int(prm.patience)
     bar = tqdm(range(start, epochs), desc=desc, disable=not progress, file=sys.stderr, ncols=100, mininterval=1.0)
     for epoch in bar:
         if len(va_idx) and patience and bad_epochs >= patience:
@@ -524,7 +526,7 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     return model, pd.DataFrame(log)
 
 
-def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, folds: int = 5,
+def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int, folds: int = 5,
                      prediction: str = "crossfit", device: str = "cpu", dims: int = 2,
                      cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True,
                      fold_of: Optional[dict] = None, confounders: Optional[pd.DataFrame] = None,
@@ -562,7 +564,7 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: dict, seed: int, fol
     insample = np.full(len(bags.index), np.nan)
     source = np.array([""] * len(bags.index), dtype=object)
     logs, trained_on, models = [], {}, {}
-    vf = float(prm.get("val_fraction", 0.0))
+    vf = float(prm.val_fraction)
 
     def fit(train_ids, tag, s):
         rows = bags.rows(train_ids)

@@ -1,18 +1,26 @@
-"""Run parameters: one YAML file per run, validated into a frozen config object.
+"""Run parameters: one YAML file per run, validated into a frozen, typed config object.
 
-Every stage notebook starts with ``cfg = hcc25d.config.load(params_file, overrides)``. Unknown keys,
-wrong types and values outside a field's allowed choices are all collected and reported together in
-one :class:`ConfigError` that names each field, so a typo in a params file fails before any work.
+The schema is declared with pydantic (v2): every field has its type, its range or its choices, and a
+``#:`` comment that documents it (``python -m hcc25d params --defaults`` prints them; the book's
+*Parameters* page is generated from them). Every stage notebook starts with
+``cfg = hcc25d.config.load(params_file, overrides)``. Unknown keys, wrong types, values out of range or
+outside their choices, and combinations that cannot work (:func:`cross_field_problems`) are all
+collected and reported together in one :class:`ConfigError` naming each field by its dotted path, so a
+typo in a params file fails at load, before any stage runs.
+
+Scalars are strict: ``"5"`` is not an integer, ``"yes"`` is not a boolean (YAML's ``true``/``false``
+are); a float field accepts an integer. Lists in YAML become tuples.
 """
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import typing
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
     "ConfigError",
@@ -21,29 +29,48 @@ __all__ = [
     "from_dict",
     "to_dict",
     "section_dict",
+    "cross_field_problems",
+    "field_docs",
+    "defaults_yaml",
+    "KNOWN_BACKBONES",
 ]
 
 
 class ConfigError(ValueError):
     """A params file (or override) is invalid; the message lists every problem found."""
 
+    def __init__(self, message: str, problems: Optional[list[str]] = None):
+        super().__init__(message)
+        self.problems = problems or [message]
 
-def _choices(*values: str, default: Any) -> Any:
-    return field(default=default, metadata={"choices": values})
+
+class Section(BaseModel):
+    """A frozen params section: unknown keys refused, scalars strict, YAML lists read as tuples."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, validate_default=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _lists_as_tuples(cls, v):
+        return tuple(v) if isinstance(v, list) else v
+
+
+#: the slice-level backbones known without importing torchvision (this package's own network and the
+#: paper's four); any other name is checked against torchvision's model registry.
+KNOWN_BACKBONES = ("litecnn", "densenet121", "resnet18", "resnet34", "resnet50", "resnet101", "vgg16", "vgg19")
 
 
 # --------------------------------------------------------------------------------------------------
 # Sections. Later stages add their own sections; each field has a default so a params file only
 # states what differs from the defaults.
 # --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DataCfg:
+class DataCfg(Section):
     #: ``twin``: generate the synthetic study twin; ``manifest``: read own data from a manifest CSV.
-    source: str = _choices("twin", "manifest", default="twin")
+    source: Literal["twin", "manifest"] = "twin"
     #: path to the manifest CSV (own data), relative to the project root or absolute.
     manifest: Optional[str] = None
     #: the phases the study has (a manifest may then leave the other phase columns empty).
-    phases: tuple[str, ...] = ("plain", "arterial", "portal")
+    phases: tuple[Literal["plain", "arterial", "portal"], ...] = ("plain", "arterial", "portal")
     #: label of the tumour in a multi-label mask (null: the mask must be binary).
     mask_label: Optional[int] = None
     #: replace patient ids by a salted hash in everything written under results/.
@@ -52,18 +79,17 @@ class DataCfg:
     salt: str = ""
 
 
-@dataclass(frozen=True)
-class TwinCfg:
+class TwinCfg(Section):
     """Imaging twin: grid and scanner profile per centre (lists: [centre 1, centre 2])."""
 
     #: in-plane matrix of centre 1 (centre 2 covers the same field of view with its own pixel size).
-    matrix: int = 144
+    matrix: int = Field(144, ge=16)
     #: in-plane pixel size (mm) per centre.
     spacing_xy: tuple[float, ...] = (0.8, 0.9)
     #: slice thickness (mm) per centre.
     slice_mm: tuple[float, ...] = (2.0, 2.5)
     #: cranio-caudal extent of the volume (mm).
-    extent_z_mm: float = 100.0
+    extent_z_mm: float = Field(100.0, gt=0)
     #: image noise SD (HU) per centre.
     noise_hu: tuple[float, ...] = (12.0, 18.0)
     #: scanner blur (Gaussian SD, mm) per centre.
@@ -73,115 +99,125 @@ class TwinCfg:
     #: arterial-phase timing factor per centre (1 = centre 1's peak; < 1: later, less arterial contrast).
     arterial_timing: tuple[float, ...] = (1.0, 0.85)
     #: multiplies every effect size of the latent-risk model (0 = no imaging signal).
-    signal_scale: float = 1.0
+    signal_scale: float = Field(1.0, ge=0)
     #: where the arterial-phase traits sit along z: ``offcentre`` (default: peritumoral enhancement 4-6 mm
     #: and satellites 3-5 mm above/below the tumour's maximal cross-section) or ``central`` (the same
     #: traits on the maximal cross-section itself: the negative control, where 2.5D should gain nothing).
-    signal_position: str = _choices("offcentre", "central", default="offcentre")
+    signal_position: Literal["offcentre", "central"] = "offcentre"
 
 
-@dataclass(frozen=True)
-class CohortCfg:
+class CohortCfg(Section):
     #: cohort specification (the paper's Table 1); ``default`` is the transcription shipped with the
     #: package (``hcc25d/data/table1_spec.yaml``).
     spec: str = "default"
     #: number of outcome-stratified patients kept for the imaging stages (``null`` = all); the cohort
     #: chapter always shows the full Table 1.
-    n_imaging: Optional[int] = None
+    n_imaging: Optional[int] = Field(None, ge=4)
 
 
-@dataclass(frozen=True)
-class CropCfg:
+class CropCfg(Section):
     """2.5D cropping (see :mod:`hcc25d.crop25d`)."""
 
     #: resampled voxel spacing (x, y, z) in mm.
     spacing_mm: tuple[float, ...] = (1.0, 1.0, 1.0)
     #: image interpolation for resampling (the mask always uses nearest neighbour).
-    interpolation: str = _choices("linear", "bspline", default="linear")
+    interpolation: Literal["linear", "bspline"] = "linear"
     #: CT window width and level (HU) mapped to [0, 1].
-    window_width: float = 250.0
+    window_width: float = Field(250.0, gt=0)
+    #: CT window level (HU): the window is level ± width / 2.
     window_level: float = 50.0
     #: axial offsets (slices of the resampled grid) around the maximal-area slice.
     axial_offsets: tuple[int, ...] = (0, -1, 1, -2, 2, -4, 4)
     #: sagittal and coronal offsets around their maximal-area slices.
     sagittal_offsets: tuple[int, ...] = (0,)
+    #: coronal offsets around the coronal maximal-area slice.
     coronal_offsets: tuple[int, ...] = (0,)
     #: context around the ROI's bounding box (mm, each side).
-    margin_mm: float = 12.0
+    margin_mm: float = Field(12.0, ge=0)
     #: output size (pixels) of each instance (224 in the paper and the gpu profile; 64 on a CPU).
-    image_size: int = 64
+    image_size: int = Field(64, ge=2)
     #: phases as channels, in the paper's order.
-    channels: tuple[str, ...] = ("arterial", "plain", "portal")
+    channels: tuple[Literal["plain", "arterial", "portal"], ...] = Field(("arterial", "plain", "portal"), min_length=1, max_length=3)
     #: ``central``: axial neighbours share one box (aligned, one scale); ``slice``: each slice's own ROI box.
-    box: str = _choices("central", "slice", default="central")
+    box: Literal["central", "slice"] = "central"
     #: ROI thinner than an offset: ``keep`` the slice, or ``clamp`` it to the ROI's last slice.
-    thin_roi: str = _choices("keep", "clamp", default="keep")
+    thin_roi: Literal["keep", "clamp"] = "keep"
     #: several tumour components: ``largest`` only, or ``each`` as its own bag.
-    components: str = _choices("largest", "each", default="largest")
-    min_component_voxels: int = 10
+    components: Literal["largest", "each"] = "largest"
+    #: with ``components: each``: the smallest component (voxels) that becomes a bag.
+    min_component_voxels: int = Field(10, ge=1)
     #: 3D crops for the 3D baseline: cube edge (mm) and voxels per edge.
-    cube_mm: float = 96.0
-    cube_size: int = 48
+    cube_mm: float = Field(96.0, gt=0)
+    #: voxels per edge of the 3D cube.
+    cube_size: int = Field(48, ge=2)
 
 
-@dataclass(frozen=True)
-class RadiomicsCfg:
+with warnings.catch_warnings():  # the field `validate` shadows pydantic's deprecated classmethod: harmless
+    warnings.filterwarnings("ignore", message='Field name "validate"')
+
+    class _RadiomicsBase(Section):
+        #: run the PyRadiomics-baseline and IBSI-phantom validations in the chapter.
+        validate: bool = True
+
+
+class RadiomicsCfg(_RadiomicsBase):
     """Radiomics features (see :mod:`hcc25d.radiomics`)."""
 
     #: PyRadiomics settings file (setting / imageType / featureClass).
     settings: str = "params/radiomics/ct_default.yaml"
     #: a failed patient-phase: ``stop`` the run, or ``continue`` and list what is missing.
-    on_error: str = _choices("stop", "continue", default="stop")
+    on_error: Literal["stop", "continue"] = "stop"
     #: context kept around the ROI before PyRadiomics resamples (mm).
-    pad_mm: float = 10.0
-    #: run the PyRadiomics-baseline and IBSI-phantom validations in the chapter.
-    validate: bool = True
+    pad_mm: float = Field(10.0, ge=0)
 
 
-@dataclass(frozen=True)
-class AugmentCfg:
+class AugmentCfg(Section):
     #: random flips (2D square crops also transposed: the 8 symmetries of the square; 3D: 3 axes).
     flip: bool = True
     #: random in-plane rotation range (degrees, 2D only; 0 = off).
-    rotate_deg: float = 0.0
+    rotate_deg: float = Field(0.0, ge=0, le=180)
     #: additive Gaussian image noise, per-image SD drawn from [0, x] (window units; 0.04 ≈ 10 HU).
-    noise: float = 0.0
+    noise: float = Field(0.0, ge=0)
     #: intensity jitter: scale 1 ± x, shift ± x/2 (window units). Off by default: the planted contrasts of
     #: the twin are 0.02–0.2 window units, so a jitter of that size would drown them.
-    intensity: float = 0.0
+    intensity: float = Field(0.0, ge=0, lt=1)
 
 
-@dataclass(frozen=True)
-class TrainCfg:
+class TrainCfg(Section):
     """Training settings shared by the slice-level CNNs and the 3D baseline."""
 
     #: the fixed budget of epochs (every model trains for exactly this many unless ``val_fraction`` > 0).
-    epochs: int = 10
-    batch_size: int = 16
-    optimizer: str = _choices("adamw", "sgd", default="adamw")
-    lr: float = 0.001
-    weight_decay: float = 0.0001
+    epochs: int = Field(10, ge=1)
+    #: instances per optimiser step.
+    batch_size: int = Field(16, ge=1)
+    #: ``adamw`` or ``sgd`` (momentum 0.9).
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    #: peak learning rate (after the warm-up).
+    lr: float = Field(0.001, gt=0)
+    #: weight decay (decoupled for AdamW).
+    weight_decay: float = Field(0.0001, ge=0)
     #: learning-rate schedule after the warm-up, stepped every batch.
-    schedule: str = _choices("cosine", "step", "none", default="cosine")
+    schedule: Literal["cosine", "step", "none"] = "cosine"
     #: epochs of linear learning-rate warm-up (from 0.1 × lr).
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = Field(1.0, ge=0)
     #: ``balanced``: weight the positive class by n_negative / n_positive; ``none``.
-    class_weight: str = _choices("balanced", "none", default="balanced")
-    dropout: float = 0.2
+    class_weight: Literal["balanced", "none"] = "balanced"
+    #: dropout before the classification head.
+    dropout: float = Field(0.2, ge=0, lt=1)
     #: fraction of each model's training patients held out for early stopping on the validation *loss*
     #: (0 = no early stopping: the fixed budget of ``epochs``).
-    val_fraction: float = 0.0
+    val_fraction: float = Field(0.0, ge=0, lt=1)
     #: with ``val_fraction`` > 0: epochs without improvement of the validation loss before stopping.
-    patience: int = 3
+    patience: int = Field(3, ge=1)
     #: cross-fitting folds: k models, each trained on k − 1 folds of the training patients.
-    folds: int = 5
+    folds: int = Field(5, ge=2)
     #: ``crossfit`` (leakage-safe: training patients out of fold, the others by the mean of the same fold
     #: models) or ``insample`` (the paper's way: one final model predicts its own training patients too).
-    prediction: str = _choices("crossfit", "insample", default="crossfit")
-    augment: AugmentCfg = field(default_factory=AugmentCfg)
+    prediction: Literal["crossfit", "insample"] = "crossfit"
+    augment: AugmentCfg = Field(default_factory=AugmentCfg)
     #: ``parenchyma``: shift each patient's phases so that the peritumoral parenchyma sits at the training
     #: cohort's median (removes scanner HU offsets and bolus-timing shifts of the liver); ``none``.
-    intensity_reference: str = _choices("parenchyma", "none", default="parenchyma")
+    intensity_reference: Literal["parenchyma", "none"] = "parenchyma"
     #: clinical variables the image models must not learn as a shortcut (e.g. ``[tumor_size]``, which the
     #: images show and the clinical signature already has): training instances are weighted so that each
     #: combination of outcome and these variables carries the same weight. Empty = the paper's way.
@@ -189,80 +225,80 @@ class TrainCfg:
     deconfound: tuple[str, ...] = ()
     #: mixed precision on CUDA.
     amp: bool = True
+    #: deterministic algorithms and seeded workers (bit-identical reruns on the same machine).
     deterministic: bool = True
     #: ``auto`` (CUDA when available) or ``cpu``.
-    device: str = _choices("auto", "cpu", default="auto")
+    device: Literal["auto", "cpu"] = "auto"
     #: keep per-epoch checkpoints in results/<run>/.cache/ and resume an interrupted training.
     resume: bool = True
 
 
-@dataclass(frozen=True)
 class CnnCfg(TrainCfg):
     """Slice-level models (see :mod:`hcc25d.cnn`); training settings as :class:`TrainCfg`."""
 
     #: ``litecnn`` (this package's light CNN, trained from scratch: the CPU default) or torchvision
     #: backbones (the paper's: densenet121, resnet50, resnet101, vgg19).
-    backbones: tuple[str, ...] = ("litecnn",)
+    backbones: tuple[str, ...] = Field(("litecnn",), min_length=1)
     #: channels of litecnn's first layer (ignored by torchvision backbones).
-    width: int = 16
+    width: int = Field(16, ge=1)
     #: ``imagenet`` (torchvision weights API), ``none`` (random initialisation) or a path to a state dict.
     weights: str = "none"
     #: ImageNet weights unavailable: ``fail``, or ``random`` initialisation (said loudly; not transfer learning).
-    on_missing_weights: str = _choices("fail", "random", default="fail")
+    on_missing_weights: Literal["fail", "random"] = "fail"
     #: backbone for the multi-instance stage: ``cv`` = best out-of-fold training AUC (fixed rule), or a backbone name.
     selection: str = "cv"
-    epochs: int = 20
-    batch_size: int = 32
-    folds: int = 3
-    lr: float = 0.002
-    weight_decay: float = 0.01
-    dropout: float = 0.3
-    warmup_epochs: float = 2.0
-    augment: AugmentCfg = field(default_factory=AugmentCfg)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    folds: int = Field(3, ge=2)
+    lr: float = Field(0.002, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    warmup_epochs: float = Field(2.0, ge=0)
+    augment: AugmentCfg = Field(default_factory=AugmentCfg)
 
 
-@dataclass(frozen=True)
 class Cnn3dCfg(TrainCfg):
     """The 3D baseline (see :mod:`hcc25d.cnn3d`); training settings as :class:`TrainCfg`."""
 
     #: channels of the first stage (64 = ResNet-18's widths).
-    width: int = 16
-    folds: int = 3
-    augment: AugmentCfg = field(default_factory=AugmentCfg)
+    width: int = Field(16, ge=1)
+    folds: int = Field(3, ge=2)
+    augment: AugmentCfg = Field(default_factory=AugmentCfg)
 
 
-@dataclass(frozen=True)
-class SignaturesCfg:
+class SignaturesCfg(Section):
     """MIL fusion, selection and signatures (see :mod:`hcc25d.mil`, :mod:`hcc25d.signatures`)."""
 
     #: cross-validation of the grid searches (training cohort only): ``cnn`` = the slice-level CNN's
     #: cross-fitting folds (so a cross-validated training AUC is out of sample for the whole chain), or
     #: ``stratified``: ``cv_folds`` stratified folds of their own (the paper's 5-fold CV).
-    cv: str = _choices("cnn", "stratified", default="cnn")
-    cv_folds: int = 5
+    cv: Literal["cnn", "stratified"] = "cnn"
+    #: with ``cv: stratified``: the number of folds.
+    cv_folds: int = Field(5, ge=2)
     #: class weighting of all five families (sample weights passed to the classifier's fit): ``balanced``
     #: or ``none``.
-    class_weight: str = _choices("balanced", "none", default="balanced")
+    class_weight: Literal["balanced", "none"] = "balanced"
     #: univariate filter: keep features with P below this.
-    p_threshold: float = 0.05
+    p_threshold: float = Field(0.05, gt=0, le=1)
     #: correlation pruning: drop a feature with |r| above this with a kept one.
-    corr_threshold: float = 0.9
+    corr_threshold: float = Field(0.9, gt=0, le=1)
     #: likelihood-histogram bins and bag-of-words vocabulary size.
-    n_bins: int = 10
-    n_words: int = 8
+    n_bins: int = Field(10, ge=2)
+    #: bag-of-words vocabulary size (k-means words over the instance probabilities).
+    n_words: int = Field(8, ge=2)
     #: model families (lr, rf, et, xgb, lgbm).
-    models: tuple[str, ...] = ("lr", "rf", "et", "xgb", "lgbm")
+    models: tuple[Literal["lr", "rf", "et", "xgb", "lgbm"], ...] = Field(("lr", "rf", "et", "xgb", "lgbm"), min_length=1)
     #: per-family parameter grids overriding the defaults, e.g. {rf: {max_depth: [3, 5]}}.
-    grids: dict = field(default_factory=dict)
+    grids: dict = Field(default_factory=dict)
     #: DL_2.5D model: ``cv`` = best mean CV AUC (fixed rule), or a family (``rf`` = the paper's choice).
     dl25d_model: str = "cv"
     #: clinical screening thresholds (univariable, then multivariable; the paper's Table 2 analysis).
-    clinical_p_uni: float = 0.05
-    clinical_p_multi: float = 0.05
+    clinical_p_uni: float = Field(0.05, gt=0, le=1)
+    #: multivariable threshold of the clinical screening.
+    clinical_p_multi: float = Field(0.05, gt=0, le=1)
 
 
-@dataclass(frozen=True)
-class AblationsCfg:
+class AblationsCfg(Section):
     """The ablation stage (see :mod:`hcc25d.ablation`): each variant retrains the slice-level CNN."""
 
     #: run the ablation stage at all.
@@ -270,127 +306,178 @@ class AblationsCfg:
     #: the variants beside the full model: ``2d`` (central axial slice), ``axial`` (no sagittal/coronal
     #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference), ``seed``
     #: (the full model retrained with another seed: the noise of training alone).
-    variants: tuple[str, ...] = ("2d", "axial", "arterial", "portal", "no-reference", "seed")
+    variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "seed"], ...] = (
+        "2d", "axial", "arterial", "portal", "no-reference", "seed")
     #: also regenerate the twin with its signal on the central slice and compare 2.5D with 2D there
     #: (twin runs only).
     negative_control: bool = True
 
 
-@dataclass(frozen=True)
-class ComputeCfg:
-    #: worker processes for per-patient work (-1 = all cores).
-    n_jobs: int = 2
+class ComputeCfg(Section):
+    #: worker processes for per-patient work (-1 = all cores; 0 is not allowed).
+    n_jobs: int = Field(2, ge=-1)
     #: joblib backend: ``loky`` (processes), ``threading``, ``dask`` or ``ray`` (needs those installed).
-    backend: str = _choices("loky", "threading", "dask", "ray", "sequential", default="loky")
+    backend: Literal["loky", "threading", "dask", "ray", "sequential"] = "loky"
     #: show progress bars.
     progress: bool = True
 
 
-@dataclass(frozen=True)
-class Params:
+class Params(Section):
     #: run name: results go to ``results/<run>/``.
     run: str = "synthetic"
     #: master seed: every random draw of the run derives from it.
     seed: int = 20240601
     #: a sentence describing this run (shown in the book).
     description: str = ""
-    data: DataCfg = field(default_factory=DataCfg)
-    cohort: CohortCfg = field(default_factory=CohortCfg)
-    twin: TwinCfg = field(default_factory=TwinCfg)
-    crop: CropCfg = field(default_factory=CropCfg)
-    radiomics: RadiomicsCfg = field(default_factory=RadiomicsCfg)
-    cnn: CnnCfg = field(default_factory=CnnCfg)
-    cnn3d: Cnn3dCfg = field(default_factory=Cnn3dCfg)
-    signatures: SignaturesCfg = field(default_factory=SignaturesCfg)
-    ablations: AblationsCfg = field(default_factory=AblationsCfg)
-    compute: ComputeCfg = field(default_factory=ComputeCfg)
+    data: DataCfg = Field(default_factory=DataCfg)
+    cohort: CohortCfg = Field(default_factory=CohortCfg)
+    twin: TwinCfg = Field(default_factory=TwinCfg)
+    crop: CropCfg = Field(default_factory=CropCfg)
+    radiomics: RadiomicsCfg = Field(default_factory=RadiomicsCfg)
+    cnn: CnnCfg = Field(default_factory=CnnCfg)
+    cnn3d: Cnn3dCfg = Field(default_factory=Cnn3dCfg)
+    signatures: SignaturesCfg = Field(default_factory=SignaturesCfg)
+    ablations: AblationsCfg = Field(default_factory=AblationsCfg)
+    compute: ComputeCfg = Field(default_factory=ComputeCfg)
+
+
 
 
 # --------------------------------------------------------------------------------------------------
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
-    if origin in (list, tuple):
-        (arg, *_) = typing.get_args(tp) or (Any,)
-        return f"list of {_type_name(arg)}"
-    if origin is dict:
-        return "mapping"
-    return getattr(tp, "__name__", str(tp))
+_SECTIONS = {name: f.annotation for name, f in Params.model_fields.items()}
 
 
-def _coerce(value: Any, tp: Any, where: str, errors: list[str]) -> Any:
-    """Check ``value`` against the annotation ``tp``; return the (lightly converted) value."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is typing.Union:
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+def _model_at(loc: tuple) -> Optional[type]:
+    cls: Any = Params
+    for part in loc:
+        f = getattr(cls, "model_fields", {}).get(part)
+        if f is None:
             return None
-        inner = [a for a in args if a is not type(None)]
-        sub: list[str] = []
-        out = _coerce(value, inner[0], where, sub)
-        if sub:
-            errors.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        return out
-    if origin in (list, tuple):
-        (arg, *_) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            errors.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
-            return value
-        return tuple(_coerce(v, arg, f"{where}[{i}]", errors) for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            errors.append(f"{where}: expected a mapping, got {value!r}")
-            return value
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            errors.append(f"{where}: expected a section (mapping), got {value!r}")
-            return tp()
-        return _build(tp, value, where, errors)
-    if tp is bool:
-        if not isinstance(value, bool):
-            errors.append(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            errors.append(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            errors.append(f"{where}: expected a number, got {value!r}")
-            return value
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            errors.append(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+        cls = f.annotation
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
 
-def _build(cls: type, mapping: dict, where: str, errors: list[str]):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in mapping.items():
-        loc = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            allowed = ", ".join(sorted(fields))
-            errors.append(f"{loc}: unknown key (allowed here: {allowed})")
-            continue
-        val = _coerce(value, hints[key], loc, errors)
-        choices = fields[key].metadata.get("choices")
-        if choices and val not in choices:
-            errors.append(f"{loc}: {val!r} is not one of {', '.join(map(repr, choices))}")
-        kwargs[key] = val
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "params"
+
+
+def _bound(ctx: dict) -> str:
+    for k, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+        if k in ctx:
+            return f"{sym} {ctx[k]}"
+    return ""
+
+
+def _translate(exc: ValidationError) -> list[str]:
+    """pydantic's errors as one line each: the dotted path, what is wrong, the value given."""
+    out = []
+    for e in exc.errors(include_url=False):
+        where, t, v, ctx = _loc(e["loc"]), e["type"], e.get("input"), e.get("ctx") or {}
+        if t == "extra_forbidden":
+            parent = _model_at(tuple(e["loc"][:-1]))
+            allowed = ", ".join(sorted(parent.model_fields)) if parent else ""
+            out.append(f"{where}: unknown key (allowed here: {allowed})")
+        elif t in ("int_type", "int_from_float"):
+            out.append(f"{where}: expected an integer, got {v!r}")
+        elif t == "bool_type":
+            out.append(f"{where}: expected true or false, got {v!r}")
+        elif t in ("float_type", "finite_number"):
+            hint = ""
+            try:
+                float(v)
+                hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(v, str) else ""
+            except (TypeError, ValueError):
+                pass
+            out.append(f"{where}: expected a number, got {v!r}{hint}")
+        elif t == "string_type":
+            out.append(f"{where}: expected a string, got {v!r}")
+        elif t in ("tuple_type", "list_type"):
+            out.append(f"{where}: expected a list, got {v!r}")
+        elif t in ("dict_type", "model_type", "model_attributes_type"):
+            out.append(f"{where}: expected a section (mapping), got {v!r}")
+        elif t == "literal_error":
+            out.append(f"{where}: {v!r} is not one of {ctx.get('expected', '')}")
+        elif t in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+            out.append(f"{where}: must be {_bound(ctx)}, got {v!r}")
+        elif t == "too_short":
+            out.append(f"{where}: needs at least {ctx.get('min_length')} item(s)")
+        elif t == "too_long":
+            out.append(f"{where}: allows at most {ctx.get('max_length')} item(s)")
+        else:
+            out.append(f"{where}: {e['msg']} (got {v!r})")
+    return out
+
+
+def _torchvision_models() -> set:
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
-        errors.append(f"{where or 'params'}: {exc}")
-        return cls()
+        import torchvision
+
+        return set(torchvision.models.list_models(module=torchvision.models))
+    except Exception:  # torchvision missing: the CNN stage will say so
+        return set()
+
+
+def cross_field_problems(d: dict) -> list[str]:
+    """Combinations of values that cannot work, checked on the merged params (defaults + file) even
+    when some fields are invalid themselves, so that every problem is reported in one go."""
+    errors: list[str] = []
+
+    def sec(name):
+        v = d.get(name)
+        return v if isinstance(v, dict) else {}
+
+    data, cnn, sig, abl, comp = sec("data"), sec("cnn"), sec("signatures"), sec("ablations"), sec("compute")
+    if data.get("source") == "manifest" and not data.get("manifest"):
+        errors.append("data.manifest: required when data.source is manifest (the path to your manifest CSV)")
+    if data.get("pseudonymise") is True and not str(data.get("salt") or "").strip():
+        errors.append("data.salt: required when data.pseudonymise is true (a secret string, kept fixed "
+                      "across runs; without it the pseudonyms are a plain hash anyone can recompute)")
+    if isinstance(data.get("phases"), (list, tuple)) and not data.get("phases"):
+        errors.append("data.phases: name at least one phase (plain, arterial, portal)")
+    backbones = cnn.get("backbones")
+    if isinstance(backbones, (list, tuple)) and all(isinstance(b, str) for b in backbones):
+        unknown = [b for b in backbones if b not in KNOWN_BACKBONES]
+        if unknown:
+            registry = _torchvision_models()
+            unknown = [b for b in unknown if b not in registry]
+            if unknown:
+                errors.append(f"cnn.backbones: unknown backbone(s) {', '.join(map(repr, unknown))} (litecnn or "
+                              f"a torchvision classification model, e.g. densenet121, resnet50)")
+        sel = cnn.get("selection")
+        if isinstance(sel, str) and sel != "cv" and sel not in backbones:
+            errors.append(f"cnn.selection: {sel!r} is neither 'cv' nor one of cnn.backbones "
+                          f"({', '.join(backbones)})")
+    models = sig.get("models")
+    dl = sig.get("dl25d_model")
+    if isinstance(models, (list, tuple)) and isinstance(dl, str) and dl != "cv" and dl not in models:
+        errors.append(f"signatures.dl25d_model: {dl!r} is neither 'cv' nor one of signatures.models "
+                      f"({', '.join(map(str, models))})")
+    grids = sig.get("grids")
+    if isinstance(grids, dict) and isinstance(models, (list, tuple)):
+        stray = [k for k in grids if k not in ("lr", "rf", "et", "xgb", "lgbm")]
+        if stray:
+            errors.append(f"signatures.grids: unknown family {', '.join(map(repr, stray))} "
+                          f"(lr, rf, et, xgb, lgbm)")
+    phases = data.get("phases")
+    variants = abl.get("variants")
+    if isinstance(phases, (list, tuple)) and isinstance(variants, (list, tuple)) and abl.get("enabled", True):
+        for ph in ("arterial", "portal"):
+            if ph in variants and ph not in phases:
+                errors.append(f"ablations.variants: {ph!r} (one phase) needs the {ph} phase, which "
+                              f"data.phases does not list")
+    if comp.get("n_jobs") == 0:
+        errors.append("compute.n_jobs: must be ≥ 1 or -1 (all cores), got 0")
+    return errors
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -416,25 +503,16 @@ def from_dict(mapping: dict, overrides: Optional[dict] = None, source: str = "pa
     for k, v in (overrides or {}).items():
         _set_dotted(mapping, k, v)
     errors: list[str] = []
-    params = _build(Params, mapping, "", errors)
-    if not errors:
-        errors += _cross_field_problems(params)
+    params = None
+    try:
+        params = Params.model_validate(mapping)
+    except ValidationError as exc:
+        errors += _translate(exc)
+    errors += [e for e in cross_field_problems(_merge(to_dict(Params()), mapping))
+               if not any(e.split(":")[0] == x.split(":")[0] for x in errors)]
     if errors:
-        raise ConfigError(f"{source}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
+        raise ConfigError(f"{source}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors), errors)
     return params
-
-
-def _cross_field_problems(p: Params) -> list[str]:
-    """Combinations of individually valid values that cannot work."""
-    errors = []
-    if p.data.source == "manifest" and not p.data.manifest:
-        errors.append("data.manifest: required when data.source is manifest (the path to your manifest CSV)")
-    if p.data.pseudonymise and not str(p.data.salt).strip():
-        errors.append("data.salt: required when data.pseudonymise is true (a secret string, kept fixed "
-                      "across runs; without it the pseudonyms are a plain hash anyone can recompute)")
-    if not p.data.phases:
-        errors.append("data.phases: name at least one phase (plain, arterial, portal)")
-    return errors
 
 
 def _deepcopy(d: Any) -> Any:
@@ -459,8 +537,8 @@ def load(path: str | Path, overrides: Optional[dict] = None) -> Params:
 
 def to_dict(params: Any) -> Any:
     """The config as plain Python (lists, dicts) for JSON / YAML / hashing."""
-    if dataclasses.is_dataclass(params):
-        return {f.name: to_dict(getattr(params, f.name)) for f in dataclasses.fields(params)}
+    if isinstance(params, BaseModel):
+        return {name: to_dict(getattr(params, name)) for name in type(params).model_fields}
     if isinstance(params, (list, tuple)):
         return [to_dict(v) for v in params]
     if isinstance(params, dict):
@@ -472,3 +550,135 @@ def section_dict(params: Params, names: typing.Iterable[str]) -> dict:
     """The named top-level sections/fields of ``params`` as plain Python (for stage hashing)."""
     d = to_dict(params)
     return {n: d[n] for n in names if n in d}
+
+
+# --------------------------------------------------------------------------------------------------
+# documentation from the schema
+# --------------------------------------------------------------------------------------------------
+def _comments(cls: type) -> dict:
+    """``{field: comment}`` from the ``#:`` lines right above each field in the class's source."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out, buf = {}, []
+    for ln in lines[1:]:
+        s = ln.strip()
+        if s.startswith("#:"):
+            buf.append(s[2:].strip())
+            continue
+        if ":" in s and not s.startswith(("#", '"', "'", "@", "def ")):
+            name = s.split(":", 1)[0].strip()
+            if name.isidentifier():
+                if buf:
+                    out[name] = " ".join(buf)
+                elif name in out:
+                    pass
+        if not s.startswith("#:"):
+            buf = [] if s and not s.startswith("#") else buf
+    return out
+
+
+def field_docs(cls: type = Params) -> dict:
+    """``{field: comment}`` of a section, comments inherited along the class hierarchy."""
+    docs: dict = {}
+    for klass in reversed(cls.__mro__):
+        if isinstance(klass, type) and issubclass(klass, BaseModel) and klass not in (BaseModel, Section):
+            docs.update(_comments(klass))
+    return docs
+
+
+def _type_text(ann) -> str:
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return " or ".join(_type_text(a) for a in inner) + " or null"
+    if origin is tuple:
+        return f"list of {_type_text(args[0]) if args else 'values'}"
+    if origin is Literal:
+        return "text"
+    return {int: "integer", float: "number", bool: "true/false", str: "text", dict: "mapping"}.get(
+        ann, getattr(ann, "__name__", str(ann)))
+
+
+def _constraint_text(f) -> str:
+    parts = [_type_text(f.annotation)]
+    for m in f.metadata:
+        for k, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"), ("min_length", "min items"),
+                       ("max_length", "max items")):
+            if getattr(m, k, None) is not None:
+                parts.append(f"{sym} {getattr(m, k)}")
+    ann = f.annotation
+    args = typing.get_args(ann)
+    lits = [a for a in ([ann] + list(args)) if typing.get_origin(a) is Literal]
+    if lits:
+        parts.append("one of " + ", ".join(map(str, typing.get_args(lits[0]))))
+    return "; ".join(parts)
+
+
+def reference_rows(cls: type = Params, prefix: str = "") -> list[dict]:
+    """One row per field (dotted name, default, allowed values, documentation), sections expanded."""
+    rows = []
+    docs = field_docs(cls)
+    defaults = cls()
+    for name, f in cls.model_fields.items():
+        val = getattr(defaults, name)
+        key = f"{prefix}{name}"
+        if isinstance(val, BaseModel):
+            rows += reference_rows(type(val), key + ".")
+            continue
+        rows.append({"parameter": key, "default": yaml.safe_dump(to_dict(val), default_flow_style=True,
+                                                                 width=1000).strip().removesuffix("...").strip(),
+                     "allowed": _constraint_text(f), "meaning": docs.get(name, "")})
+    return rows
+
+
+def defaults_yaml(cls: type = Params, indent: int = 0) -> str:
+    """The full default params as YAML, each field preceded by its documentation as a comment."""
+    import textwrap
+
+    docs = field_docs(cls)
+    defaults = cls()
+    out = []
+    pad = " " * indent
+    for name, f in cls.model_fields.items():
+        val = getattr(defaults, name)
+        doc = docs.get(name, "")
+        extra = _constraint_text(f)
+        text = doc + (f" [{extra}]" if extra else "")
+        for ln in textwrap.wrap(text, 100 - indent - 2) if text else []:
+            out.append(f"{pad}# {ln}")
+        if isinstance(val, BaseModel):
+            out.append(f"{pad}{name}:")
+            out.append(defaults_yaml(type(val), indent + 2))
+        else:
+            v = yaml.safe_dump(to_dict(val), default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+            out.append(f"{pad}{name}: {v}")
+    return "\n".join(out)
+
+
+def reference_markdown() -> str:
+    """The *Parameters* reference page of the book: every field of every section, generated from the
+    schema (default, allowed values, meaning)."""
+    rows = reference_rows()
+    out = ["# Parameters", "",
+           "Every parameter of a params file, generated from the package's schema (`hcc25d.config`): its",
+           "default, the values it accepts and what it does. A params file states only what differs from the",
+           "defaults; `python -m hcc25d params --defaults` prints the same as a commented YAML file, and",
+           "`python -m hcc25d check --params FILE` validates a file against it. Lists are written `[a, b]`.",
+           ""]
+    section = None
+    for r in rows:
+        sec = r["parameter"].split(".")[0] if "." in r["parameter"] else "(top level)"
+        if sec != section:
+            section = sec
+            lines = ((type(getattr(Params(), sec)).__doc__ or "").strip().splitlines()
+                     if sec != "(top level)" else [])
+            doc = lines[0] if lines and not lines[0].startswith(("A frozen params section", "Usage docs")) else ""
+            out += ["", f"## `{sec}`" if sec != "(top level)" else "## Top level", ""]
+            if doc:
+                out += [doc, ""]
+            out += ["| parameter | default | allowed | meaning |", "|---|---|---|---|"]
+        cell = lambda t: str(t).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        out.append(f"| `{r['parameter']}` | `{cell(r['default'])}` | {cell(r['allowed'])} | {cell(r['meaning'])} |")
+    return "\n".join(out) + "\n"

@@ -396,6 +396,9 @@ def build_book(run_name: str, strict: bool = True) -> Path:
     dst.mkdir(parents=True)
     for nb in toc_notebooks():
         shutil.copy2(src / nb, dst / nb)
+    gen = PROJECT_ROOT / "book" / "generated"
+    gen.mkdir(parents=True, exist_ok=True)
+    (gen / "parameters.md").write_text(_config.reference_markdown())
     figs = PROJECT_ROOT / "results" / run_name / "figures"
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(PROJECT_ROOT)]
     if strict:

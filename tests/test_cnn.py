@@ -4,10 +4,15 @@ import pandas as pd
 import pytest
 import torch
 
-from hcc25d import cnn, cnn3d
+from hcc25d import cnn, cnn3d, config
 
-PRM = {"epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
+_PRM = {"epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
        "val_fraction": 0.25, "deterministic": True, "augment": {"flip": True, "rotate_deg": 10.0, "intensity": 0.1}}
+
+
+def P(**kw):
+    """Training settings as the stages pass them: a validated, typed config section."""
+    return config.CnnCfg.model_validate(dict(_PRM, **kw))
 
 
 def tiny_model():
@@ -58,7 +63,7 @@ def test_crossfit_never_trains_on_a_patient_it_predicts():
         codes[pid] = 100 + i  # a code per patient, written into channel 2 of all its instances
         bags.x[bags.rows([pid]), 2] = codes[pid] / 1000
     Recorder.seen = []
-    prm = dict(PRM, val_fraction=0.0, augment={"flip": True})
+    prm = P(val_fraction=0.0, augment={"flip": True})
     preds, logs, models, meta = cnn.crossfit_predict(bags, Recorder, prm, seed=1, folds=3, progress=False)
     train = preds[preds["cohort"] == "training"]
     assert len(Recorder.seen) == 3 and set(models) == {"fold1", "fold2", "fold3"}
@@ -88,7 +93,7 @@ def test_out_of_fold_and_held_out_probabilities_share_one_scale():
     # probabilities of the training patients and each fold model's probabilities of the others must agree
     # (the fold models' own offsets differ, so the plain mean is narrower: it is not what fitted steps get)
     bags = make_bags(n_train=60, n_int=60, n_ext=60, inst=2, signal=1.0, seed=3)
-    prm = dict(PRM, epochs=6, lr=0.01, val_fraction=0.0)
+    prm = P(epochs=6, lr=0.01, val_fraction=0.0)
     preds, _, _, _ = cnn.crossfit_predict(bags, tiny_model, prm, seed=2, folds=3, progress=False)
     oof = preds.loc[preds["cohort"] == "training", "prob"]
     others = preds[preds["cohort"] != "training"]
@@ -103,7 +108,7 @@ def test_training_is_deterministic_and_learns():
     bags = make_bags(signal=3.0)
     y = bags.index["label"].to_numpy()
     g = bags.index["patient_id"].to_numpy()
-    prm = dict(PRM, epochs=6, lr=0.01)
+    prm = P(epochs=6, lr=0.01)
     m1, log1 = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=3, progress=False)
     m2, log2 = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=3, progress=False)
     assert np.allclose(cnn.predict(m1, bags.x), cnn.predict(m2, bags.x))
@@ -120,10 +125,10 @@ def test_learning_rate_warms_up_then_decays():
 
 def test_augmentation_keeps_intensities():
     x = torch.rand(8, 3, 16, 16)
-    out = cnn._augment(x.clone(), torch.Generator().manual_seed(0), {"flip": True}, dims=2)
+    out = cnn._augment(x.clone(), torch.Generator().manual_seed(0), config.AugmentCfg(flip=True), dims=2)
     # flips and transpositions only move pixels: each image keeps its sorted values
     assert torch.allclose(out.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
-    noisy = cnn._augment(x.clone(), torch.Generator().manual_seed(0), {"flip": False, "noise": 0.05}, dims=2)
+    noisy = cnn._augment(x.clone(), torch.Generator().manual_seed(0), config.AugmentCfg(flip=False, noise=0.05), dims=2)
     assert 0 < float((noisy - x).std()) < 0.05
 
 
@@ -146,7 +151,7 @@ def test_checkpoint_resume(tmp_path, monkeypatch):
     bags = make_bags()
     y = bags.index["label"].to_numpy()
     g = bags.index["patient_id"].to_numpy()
-    prm = dict(PRM, epochs=3, val_fraction=0.0)
+    prm = P(epochs=3, val_fraction=0.0)
     full, log_full = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=5, checkpoint=tmp_path / "full.pt", progress=False)
     steps_per_epoch = int(log_full["steps"].iloc[0])
     # a run interrupted in the middle of its third epoch (after the second epoch's checkpoint) ...
@@ -171,7 +176,7 @@ def test_checkpoint_resume(tmp_path, monkeypatch):
     assert log_res["steps"].tolist() == log_full["steps"].tolist()
     assert np.allclose(cnn.predict(full, bags.x), cnn.predict(resumed, bags.x), atol=1e-6)
     # a checkpoint of other settings is not resumed
-    other, log_other = cnn.train_model(tiny_model, bags.x, y, g, dict(prm, lr=0.001), seed=5, checkpoint=ck, progress=False)
+    other, log_other = cnn.train_model(tiny_model, bags.x, y, g, prm.model_copy(update={"lr": 0.001}), seed=5, checkpoint=ck, progress=False)
     assert log_other["steps"].tolist() == log_full["steps"].tolist()
     assert not np.allclose(cnn.predict(full, bags.x), cnn.predict(other, bags.x))
 
@@ -248,7 +253,7 @@ def test_gpu_training_step():
     bags = make_bags()
     y = bags.index["label"].to_numpy()
     g = bags.index["patient_id"].to_numpy()
-    m, log = cnn.train_model(tiny_model, bags.x, y, g, dict(PRM, amp=True), seed=1, device="cuda", progress=False)
+    m, log = cnn.train_model(tiny_model, bags.x, y, g, P(amp=True), seed=1, device="cuda", progress=False)
     assert np.isfinite(log["train_loss"]).all()
 
 
@@ -269,7 +274,7 @@ def test_deconfounded_training_receives_the_weights():
     bags = make_bags(n_train=30)
     pats = bags.patients().set_index("patient_id")
     conf = pd.DataFrame({"tumor_size": (np.arange(len(pats)) % 3 == 0).astype(int)}, index=pats.index)
-    prm = dict(PRM, val_fraction=0.0)
+    prm = P(val_fraction=0.0)
     a, _, _, _ = cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=3, progress=False)
     b, _, _, _ = cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=3, progress=False, confounders=conf)
     assert not np.allclose(a["prob"], b["prob"])  # the weighted loss trains other models

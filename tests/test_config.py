@@ -44,3 +44,59 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("run: [unclosed\n")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
         config.load(bad)
+
+
+def test_acceptance_four_bad_fields_fail_at_load_before_any_stage(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"run": "bad", "cnn": {"selection": "densenet999", "epochs": -3},
+                                 "compute": {"n_jobs": 0}, "data": {"pseudonymise": True}}))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "hcc25d", "run", "--params", str(p)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode != 0 and time.perf_counter() - t0 < 20
+    for field in ("cnn.selection", "cnn.epochs", "compute.n_jobs", "data.salt"):
+        assert f"  - {field}:" in proc.stderr, field
+    assert "running notebooks" not in proc.stdout
+
+
+@pytest.mark.parametrize("mapping,expected", [
+    ({"cnn": {"backbones": ["resnet18", "foonet"]}}, "cnn.backbones: unknown backbone(s) 'foonet'"),
+    ({"signatures": {"models": ["lr", "rf"], "dl25d_model": "xgb"}}, "signatures.dl25d_model: 'xgb' is neither"),
+    ({"signatures": {"models": ["svm"]}}, "signatures.models[0]: 'svm' is not one of"),
+    ({"data": {"phases": ["portal"]}}, "ablations.variants: 'arterial' (one phase) needs the arterial phase"),
+    ({"data": {"source": "manifest"}}, "data.manifest: required"),
+    ({"cnn": {"val_fraction": 1.0}}, "cnn.val_fraction: must be < 1"),
+    ({"cnn3d": {"folds": 1}}, "cnn3d.folds: must be ≥ 2"),
+    ({"cnn": {"lr": "1e-3"}}, "write 1.0e-3"),
+    ({"crop": {"channels": ["portal", "x"]}}, "crop.channels[1]: 'x' is not one of"),
+])
+def test_ranges_choices_and_cross_field_rules(mapping, expected):
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(mapping)
+    assert expected in str(err.value)
+
+
+def test_config_is_frozen_and_typed():
+    p = config.from_dict({"crop": {"axial_offsets": [0, 1, -1]}})
+    assert p.crop.axial_offsets == (0, 1, -1)
+    with pytest.raises(Exception):
+        p.crop.image_size = 3
+    assert isinstance(p.cnn, config.TrainCfg)
+
+
+def test_defaults_print_round_trips_and_documents_every_field():
+    import yaml
+
+    text = config.defaults_yaml()
+    assert config.to_dict(config.from_dict(yaml.safe_load(text))) == config.to_dict(config.Params())
+    rows = config.reference_rows()
+    assert len(rows) > 80
+    undocumented = [r["parameter"] for r in rows if not r["meaning"]]
+    assert not undocumented, undocumented
+    assert "| `cnn.epochs` | `20` | integer; ≥ 1 |" in config.reference_markdown()
