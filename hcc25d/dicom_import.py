@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["DicomImportError", "DEFAULT_RULES", "ImportResult", "load_rules", "phase_of", "scan", "import_dicom"]
+__all__ = ["DicomImportError", "DEFAULT_RULES", "copy_series", "example_export", "ImportResult", "load_rules", "phase_of", "scan", "import_dicom"]
 
 #: Phase-assignment rules: ``phases`` maps a phase to regular expressions matched (case-insensitively)
 #: against ``field``; a series matching ``exclude`` is never assigned.
@@ -396,3 +396,51 @@ def _rel(p: Path, base: Path) -> str:
         import os
 
         return os.path.relpath(Path(p).resolve(), base)
+
+
+# --------------------------------------------------------------------------------------------------
+# a small export arranged from the shipped samples (for the own-data chapter and the tests)
+# --------------------------------------------------------------------------------------------------
+def copy_series(files: Sequence[str | Path], dest: str | Path, description: str, patient_id: Optional[str] = None,
+                keep_uids: bool = False, prefix: str = "") -> None:
+    """Write a copy of a DICOM series into ``dest`` with another ``SeriesDescription`` (and PatientID):
+    new series and instance identifiers unless ``keep_uids``; pixels and geometry unchanged."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    uid = generate_uid()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription = description
+        if patient_id is not None:
+            ds.PatientID = patient_id
+        if not keep_uids:
+            ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(dest / f"{prefix}{Path(f).name}")
+
+
+def example_export(examples: str | Path, dest: str | Path) -> Path:
+    """Arrange the shipped samples (``data/examples``) as a small DICOM export under ``dest``:
+
+    * ``patient_a/study/``: the 3-slice abdominal CT as arterial ("ART 0.6"), portal ("PV 0.6", the
+      series the real DICOM-SEG references), non-contrast, delayed and scout series, all in one folder,
+      with the DICOM-SEG (a liver segmentation);
+    * ``patient_b/series0..2/``: the HCC_048 series as "AP", "PV" and "PRE", one folder each (no
+      segmentation: its mask comes from a mask folder).
+    """
+    examples, dest = Path(examples), Path(dest)
+    abd = sorted((examples / "abdomen_ct_3slice").glob("0*.dcm"))
+    hcc = sorted((examples / "hcc048_portal_venous_dicom").glob("*.dcm"))
+    study = dest / "patient_a" / "study"
+    copy_series(abd, study, "PV 0.6", keep_uids=True)
+    for i, d in enumerate(["ART 0.6", "NON-CONTRAST 5mm", "DELAYED 3 MIN", "Scout"]):
+        copy_series(abd, study, d, prefix=f"s{i}_")
+    import shutil
+
+    shutil.copy(examples / "abdomen_ct_3slice" / "liver.dcm", study / "seg.dcm")
+    for i, d in enumerate(["AP", "PV", "PRE"]):
+        copy_series(hcc, dest / "patient_b" / f"series{i}", d)
+    return dest

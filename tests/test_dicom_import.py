@@ -11,7 +11,6 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import yaml
-from pydicom.uid import generate_uid
 
 from hcc25d import check as chk
 from hcc25d import dicom_import as di
@@ -25,17 +24,7 @@ HEADER_TEXT = ["JANCT000", "Recon 3", "LIVER 2 PHASE", "Patient_01", "ART 0.6", 
 
 
 def _copy_series(src_files, dest: Path, patient: str, description: str, keep_uids=False):
-    dest.mkdir(parents=True, exist_ok=True)
-    series_uid = generate_uid()
-    for f in src_files:
-        ds = pydicom.dcmread(f)
-        ds.PatientID = patient
-        ds.SeriesDescription = description
-        if not keep_uids:
-            ds.SeriesInstanceUID = series_uid
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(dest / Path(f).name)
+    di.copy_series(src_files, dest, description, patient_id=patient, keep_uids=keep_uids)
 
 
 @pytest.fixture(scope="module")
