@@ -27,7 +27,6 @@ descriptions appear only in the terminal summary, so that rules can be adjusted.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence

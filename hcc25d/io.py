@@ -78,7 +78,9 @@ class RunPaths:
 
     While a stage executes under the runner, it writes into a temporary folder that the runner
     renames onto ``results/<run>/<stage>/`` only when the whole notebook succeeded; ``out_dir``
-    points there. Outside the runner (a notebook run by hand) the stage writes in place.
+    points there. Outside the runner (a notebook run by hand, ``out_dir`` empty) the stage writes to
+    ``results/<run>/scratch/<stage>/`` and says so: never silently into the recorded results, which only
+    the runner writes together with their stage record.
     """
 
     def __init__(self, run: str, stage: Optional[str] = None, out_dir: Optional[str | Path] = None,
@@ -88,7 +90,12 @@ class RunPaths:
         self.run_dir = self.root / run
         self.stage = stage
         if stage is not None:
-            self.out = Path(out_dir) if out_dir else self.run_dir / stage
+            if out_dir:
+                self.out = Path(out_dir)
+            else:
+                self.out = self.run_dir / "scratch" / stage
+                print(f"[hcc25d] not run by the runner: this notebook writes to {self.out} (scratch); "
+                      f"`python -m hcc25d run --params params/{run}.yaml --only {stage}` records results")
             self.out.mkdir(parents=True, exist_ok=True)
         else:
             self.out = None

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -47,7 +47,6 @@ class Stage:
     title: str
     deps: tuple = ()
     sections: tuple = ()
-    modules: tuple = ()
     data_files: tuple = ()
     #: dotted params keys holding a file path whose *content* is part of the stage's key
     param_files: tuple = ()
@@ -55,36 +54,34 @@ class Stage:
 
 STAGES: list[Stage] = [
     Stage("cohort", "01_cohort.ipynb", "Cohort: Tables 1 and 2", deps=(),
-          sections=("seed", "data", "cohort"), modules=("cohort", "synthetic", "manifest", "images"),
+          sections=("seed", "data", "cohort"),
           data_files=("data/table1_spec.yaml",), param_files=("cohort.spec", "data.manifest")),
     Stage("data", "01b_data.ipynb", "Images: twin or own data", deps=("cohort",),
           sections=("seed", "data", "cohort", "twin", "crop"),
-          modules=("imaging", "images", "manifest", "synthetic", "parallel", "crop25d"),
           param_files=("data.manifest",)),
     Stage("crop25d", "02_crop25d.ipynb", "2.5D cropping", deps=("data",),
-          sections=("data", "crop"), modules=("crop25d", "images", "manifest", "parallel", "cnn")),
+          sections=("data", "crop")),
     Stage("radiomics", "03_radiomics.ipynb", "Radiomics features", deps=("data",),
-          sections=("data", "radiomics"), modules=("radiomics", "crop25d", "images", "manifest", "parallel"),
+          sections=("data", "radiomics"),
           data_files=("data/ibsi_pyradiomics.yaml",), param_files=("radiomics.settings",)),
     Stage("cnn", "04_cnn.ipynb", "Slice-level CNNs", deps=("cohort", "crop25d", "data"),
-          sections=("seed", "cnn"), modules=("cnn",)),
+          sections=("seed", "cnn")),
     Stage("cnn3d", "05_cnn3d.ipynb", "3D baseline", deps=("cohort", "crop25d", "data"),
-          sections=("seed", "cnn3d"), modules=("cnn", "cnn3d")),
+          sections=("seed", "cnn3d")),
     Stage("signatures", "06_signatures.ipynb", "MIL fusion and signatures",
           deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d"),
-          sections=("seed", "signatures", "cnn", "crop"), modules=("mil", "signatures", "cohort", "cnn")),
+          sections=("seed", "signatures", "cnn", "crop")),
     Stage("evaluation", "07_evaluation.ipynb", "Evaluation", deps=("cohort", "data", "signatures"),
-          sections=(), modules=()),
+          sections=()),
     Stage("ablations", "08_ablations.ipynb", "Ablations", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "signatures"),
-          sections=("seed", "cnn", "crop", "signatures", "twin", "ablations"),
-          modules=("ablation", "cnn", "mil", "signatures", "imaging", "crop25d", "parallel")),
+          sections=("seed", "cnn", "crop", "signatures", "twin", "ablations")),
     Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction",
           deps=("cohort", "data", "cnn", "signatures", "evaluation"),
-          sections=(), modules=("cohort", "paper"), data_files=("data/paper_tables.yaml",)),
+          sections=(), data_files=("data/paper_tables.yaml",)),
     Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
-          sections=(), modules=("images", "manifest", "dicom_import")),
+          sections=()),
     Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation", "ablations", "compare", "owndata"),
-          sections=(), modules=()),
+          sections=()),
 ]
 
 
@@ -97,11 +94,70 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _code_hash(stage: Stage, nb_dir: Optional[Path] = None) -> str:
+def _imports(tree, current: Optional[str] = None, pkg_dir: Optional[Path] = None) -> set:
+    """The ``hcc25d`` modules an AST imports (absolute or, inside the package, relative imports)."""
+    import ast
+
+    pkg_dir = Path(pkg_dir) if pkg_dir else Path(__file__).parent
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("hcc25d."):
+                    found.add(a.name.split(".")[1])
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level == 1 and current is not None:   # from . import x / from .x import y
+                if base:
+                    found.add(base.split(".")[0])
+                else:
+                    found.update(a.name for a in node.names)
+            elif base == "hcc25d":
+                found.update(a.name for a in node.names)
+            elif base.startswith("hcc25d."):
+                found.add(base.split(".")[1])
+    return {m for m in found if (pkg_dir / f"{m}.py").exists()}
+
+
+def notebook_modules(notebook: Path, pkg_dir: Optional[Path] = None) -> list[str]:
+    """Every package module a stage notebook uses: what its code cells import, and what those modules
+    import in turn (also inside functions), so that a stage's key cannot omit a module it runs."""
+    import ast
+
+    nb = json.loads(Path(notebook).read_text())
+    src = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    src = "\n".join(ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!")))
+    pkg = Path(pkg_dir) if pkg_dir else Path(__file__).parent
+    todo = _imports(ast.parse(src), pkg_dir=pkg)
+    seen: set = set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo |= _imports(ast.parse((pkg / f"{m}.py").read_text()), current=m, pkg_dir=pkg) - seen
+    return sorted(seen)
+
+
+#: params sections that do not change a stage's results (workers, progress bars; the run's name)
+NEUTRAL_SECTIONS = ("compute", "run")
+
+
+def stage_sections(stage: Stage, nb_dir: Optional[Path] = None) -> list[str]:
+    """The params sections in a stage's key: those it declares (read inside package functions) and
+    every ``cfg.<section>`` its notebook mentions, except :data:`NEUTRAL_SECTIONS`."""
+    nb = json.loads((Path(nb_dir or NOTEBOOK_DIR) / stage.notebook).read_text())
+    src = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    used = set(re.findall(r"\bcfg\.(\w+)", src)) & set(_config.Params.model_fields)
+    return sorted((set(stage.sections) | used) - set(NEUTRAL_SECTIONS))
+
+
+def _code_hash(stage: Stage, nb_dir: Optional[Path] = None, pkg_dir: Optional[Path] = None) -> str:
     h = hashlib.sha256()
-    h.update((Path(nb_dir or NOTEBOOK_DIR) / stage.notebook).read_bytes())
-    pkg = Path(__file__).parent
-    for mod in sorted(set(COMMON_MODULES) | set(stage.modules)):
+    nb = Path(nb_dir or NOTEBOOK_DIR) / stage.notebook
+    h.update(nb.read_bytes())
+    pkg = Path(pkg_dir) if pkg_dir else Path(__file__).parent
+    for mod in sorted(set(COMMON_MODULES) | set(notebook_modules(nb, pkg))):
         p = pkg / f"{mod}.py"
         if p.exists():
             h.update(mod.encode() + p.read_bytes())
@@ -136,7 +192,7 @@ def _param_file_hash(params: _config.Params, dotted: str) -> Optional[str]:
 def stage_key(stage: Stage, params: _config.Params, run_dir: Path, nb_dir: Optional[Path] = None) -> str:
     payload = {
         "stage": stage.name,
-        "params": _config.section_dict(params, stage.sections),
+        "params": _config.section_dict(params, stage_sections(stage, nb_dir)),
         "run": params.run,
         "code": _code_hash(stage, nb_dir),
         "inputs": {d: dir_fingerprint(run_dir / d) for d in stage.deps},
@@ -154,7 +210,10 @@ def ensure_kernel() -> str:
     """
     name = "hcc25d-" + hashlib.sha1(sys.executable.encode()).hexdigest()[:8]
     kdir = Path(sys.prefix) / "share" / "jupyter" / "kernels" / name
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    # log level ERROR: the kernel's start-up notice about unencrypted TCP (it listens on localhost for
+    # this process only) would otherwise print once per stage
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "--IPKernelApp.log_level=ERROR",
+                     "-f", "{connection_file}"],
             "display_name": f"hcc25d (Python {platform.python_version()})", "language": "python",
             "env": {"PYTHONHASHSEED": "0"}}
     kfile = kdir / "kernel.json"
@@ -162,6 +221,58 @@ def ensure_kernel() -> str:
         kdir.mkdir(parents=True, exist_ok=True)
         kfile.write_text(json.dumps(spec, indent=1))
     return name
+
+
+class WarningTally:
+    """A stage's stderr stream: progress bars and errors pass through to the terminal; Python warnings
+    (``file:line: SomeWarning: message`` and the source line under it) are counted instead of printed,
+    so a stage shows one summary line rather than thousands of repeats."""
+
+    _WARN = re.compile(r"^(?:.*?:\d+: )?(\w*Warning): (.*)$")
+
+    def __init__(self, out=None):
+        self.out = out if out is not None else sys.stderr
+        self.counts: dict = {}
+        self._buf = ""
+        self._skip_source = False
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        while True:
+            cut = [i for i in (self._buf.find("\n"), self._buf.find("\r")) if i >= 0]
+            if not cut:
+                break
+            i = min(cut)
+            line, end, self._buf = self._buf[:i], self._buf[i], self._buf[i + 1:]
+            self._line(line, end)
+        return len(text)
+
+    def _line(self, line: str, end: str) -> None:
+        m = self._WARN.match(line.strip())
+        if m:
+            key = f"{m.group(1)}: {m.group(2)[:90]}"
+            self.counts[key] = self.counts.get(key, 0) + 1
+            self._skip_source = True
+            return
+        if self._skip_source and line.startswith((" ", "\t")) and end == "\n":
+            self._skip_source = False
+            return
+        self._skip_source = False
+        self.out.write(line + end)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._line(self._buf, "")
+            self._buf = ""
+        self.out.flush()
+
+    def summary(self) -> str:
+        n = sum(self.counts.values())
+        if not n:
+            return ""
+        top = sorted(self.counts.items(), key=lambda kv: -kv[1])[:3]
+        return (f"{n} warning(s), {len(self.counts)} distinct; most frequent: "
+                + "; ".join(f"{k} (× {v})" for k, v in top))
 
 
 def _git_commit() -> dict:
@@ -314,14 +425,16 @@ def run(params_file: str | Path, from_stage: Optional[str] = None, only: Optiona
         tmp_nb = run_dir / "notebooks" / f".running-{stage.notebook}"
         t0 = time.perf_counter()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        tally = WarningTally()
         try:
             pm.execute_notebook(
                 str(nb_dir / stage.notebook), str(tmp_nb),
                 parameters={"params_file": _rel(params_file), "out_dir": _rel(tmp), "results_root": _rel(root)},
                 kernel_name=kernel, cwd=str(PROJECT_ROOT), progress_bar=False,
-                log_output=False, stdout_file=None, stderr_file=sys.stderr,
+                log_output=False, stdout_file=None, stderr_file=tally,
             )
         except Exception as exc:  # papermill's PapermillExecutionError, a dead kernel, ...
+            tally.flush()
             failed_nb = run_dir / "notebooks" / f"{Path(stage.notebook).stem}.failed.ipynb"
             if tmp_nb.exists():
                 os.replace(tmp_nb, failed_nb)
@@ -332,8 +445,9 @@ def run(params_file: str | Path, from_stage: Optional[str] = None, only: Optiona
             write_json(prov, prov_path)
             raise StageFailed(_failure_message(stage, exc, failed_nb)) from None
         wall = time.perf_counter() - t0
+        tally.flush()
         record = {"stage": stage.name, "key": key, "started": started, "wall_s": round(wall, 2),
-                  "notebook": stage.notebook}
+                  "notebook": stage.notebook, "warnings": dict(sorted(tally.counts.items()))}
         extra = tmp / "stage_provenance.json"
         if extra.exists():
             record["notes"] = read_json(extra)
@@ -353,7 +467,8 @@ def run(params_file: str | Path, from_stage: Optional[str] = None, only: Optiona
             shutil.copy2(f, figs / f.name)
         prov["stages"][stage.name] = record
         write_json(prov, prov_path)
-        _log(f"{stage.name}: done in {wall:.1f} s")
+        _log(f"{stage.name}: done in {wall:.1f} s"
+             + (f" · {tally.summary()} (all in provenance.json)" if tally.counts else ""))
         status[stage.name] = "ran"
     write_json(prov, prov_path)
     return status

@@ -1,5 +1,6 @@
 """The stage runner: skipping, reruns on change, failure reporting, atomic stage outputs; the smoke chain."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,61 @@ def test_smoke_chain(tmp_path):
     cases = __import__("pandas").read_csv(tmp_path / "own" / "data" / "cases.csv")
     assert cases["patient_id"].str.startswith("p-").all() and len(cases) == len(sigs)
     assert not (tmp_path / "own" / "data" / "oracle.csv").exists()
+
+
+def test_stage_key_follows_what_the_notebook_imports_transitively(tmp_path):
+    """The cohort notebook imports manifest, which imports images: editing images.py must change the
+    cohort stage's key; editing a module it never reaches must not."""
+    pkg = tmp_path / "hcc25d"
+    shutil.copytree(ROOT / "hcc25d", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    cohort = next(s for s in runner.STAGES if s.name == "cohort")
+    assert "images" in runner.notebook_modules(ROOT / "notebooks" / cohort.notebook, pkg)
+    before = runner._code_hash(cohort, pkg_dir=pkg)
+    (pkg / "cnn3d.py").write_text((pkg / "cnn3d.py").read_text() + "\n# unrelated edit\n")
+    assert runner._code_hash(cohort, pkg_dir=pkg) == before
+    (pkg / "images.py").write_text((pkg / "images.py").read_text() + "\n# edit\n")
+    assert runner._code_hash(cohort, pkg_dir=pkg) != before
+
+
+def test_every_module_a_notebook_names_is_in_its_key():
+    import re
+
+    for s in runner.STAGES:
+        nb = json.loads((ROOT / "notebooks" / s.notebook).read_text())
+        src = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        named = set(re.findall(r"\bhcc25d\.(\w+)", src)) | set(re.findall(r"from hcc25d import (\w+)", src))
+        named = {m for m in named if (ROOT / "hcc25d" / f"{m}.py").exists()}
+        assert named <= set(runner.notebook_modules(ROOT / "notebooks" / s.notebook)), s.name
+        used = set(re.findall(r"\bcfg\.(\w+)", src)) - set(runner.NEUTRAL_SECTIONS)
+        assert used <= set(runner.stage_sections(s)), s.name
+
+
+def test_hand_run_writes_to_scratch_not_into_recorded_results(tmp_path, capsys):
+    from hcc25d.io import RunPaths
+
+    p = RunPaths("r", "cnn", None, tmp_path)
+    assert p.out == tmp_path / "r" / "scratch" / "cnn" and p.out.is_dir()
+    assert not (tmp_path / "r" / "cnn").exists()
+    assert "scratch" in capsys.readouterr().out
+    assert RunPaths("r", "cnn", tmp_path / "x", tmp_path).out == tmp_path / "x"
+
+
+def test_warning_tally_counts_warnings_and_passes_progress_through():
+    import io
+
+    out = io.StringIO()
+    t = runner.WarningTally(out)
+    t.write("/x/statsmodels/base/model.py:607: ConvergenceWarning: Maximum Likelihood optimization failed\n")
+    t.write("  warnings.warn(\"Maximum\", ConvergenceWarning)\n")
+    for _ in range(3):
+        t.write("/x/a.py:1: UserWarning: something odd\n  warn()\n")
+    t.write("cnn fold 1:  50%|#####     | 5/10\r")
+    t.write("cnn fold 1: 100%|##########| 10/10\n")
+    t.write("Traceback (most recent call last):\n")
+    t.flush()
+    text = out.getvalue()
+    assert "Warning" not in text and "warn(" not in text
+    assert "5/10\r" in text and "10/10\n" in text and "Traceback" in text
+    assert t.counts == {"ConvergenceWarning: Maximum Likelihood optimization failed": 1,
+                        "UserWarning: something odd": 3}
+    assert t.summary().startswith("4 warning(s), 2 distinct")
