@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hcc25d import cnn, config
+from hcc25d import cnn, config, crop25d
 from hcc25d.io import PROJECT_ROOT
 
 
@@ -35,7 +35,7 @@ def main() -> None:
         x = np.random.default_rng(0).random((bs * a.steps, 3, size, size)).astype(np.float16)
         y = (np.arange(len(x)) % 2).astype(np.float32)
     else:
-        bags = cnn.load_bags(PROJECT_ROOT / "results" / cfg.run / "crop25d")
+        bags = crop25d.load_bags(PROJECT_ROOT / "results" / cfg.run / "crop25d")
         x, y = bags.x, bags.index["label"].to_numpy().astype(np.float32)
     n = min(len(x), bs * a.steps)
     x, y = x[:n], y[:n]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hcc25d import cohort, config, crop25d, imaging, manifest, synthetic
+from hcc25d import cohort, config, crop25d, manifest, twin_clinical, twin_imaging
 from hcc25d.io import PROJECT_ROOT
 from hcc25d.parallel import map_patients
 
@@ -41,8 +41,8 @@ def main() -> None:
     else:
         tmp = tempfile.TemporaryDirectory()
         spec = cohort.load_spec(cfg.cohort.spec)
-        pts = synthetic.imaging_subset(synthetic.generate_clinical(spec, cfg.seed), a.n, cfg.seed)
-        imaging.build_twin(pts, cfg.seed, cfg.twin, Path(tmp.name), spec.variables, n_jobs=a.jobs, progress=False)
+        pts = twin_clinical.imaging_subset(twin_clinical.generate_clinical(spec, cfg.seed), a.n, cfg.seed)
+        twin_imaging.build_twin(pts, cfg.seed, cfg.twin, Path(tmp.name), spec.variables, n_jobs=a.jobs, progress=False)
         cases = manifest.validate_manifest(Path(tmp.name) / "manifest.csv")
     items = [(row, cfg.crop, cfg.data.phases) for _, row in cases.iterrows()]
     _one(items[0])  # warm-up (imports, caches)

@@ -25,10 +25,27 @@ import pandas as pd
 from . import signatures as sig
 from .stats import auc_ci, delong_test
 
-__all__ = ["Variant", "VARIANTS", "Context", "load_context", "run_variants", "negative_control",
-           "yardstick_table", "shortcut_table", "select_variants", "subset_bags", "retrain_cnn", "mil_features",
-           "evaluate_variant", "radiomics_columns", "negative_control_bags", "summary", "EXPECTED", "readout_yardstick",
-           "COHORTS"]
+__all__ = [
+    "COHORTS",
+    "Variant",
+    "VARIANTS",
+    "select_variants",
+    "subset_bags",
+    "retrain_cnn",
+    "mil_features",
+    "radiomics_columns",
+    "evaluate_variant",
+    "negative_control_bags",
+    "EXPECTED",
+    "summary",
+    "readout_yardstick",
+    "Context",
+    "load_context",
+    "run_variants",
+    "negative_control",
+    "yardstick_table",
+    "shortcut_table",
+]
 
 COHORTS = ("training", "internal", "external")
 
@@ -149,14 +166,11 @@ def evaluate_variant(name: str, X: pd.DataFrame, meta: pd.DataFrame, inst_cols, 
     Returns the table row (AUC per cohort, DeLong P against ``full`` per validation cohort) and every
     patient's probability (out-of-fold for training patients)."""
     S = cfg.signatures
-    train = (meta["cohort"] == "training").to_numpy()
     y = meta["label"].to_numpy()
     pipe = sig.fusion_pipeline(key, inst_cols, rad_cols, cfg.seed, S.n_bins, S.n_words, S.p_threshold,
                                S.corr_threshold)
-    gs, oof = sig.tune(pipe, {**sig.DEFAULT_GRIDS[key], **S.grids.get(key, {})}, X[train], y[train], cfg.seed,
-                       S.cv_folds, n_jobs=cfg.compute.n_jobs, cv=cv, class_weight=S.class_weight,
-                       sample_weight=sample_weight)
-    p = sig.with_oof(train, oof, sig.predict_views(gs, X, views or [X], train))
+    p = sig.fit_family(key, pipe, X, meta, S, cfg.seed, n_jobs=cfg.compute.n_jobs, cv=cv, views=views,
+                       sample_weight=sample_weight).scores
     row = {"variant": name, "instances per patient": len(inst_cols), "radiomics features": len(rad_cols)}
     for c in COHORTS:
         m = (meta["cohort"] == c).to_numpy()
@@ -176,7 +190,7 @@ def evaluate_variant(name: str, X: pd.DataFrame, meta: pd.DataFrame, inst_cols, 
 def _nc_worker(args):
     row, seed, twin_prm, crop_prm = args
     from .crop25d import crop_arrays, parenchyma_reference, resample_and_window
-    from .imaging import make_patient, to_images
+    from .twin_imaging import make_patient, to_images
 
     vol = make_patient(row, seed, twin_prm)
     imgs, mask = to_images(vol)
@@ -352,7 +366,7 @@ class Context:
 
 def load_context(cfg, paths) -> Context:
     """Read the upstream stages' files for the ablation stage."""
-    from .cnn import load_bags
+    from .crop25d import load_bags
     from .io import read_json
 
     patients = pd.read_csv(paths.stage_dir("cohort") / "patients.csv", dtype={"patient_id": str})

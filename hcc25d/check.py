@@ -25,7 +25,13 @@ from typing import Optional
 
 from .io import PROJECT_ROOT
 
-__all__ = ["Report", "CheckFailed", "check", "check_stamp", "resolve"]
+__all__ = [
+    "CheckFailed",
+    "Report",
+    "resolve",
+    "check",
+    "check_stamp",
+]
 
 
 class CheckFailed(ValueError):

@@ -34,18 +34,42 @@ import random
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn as nn
 
 from .config import TrainCfg, to_dict
+from .crop25d import Bags
+from .stats import auc
 
-__all__ = ["set_determinism", "LiteCNN", "build_model", "load_bags", "reference_shift", "patient_folds",
-           "train_model", "predict", "crossfit_predict", "deconfounding_weights", "ensemble", "target_layer",
-           "WeightsUnavailable"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "WeightsUnavailable",
+    "set_determinism",
+    "LiteCNN",
+    "OWN_MODELS",
+    "build_model",
+    "target_layer",
+    "reference_shift",
+    "patient_folds",
+    "predict",
+    "train_model",
+    "crossfit_predict",
+    "deconfounding_weights",
+    "ensemble",
+    "torch_device",
+    "gradcam",
+    "select_backbone",
+    "weights_info",
+    "no_imagenet_warning",
+    "train_backbones",
+    "gradcam_panels",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,39 +127,29 @@ def _replace_head(model, name: str, dropout: float):
     return model
 
 
-def _lite_class():
-    import torch
-    import torch.nn as nn
-
-    def cbr(cin, cout, stride=1):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                             nn.ReLU(inplace=True))
-
-    class LiteCNN(nn.Module):
-        """A light CNN for training from scratch on a CPU: a strided 3×3 stem, three 3×3 convolution
-        layers with batch normalisation (two 2× max-poolings between them), then global average *and*
-        global max pooling (the mean brightness and texture of the crop, and its strongest local
-        feature: a small enhancing nodule) into one logit. ``width`` channels in the stem, 2× and 4× after.
-        """
-
-        def __init__(self, in_channels: int = 3, width: int = 16, dropout: float = 0.3):
-            super().__init__()
-            w = int(width)
-            self.features = nn.Sequential(cbr(in_channels, w, 2), cbr(w, 2 * w), nn.MaxPool2d(2),
-                                          cbr(2 * w, 4 * w), nn.MaxPool2d(2), cbr(4 * w, 4 * w))
-            self.dropout = nn.Dropout(dropout)
-            self.fc = nn.Linear(8 * w, 1)
-
-        def forward(self, x):
-            f = self.features(x)
-            return self.fc(self.dropout(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)))
-
-    return LiteCNN
+def _cbr(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def LiteCNN(in_channels: int = 3, width: int = 16, dropout: float = 0.3):
-    """The CPU default network (see the class's docstring): about 60 k parameters at ``width`` 16."""
-    return _lite_class()(in_channels, width, dropout)
+class LiteCNN(nn.Module):
+    """The CPU default network (about 60 k parameters at ``width`` 16), for training from scratch: a
+    strided 3×3 stem, three 3×3 convolution layers with batch normalisation (two 2× max-poolings between
+    them), then global average *and* global max pooling (the mean brightness and texture of the crop, and
+    its strongest local feature: a small enhancing nodule) into one logit. ``width`` channels in the
+    stem, 2× and 4× after.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 16, dropout: float = 0.3):
+        super().__init__()
+        w = int(width)
+        self.features = nn.Sequential(_cbr(in_channels, w, 2), _cbr(w, 2 * w), nn.MaxPool2d(2),
+                                      _cbr(2 * w, 4 * w), nn.MaxPool2d(2), _cbr(4 * w, 4 * w))
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(8 * w, 1)
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.fc(self.dropout(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)))
 
 
 #: networks of this package (not torchvision's): name → factory(width, dropout)
@@ -215,42 +229,6 @@ def target_layer(model):
 # --------------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class Bags:
-    """All instances of a run in memory: ``x`` (N, C, H, W) float16 and one index row per instance."""
-
-    x: np.ndarray
-    index: pd.DataFrame
-
-    def patients(self) -> pd.DataFrame:
-        return self.index.groupby("patient_id", sort=True).agg(cohort=("cohort", "first"), label=("label", "first")).reset_index()
-
-    def rows(self, patient_ids) -> np.ndarray:
-        return np.flatnonzero(self.index["patient_id"].isin(set(patient_ids)).to_numpy())
-
-
-def load_bags(crop_dir: str | Path, kind: str = "instances") -> Bags:
-    """Read every bag's arrays written by the cropping stage (numpy only)."""
-    crop_dir = Path(crop_dir)
-    index = pd.read_csv(crop_dir / "index.csv", dtype={"patient_id": str, "bag": str})
-    if kind == "instances":
-        arrays, rows = [], []
-        for f, g in index.groupby("file", sort=False):
-            with np.load(crop_dir / "instances" / f) as z:
-                a = z["x"]
-            arrays.append(a[g["instance"].to_numpy()])
-            rows.append(g)
-        return Bags(np.concatenate(arrays), pd.concat(rows, ignore_index=True))
-    # cubes: one per bag
-    first = index.drop_duplicates("bag").reset_index(drop=True)
-    arrays = []
-    for f in first["file"]:
-        with np.load(crop_dir / "cubes" / f) as z:
-            arrays.append(z["x"])
-    keep = ["patient_id", "bag", "file", "cohort", "label"] + [c for c in first if c.startswith("ref_")]
-    return Bags(np.stack(arrays), first[keep].copy())
-
-
 def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.DataFrame]:
     """Shift each patient's channels so that its peritumoral parenchyma sits at the training cohort's level.
 
@@ -375,12 +353,6 @@ def predict(model, x: np.ndarray, batch_size: int = 128, device: str = "cpu", di
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _auc(y, p) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if len(set(np.asarray(y).tolist())) == 2 else float("nan")
-
-
 def _fingerprint(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -499,7 +471,7 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             yv = y[va_idx]
             eps = 1e-6
             row["val_loss"] = float(-np.mean(yv * np.log(pv + eps) + (1 - yv) * np.log(1 - pv + eps)))
-            row["val_auc"] = _auc(yv, pv)
+            row["val_auc"] = auc(yv, pv)
             score = -row["val_loss"]
         else:
             score = epoch  # fixed budget: keep the last epoch
@@ -711,3 +683,70 @@ def select_backbone(table: pd.DataFrame, rule: str) -> tuple[str, str]:
     if rule not in names:
         raise ValueError(f"cnn.selection: {rule!r} is not one of the trained backbones {names} (or 'cv')")
     return rule, f"Backbone fixed by parameter: {rule} (cnn.selection)."
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage's steps (so that the notebook cells stay a few lines each)
+# --------------------------------------------------------------------------------------------------
+def weights_info(C) -> dict:
+    """Which weights every backbone of ``C.backbones`` would really start from (``build_model``'s info)."""
+    return {name: build_model(name, C.weights, C.on_missing_weights, C.dropout, width=C.width)[1]
+            for name in C.backbones}
+
+
+def no_imagenet_warning(name: str, info: dict) -> str:
+    """The book's warning box for a backbone that falls back to random initialisation."""
+    return (f'<div class="admonition warning"><p class="admonition-title">No ImageNet weights — this is NOT '
+            f'transfer learning</p><p>{name}: {info["note"]}.</p><p>The network is trained from <b>random '
+            f'initialisation</b> (<code>cnn.on_missing_weights: random</code>). The paper fine-tuned '
+            f'ImageNet-pretrained networks; results here are of a network trained from scratch and are '
+            f'recorded as such in the provenance.</p></div>')
+
+
+def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Optional[Path] = None,
+                    confounders: Optional[pd.DataFrame] = None, model_dir: Optional[Path] = None):
+    """Cross-fit every backbone of ``C.backbones`` (:func:`crossfit_predict`) on the same folds.
+
+    Returns ``(preds, logs, models, metas)``: instance predictions of all backbones (column
+    ``backbone``), training logs, ``{backbone: {fit tag: model}}`` and each backbone's fold record. With
+    ``model_dir`` every backbone's fold models are saved there as ``<backbone>.pt``.
+    """
+    import torch
+
+    all_preds, all_logs, models, metas = [], [], {}, {}
+    for name in C.backbones:
+        make = lambda name=name: build_model(name, C.weights, C.on_missing_weights, C.dropout,  # noqa: E731
+                                             width=C.width)[0]
+        preds, logs, fitted, meta = crossfit_predict(bags, make, C, seed, folds=C.folds, prediction=C.prediction,
+                                                     device=device, cache_dir=cache_dir, name=name,
+                                                     progress=False, confounders=confounders)
+        all_preds.append(preds.assign(backbone=name))
+        all_logs.append(logs)
+        models[name], metas[name] = fitted, meta
+        if model_dir is not None:
+            Path(model_dir).mkdir(parents=True, exist_ok=True)
+            torch.save({tag: m.state_dict() for tag, m in fitted.items()}, Path(model_dir) / f"{name}.pt")
+    return pd.concat(all_preds, ignore_index=True), pd.concat(all_logs, ignore_index=True), models, metas
+
+
+def gradcam_panels(preds: pd.DataFrame, bags: Bags, fitted: dict, threshold: float,
+                   device: str = "cpu") -> list:
+    """Figure 5's panels: for one validation patient with recurrence and one without (a correctly
+    classified one at ``threshold`` when there is one, the most confident), the central axial instance
+    and its Grad-CAM of the fold-model ensemble."""
+    pat = (preds[preds["cohort"] != "training"].groupby("patient_id")
+           .agg(prob=("prob", "mean"), label=("label", "first")).reset_index())
+    scorer = ensemble(fitted)
+    panels = []
+    for lab in (1, 0):
+        ok = pat[(pat["label"] == lab) & ((pat["prob"] >= threshold) == bool(lab))]
+        cand = ok if len(ok) else pat[pat["label"] == lab]
+        if not len(cand):
+            continue
+        r = cand.sort_values("prob", ascending=(lab == 0)).iloc[0]
+        ix = bags.index
+        i = ix.index[(ix["patient_id"] == r["patient_id"]) & (ix["view"] == "axial") & (ix["offset"] == 0)][0]
+        x = bags.x[i:i + 1].astype(np.float32)
+        cam = gradcam(scorer, x, [lab], device=device)[0]
+        panels.append((f"{r['patient_id']}\n{'recurrence' if lab else 'no recurrence'}\np = {r['prob']:.2f}", x[0], cam))
+    return panels

@@ -2,53 +2,65 @@
 channels), with the same discipline as the 2.5D models (class weighting, early stopping on training
 patients, cross-fitted training predictions). Its patient probabilities are the DL_3D signature.
 
-The network follows ResNet-18's layout — a stem, four stages of two basic residual blocks with 3×3×3
-convolutions, global average pooling and a linear head — with a ``width`` parameter: 64 gives ResNet-18's
-channel widths (the ``gpu`` profile); the CPU default uses fewer channels.
+The network follows ResNet-18's layout (torchvision's ``r3d_18`` without its video-specific stem) — a
+stem, four stages of two basic residual blocks with 3×3×3 convolutions, global average pooling and a
+linear head — with a ``width`` parameter: 64 gives ResNet-18's channel widths (the ``gpu`` profile); the
+CPU default uses fewer channels.
 """
 from __future__ import annotations
 
-__all__ = ["ResNet3D", "make_resnet3d"]
+import torch.nn as nn
+
+__all__ = [
+    "BasicBlock3d",
+    "ResNet3D",
+    "make_resnet3d",
+]
 
 
-def _block(cin, cout, stride):
-    import torch.nn as nn
+class BasicBlock3d(nn.Module):
+    """Two 3×3×3 convolutions with batch norm and a residual connection (1×1×1 projection when the
+    shape changes)."""
 
-    class BasicBlock3d(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv3d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm3d(cout)
-            self.conv2 = nn.Conv3d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm3d(cout)
-            self.relu = nn.ReLU(inplace=True)
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv3d(cin, cout, 1, stride, bias=False), nn.BatchNorm3d(cout))
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv3d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(cout)
+        self.conv2 = nn.Conv3d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm3d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv3d(cin, cout, 1, stride, bias=False), nn.BatchNorm3d(cout))
 
-        def forward(self, x):
-            idt = x if self.down is None else self.down(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return self.relu(out + idt)
-
-    return BasicBlock3d()
+    def forward(self, x):
+        idt = x if self.down is None else self.down(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + idt)
 
 
-def ResNet3D(in_channels: int = 3, width: int = 64, dropout: float = 0.2):
-    """A ResNet-18-style 3D network with one output logit."""
-    import torch.nn as nn
+class ResNet3D(nn.Module):
+    """A ResNet-18-style 3D network with one output logit: ``stem`` (7³ convolution, stride 2, max
+    pooling), ``layer1``–``layer4`` (two :class:`BasicBlock3d` each; widths ``width`` × 1, 2, 4, 8) and
+    ``head`` (global average pooling, dropout, linear)."""
 
-    w = [width, 2 * width, 4 * width, 8 * width]
-    layers = [nn.Conv3d(in_channels, w[0], 7, 2, 3, bias=False), nn.BatchNorm3d(w[0]), nn.ReLU(inplace=True),
-              nn.MaxPool3d(3, 2, 1)]
-    cin = w[0]
-    for i, c in enumerate(w):
-        stride = 1 if i == 0 else 2
-        layers += [_block(cin, c, stride), _block(c, c, 1)]
-        cin = c
-    layers += [nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, 1)]
-    return nn.Sequential(*layers)
+    def __init__(self, in_channels: int = 3, width: int = 64, dropout: float = 0.2):
+        super().__init__()
+        w = [width, 2 * width, 4 * width, 8 * width]
+        self.stem = nn.Sequential(nn.Conv3d(in_channels, w[0], 7, 2, 3, bias=False), nn.BatchNorm3d(w[0]),
+                                  nn.ReLU(inplace=True), nn.MaxPool3d(3, 2, 1))
+        cin = w[0]
+        for i, c in enumerate(w):
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock3d(cin, c, 1 if i == 0 else 2),
+                                                          BasicBlock3d(c, c, 1)))
+            cin = c
+        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, 1))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.head(x)
 
 
 def make_resnet3d(width: int = 16, dropout: float = 0.2, in_channels: int = 3):

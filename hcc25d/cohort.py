@@ -25,14 +25,21 @@ import yaml
 from scipy import stats
 
 __all__ = [
+    "COHORTS",
+    "COHORT_LABELS",
+    "DEFAULT_SPEC",
+    "KNOWN_VARIABLES",
     "CohortSpecError",
     "CohortSpec",
-    "COHORTS",
-    "KNOWN_VARIABLES",
     "load_spec",
-    "table1",
-    "table2",
+    "validate_spec",
     "format_p",
+    "continuous_test",
+    "categorical_test",
+    "table1",
+    "table1_display",
+    "table2",
+    "table2_display",
 ]
 
 COHORTS = ("training", "internal", "external")
@@ -190,11 +197,11 @@ def format_p(p: float) -> str:
 
 
 def continuous_test(x0: np.ndarray, x1: np.ndarray, alpha: float = 0.05) -> tuple[float, str]:
-    """Shapiro–Wilk in each group; both normal → Student's t-test, else Mann–Whitney U (two-sided)."""
-    normal = all(stats.shapiro(x).pvalue > alpha for x in (x0, x1) if len(x) >= 3)
-    if normal:
-        return float(stats.ttest_ind(x0, x1).pvalue), "t-test"
-    return float(stats.mannwhitneyu(x0, x1, alternative="two-sided").pvalue), "Mann-Whitney U"
+    """Shapiro–Wilk in each group; both normal → Student's t-test, else Mann–Whitney U (two-sided):
+    :func:`hcc25d.stats.two_sample_test`."""
+    from .stats import two_sample_test
+
+    return two_sample_test(x0, x1, alpha)
 
 
 def categorical_test(table: np.ndarray) -> float:

@@ -24,15 +24,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "ConfigError",
+    "Section",
+    "KNOWN_BACKBONES",
+    "DataCfg",
+    "TwinCfg",
+    "CohortCfg",
+    "CropCfg",
+    "RadiomicsCfg",
+    "AugmentCfg",
+    "TrainCfg",
+    "CnnCfg",
+    "Cnn3dCfg",
+    "SignaturesCfg",
+    "AblationsCfg",
+    "ComputeCfg",
     "Params",
-    "load",
+    "cross_field_problems",
     "from_dict",
+    "load",
     "to_dict",
     "section_dict",
-    "cross_field_problems",
     "field_docs",
+    "reference_rows",
     "defaults_yaml",
-    "KNOWN_BACKBONES",
+    "reference_markdown",
 ]
 
 

@@ -33,6 +33,7 @@ Edge cases
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -42,14 +43,28 @@ from scipy import ndimage
 
 from .config import CropCfg
 
-__all__ = ["CropParams", "resample_and_window", "window", "max_area_index", "select_instances",
-           "extract_square", "crop_arrays", "channel_summary", "parenchyma_reference", "trait_readout", "crop_patient", "crop_all", "load_instances", "signal_probe"]
+__all__ = [
+    "VIEWS",
+    "window",
+    "resample_and_window",
+    "channel_summary",
+    "max_area_index",
+    "select_instances",
+    "extract_square",
+    "crop_arrays",
+    "parenchyma_reference",
+    "trait_readout",
+    "crop_patient",
+    "crop_all",
+    "Bags",
+    "load_bags",
+    "signal_probe",
+]
 
 VIEWS = ("axial", "sagittal", "coronal")
 
 
 #: the cropping parameters (the ``crop`` section of a params file)
-CropParams = CropCfg
 
 
 def window(hu: np.ndarray, width: float = 250.0, level: float = 50.0) -> np.ndarray:
@@ -75,7 +90,7 @@ def _roi_region(mask, pad_mm: float):
     return lo, hi - lo
 
 
-def resample_and_window(imgs: dict, mask, prm: CropParams, pad_mm: Optional[float] = None):
+def resample_and_window(imgs: dict, mask, prm: CropCfg, pad_mm: Optional[float] = None):
     """Resample phases and mask to ``prm.spacing_mm`` on the mask's grid (around the ROI), then window.
 
     Returns ``(volume (C, Z, Y, X) float32 in [0, 1], mask (Z, Y, X) uint8, channel names, geometry)``
@@ -166,7 +181,7 @@ def _union(boxes):
     return (min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
-def select_instances(m: np.ndarray, prm: CropParams) -> list[dict]:
+def select_instances(m: np.ndarray, prm: CropCfg) -> list[dict]:
     """The instances of one ROI (a binary (Z, Y, X) array): view, offset, slice index and crop box."""
     out = []
     axis_sum = {"axial": (1, 2), "sagittal": (0, 1), "coronal": (0, 2)}
@@ -212,7 +227,7 @@ def extract_square(plane: np.ndarray, box, margin_px: float, size: int) -> np.nd
     return out
 
 
-def _cube(vol: np.ndarray, m: np.ndarray, spacing, prm: CropParams) -> np.ndarray:
+def _cube(vol: np.ndarray, m: np.ndarray, spacing, prm: CropCfg) -> np.ndarray:
     com = np.array(ndimage.center_of_mass(m))
     n = prm.cube_size
     t = (np.arange(n) + 0.5) * prm.cube_mm / n - prm.cube_mm / 2.0
@@ -222,7 +237,7 @@ def _cube(vol: np.ndarray, m: np.ndarray, spacing, prm: CropParams) -> np.ndarra
                                              prefilter=False) for c in range(vol.shape[0])]).astype(np.float32)
 
 
-def _components(m: np.ndarray, prm: CropParams) -> list[np.ndarray]:
+def _components(m: np.ndarray, prm: CropCfg) -> list[np.ndarray]:
     lab, n = ndimage.label(m)
     if n <= 1:
         return [m.astype(bool)]
@@ -233,7 +248,7 @@ def _components(m: np.ndarray, prm: CropParams) -> list[np.ndarray]:
     return [lab == (i + 1) for i in order if sizes[i] >= prm.min_component_voxels]
 
 
-def crop_arrays(vol: np.ndarray, m: np.ndarray, prm: CropParams, spacing=(1.0, 1.0, 1.0)):
+def crop_arrays(vol: np.ndarray, m: np.ndarray, prm: CropCfg, spacing=(1.0, 1.0, 1.0)):
     """Instances of windowed arrays: returns a list of bags ``(instances (N, C, S, S), index rows, cube)``."""
     bags = []
     for roi in _components(m, prm):
@@ -320,7 +335,7 @@ def trait_readout(vol: np.ndarray, m: np.ndarray, spacing, channels=("arterial",
     return out
 
 
-def crop_patient(row: pd.Series, prm: CropParams, phases: Sequence[str], mask_label: Optional[int] = None):
+def crop_patient(row: pd.Series, prm: CropCfg, phases: Sequence[str], mask_label: Optional[int] = None):
     """Load one patient (see :func:`hcc25d.manifest.load_patient`), resample, window and crop.
 
     Returns ``(bags, channel names, parenchyma reference per channel, trait readout)`` (see
@@ -356,7 +371,7 @@ def _worker(args):
     return rows, readout
 
 
-def crop_all(cases: pd.DataFrame, prm: CropParams, phases, mask_label, out_dir: Path, n_jobs: int = 1,
+def crop_all(cases: pd.DataFrame, prm: CropCfg, phases, mask_label, out_dir: Path, n_jobs: int = 1,
              backend: str = "loky", progress: bool = True) -> pd.DataFrame:
     """Crop every case; write ``instances/<bag>.npz`` (N × C × S × S, float16), ``cubes/<bag>.npz``
     (C × D × H × W), ``trait_readout.csv`` (:func:`trait_readout`, one row per patient) and return the
@@ -373,10 +388,41 @@ def crop_all(cases: pd.DataFrame, prm: CropParams, phases, mask_label, out_dir: 
     return index
 
 
-def load_instances(crop_dir: Path, bag_file: str) -> np.ndarray:
-    """A bag's instances as float32 (N, C, S, S) — numpy only, for the CNN stages."""
-    with np.load(Path(crop_dir) / "instances" / bag_file) as z:
-        return z["x"].astype(np.float32)
+@dataclass
+class Bags:
+    """All instances of a run in memory: ``x`` (N, C, H, W) float16 and one index row per instance."""
+
+    x: np.ndarray
+    index: pd.DataFrame
+
+    def patients(self) -> pd.DataFrame:
+        return self.index.groupby("patient_id", sort=True).agg(cohort=("cohort", "first"), label=("label", "first")).reset_index()
+
+    def rows(self, patient_ids) -> np.ndarray:
+        return np.flatnonzero(self.index["patient_id"].isin(set(patient_ids)).to_numpy())
+
+
+def load_bags(crop_dir: str | Path, kind: str = "instances") -> Bags:
+    """Read every bag's arrays written by :func:`crop_all` (numpy only): ``kind`` ``instances`` (the 2.5D
+    instances, one index row each) or ``cubes`` (the 3D crops, one per bag)."""
+    crop_dir = Path(crop_dir)
+    index = pd.read_csv(crop_dir / "index.csv", dtype={"patient_id": str, "bag": str})
+    if kind == "instances":
+        arrays, rows = [], []
+        for f, g in index.groupby("file", sort=False):
+            with np.load(crop_dir / "instances" / f) as z:
+                a = z["x"]
+            arrays.append(a[g["instance"].to_numpy()])
+            rows.append(g)
+        return Bags(np.concatenate(arrays), pd.concat(rows, ignore_index=True))
+    # cubes: one per bag
+    first = index.drop_duplicates("bag").reset_index(drop=True)
+    arrays = []
+    for f in first["file"]:
+        with np.load(crop_dir / "cubes" / f) as z:
+            arrays.append(z["x"])
+    keep = ["patient_id", "bag", "file", "cohort", "label"] + [c for c in first if c.startswith("ref_")]
+    return Bags(np.stack(arrays), first[keep].copy())
 
 
 def _histogram_features(x: np.ndarray, channels, bins: int = 16) -> np.ndarray:

@@ -35,7 +35,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["DicomImportError", "DEFAULT_RULES", "copy_series", "example_export", "ImportResult", "load_rules", "phase_of", "scan", "import_dicom"]
+__all__ = [
+    "DEFAULT_RULES",
+    "DicomImportError",
+    "load_rules",
+    "phase_of",
+    "scan",
+    "ImportResult",
+    "import_dicom",
+    "copy_series",
+    "example_export",
+]
 
 #: Phase-assignment rules: ``phases`` maps a phase to regular expressions matched (case-insensitively)
 #: against ``field``; a series matching ``exclude`` is never assigned.

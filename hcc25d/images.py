@@ -18,7 +18,12 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["read_image", "verify_complete", "to_lps", "is_axis_aligned"]
+__all__ = [
+    "read_image",
+    "is_axis_aligned",
+    "to_lps",
+    "verify_complete",
+]
 
 
 def _dicom_files(folder: Path) -> list[str]:

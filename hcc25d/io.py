@@ -13,12 +13,12 @@ import pandas as pd
 
 __all__ = [
     "PROJECT_ROOT",
-    "RunPaths",
     "atomic_path",
     "write_csv",
     "write_json",
-    "write_npz",
     "read_json",
+    "write_npz",
+    "RunPaths",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -32,8 +32,21 @@ import pandas as pd
 
 from .images import _Info, read_image, verify_complete  # noqa: F401 (read_image stays part of this API)
 
-__all__ = ["ManifestError", "PHASE_COLUMNS", "read_image", "read_table", "table_problems",
-           "validate_manifest", "read_clinical", "load_patient", "pseudonymise", "COHORT_ALIASES"]
+__all__ = [
+    "PHASE_COLUMNS",
+    "REQUIRED",
+    "COHORT_ALIASES",
+    "ManifestError",
+    "pseudonymise",
+    "validate_manifest",
+    "DELIMITERS",
+    "read_table",
+    "table_problems",
+    "load_patient",
+    "read_clinical",
+    "cases",
+    "relative_cases",
+]
 
 PHASE_COLUMNS = {"plain": "image_plain", "arterial": "image_arterial", "portal": "image_portal"}
 REQUIRED = ("patient_id", "centre", "cohort", "label", "mask")

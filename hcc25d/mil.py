@@ -21,7 +21,11 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["bag_matrix", "LikelihoodHistogram", "BagOfWordsTfidf"]
+__all__ = [
+    "bag_matrix",
+    "LikelihoodHistogram",
+    "BagOfWordsTfidf",
+]
 
 
 def bag_matrix(instance_probs: pd.DataFrame, prob: str = "prob", views=None) -> pd.DataFrame:
@@ -55,11 +59,7 @@ def _fit_threshold(threshold, A: np.ndarray, y) -> float:
     return 0.5 if threshold == "youden" else float(threshold)
 
 
-def _youden(y, p):
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thr = roc_curve(y, p)
-    return float(min(thr[int(np.argmax(tpr - fpr))], 1.0))
+from .stats import youden_threshold as _youden  # noqa: E402 (one Youden rule for the package)
 
 
 class _BagTransformer(TransformerMixin, BaseEstimator):

@@ -9,7 +9,16 @@ import yaml
 
 from .cohort import COHORTS, CohortSpec
 
-__all__ = ["paper_tables", "parse_p", "p_matches", "compare_table1", "compare_table2"]
+__all__ = [
+    "PAPER_TABLES",
+    "paper_tables",
+    "parse_p",
+    "p_matches",
+    "compare_table1",
+    "compare_table2",
+    "METRICS",
+    "compare_metrics",
+]
 
 PAPER_TABLES = Path(__file__).parent / "data" / "paper_tables.yaml"
 

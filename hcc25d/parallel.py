@@ -8,7 +8,9 @@ from typing import Any, Callable, Iterable, Optional
 
 from tqdm import tqdm
 
-__all__ = ["map_patients"]
+__all__ = [
+    "map_patients",
+]
 
 
 def map_patients(fn: Callable, items: Iterable, n_jobs: int = 1, backend: str = "loky",

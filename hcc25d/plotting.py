@@ -10,7 +10,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["set_style", "savefig", "correlation_heatmap", "SYNTHETIC_NOTE"]
+__all__ = [
+    "SYNTHETIC_NOTE",
+    "set_style",
+    "savefig",
+    "correlation_heatmap",
+    "phase_gallery",
+    "instance_grid",
+    "feature_clustermap",
+    "COHORT_TITLES",
+    "roc_panels",
+    "learning_curves",
+    "gradcam_figure",
+    "grid_search_plot",
+    "calibration_panels",
+    "delong_heatmaps",
+    "decision_curves",
+    "nomogram_plot",
+    "probe_heatmap",
+    "ablation_plot",
+    "planted_contrast_heatmap",
+]
 
 SYNTHETIC_NOTE = "synthetic study twin — not patient data"
 
@@ -153,29 +173,20 @@ def feature_clustermap(features: pd.DataFrame, meta: pd.DataFrame, max_features:
 COHORT_TITLES = {"training": "Training cohort", "internal": "Internal validation", "external": "External validation"}
 
 
-def roc_panels(frame: pd.DataFrame, model_col: str, prob: str = "prob", label: str = "label",
-               cohorts=("training", "internal", "external"), title: str = "", reference: dict | None = None,
-               which: tuple = ("image", "combined")):
-    """One ROC panel per cohort, one curve per model (AUC in the legend).
+def roc_panels(result, title: str = "", reference: dict | None = None, which: tuple = ("image", "combined")):
+    """One ROC panel per cohort, one curve per model (AUC with its DeLong interval in the legend), drawn
+    from :func:`hcc25d.evaluation.roc`.
 
     ``reference``: the twin's patient-level reference AUCs (:func:`hcc25d.stats.load_reference`), shown
     under each panel's title — ``which`` picks the image-only and/or the clinical + image reference. Only
     for patient-level curves: an instance-level AUC is not comparable with a patient-level reference.
     """
-    from sklearn.metrics import roc_curve
-
-    from .stats import auc_ci
-
+    cohorts = result.cohorts
     fig, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 4.1), squeeze=False)
     for ax, c in zip(axes[0], cohorts):
-        g = frame[frame["cohort"] == c]
-        for name, h in g.groupby(model_col, sort=False):
-            h = h[h[prob].notna()]
-            if h[label].nunique() < 2:
-                continue
-            fpr, tpr, _ = roc_curve(h[label], h[prob])
-            a = auc_ci(h[label], h[prob])
-            ax.plot(fpr, tpr, lw=1.6, label=f"{name}: {a.auc:.3f} ({a.low:.3f}–{a.high:.3f})")
+        for _, r in result.summary[result.summary["cohort"] == c].iterrows():
+            fpr, tpr = result.curves[(r["model"], c)]
+            ax.plot(fpr, tpr, lw=1.6, label=f"{r['model']}: {r['auc']:.3f} ({r['low']:.3f}–{r['high']:.3f})")
         ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=0.8)
         t = COHORT_TITLES.get(c, c)
         if reference:
@@ -253,25 +264,16 @@ def grid_search_plot(results: dict):
     return fig
 
 
-def calibration_panels(frame: pd.DataFrame, signatures, cohorts=("training", "internal", "external"), n_bins: int = 5,
-                       fitted: bool = False):
-    """Figure 8A: calibration curves (scikit-learn's ``calibration_curve``, quantile bins) per cohort,
-    one line per signature, with the Hosmer–Lemeshow P value in the legend (``fitted``: whether the
-    probabilities were fitted on these patients, which sets the test's degrees of freedom)."""
-    from sklearn.calibration import calibration_curve
-
-    from .stats import hosmer_lemeshow
-
+def calibration_panels(result):
+    """Figure 8A: calibration curves per cohort, one line per signature, with the Hosmer–Lemeshow P value
+    in the legend, drawn from :func:`hcc25d.evaluation.calibration`."""
+    cohorts = result.cohorts
     fig, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 4.1), squeeze=False)
+    hl = result.hl.set_index(["signature", "cohort"]) if len(result.hl) else None
     for ax, c in zip(axes[0], cohorts):
-        g = frame[frame["cohort"] == c]
-        for s in signatures:
-            h = g[g[s].notna()]
-            if h["label"].nunique() < 2:
-                continue
-            frac, mean = calibration_curve(h["label"], h[s], n_bins=n_bins, strategy="quantile")
-            hl = hosmer_lemeshow(h["label"], np.clip(h[s], 1e-6, 1 - 1e-6), fitted=fitted)
-            ax.plot(mean, frac, "o-", ms=3, lw=1.3, label=f"{s} (HL P = {hl.p_value:.3f})")
+        for s, g in result.curves[result.curves["cohort"] == c].groupby("signature", sort=False):
+            p = hl.loc[(s, c), "p_value"]
+            ax.plot(g["predicted"], g["observed"], "o-", ms=3, lw=1.3, label=f"{s} (HL P = {p:.3f})")
         ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=0.8, label="perfect")
         ax.set(title=COHORT_TITLES.get(c, c), xlabel="predicted probability", ylabel="observed frequency",
                xlim=(0, 1), ylim=(0, 1.02))
@@ -280,65 +282,46 @@ def calibration_panels(frame: pd.DataFrame, signatures, cohorts=("training", "in
     return fig
 
 
-def delong_heatmaps(frame: pd.DataFrame, signatures, cohorts=("training", "internal", "external")):
-    """Figure 8B: paired DeLong P values between every pair of signatures, one heat map per cohort."""
+def delong_heatmaps(tables: dict):
+    """Figure 8B: paired DeLong P values between every pair of signatures, one heat map per cohort, drawn
+    from :func:`hcc25d.evaluation.delong_matrix`."""
     import seaborn as sns
 
-    from .stats import delong_test
-
-    fig, axes = plt.subplots(1, len(cohorts), figsize=(4.0 * len(cohorts), 3.6), squeeze=False)
-    tables = {}
-    for ax, c in zip(axes[0], cohorts):
-        g = frame[frame["cohort"] == c].dropna(subset=list(signatures))
-        P = pd.DataFrame(np.nan, index=list(signatures), columns=list(signatures))
-        for a in signatures:
-            for b in signatures:
-                P.loc[a, b] = 1.0 if a == b else delong_test(g["label"], g[a], g[b]).p_value
-        tables[c] = P
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.0 * len(tables), 3.6), squeeze=False)
+    for ax, (c, P) in zip(axes[0], tables.items()):
         sns.heatmap(P, annot=True, fmt=".3f", cmap="rocket_r", vmin=0, vmax=1, ax=ax, cbar=False,
                     annot_kws={"fontsize": 8})
         ax.set_title(COHORT_TITLES.get(c, c))
     fig.tight_layout()
-    return fig, tables
+    return fig
 
 
-def decision_curves(frame: pd.DataFrame, signatures, cohorts=("training", "internal", "external"),
-                    thresholds=None):
-    """Figure 8C: net benefit of each signature, treat-all and treat-none, per cohort."""
-    from .stats import net_benefit
-
-    thresholds = np.round(np.arange(0.01, 0.96, 0.01), 2) if thresholds is None else thresholds
+def decision_curves(nb: pd.DataFrame):
+    """Figure 8C: net benefit of each signature, treat-all and treat-none, per cohort, drawn from
+    :func:`hcc25d.evaluation.decision_curves`."""
+    cohorts = list(dict.fromkeys(nb["cohort"]))
     fig, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 4.0), squeeze=False)
-    rows = []
     for ax, c in zip(axes[0], cohorts):
-        g = frame[frame["cohort"] == c]
-        all_line = None
-        for s in signatures:
-            h = g[g[s].notna()]
-            nb = net_benefit(h["label"], h[s], thresholds)
-            ax.plot(nb["threshold"], nb["model"], lw=1.4, label=s)
-            all_line = nb
-            rows.append(nb.assign(signature=s, cohort=c))
-        if all_line is not None:
-            ax.plot(all_line["threshold"], all_line["treat_all"], c="0.5", lw=1, ls="-.", label="treat all")
+        g = nb[nb["cohort"] == c]
+        last = None
+        for s, h in g.groupby("signature", sort=False):
+            ax.plot(h["threshold"], h["model"], lw=1.4, label=s)
+            last = h
+        if last is not None:
+            ax.plot(last["threshold"], last["treat_all"], c="0.5", lw=1, ls="-.", label="treat all")
             ax.axhline(0, c="0.2", lw=0.8, label="treat none")
-        prev = g["label"].mean()
+        prev = float(g["prevalence"].iloc[0])
         ax.set(title=COHORT_TITLES.get(c, c), xlabel="threshold probability", ylabel="net benefit",
                ylim=(-0.1, max(0.05, prev) * 1.1), xlim=(0, 1))
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return fig, pd.concat(rows, ignore_index=True)
+    return fig
 
 
-def nomogram_plot(intercept: float, coefs: dict, axes_values: dict, labels: dict | None = None,
-                  risk_ticks=(0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95), title: str = ""):
-    """Figure 9: a nomogram of a logistic model, points scaled as ``rms::nomogram`` scales them."""
-    from .stats import nomogram_scale
-
-    nomo = nomogram_scale(coefs, axes_values)
-    scale, offset = nomo["scale"], nomo["offset"]
+def nomogram_plot(nomo, labels: dict | None = None, title: str = ""):
+    """Figure 9: a nomogram (:func:`hcc25d.evaluation.nomogram`), points scaled as ``rms::nomogram``."""
     labels = labels or {}
-    names = list(coefs)
+    names = list(nomo.points)
     n_rows = len(names) + 3
     fig, ax = plt.subplots(figsize=(9, 0.7 * n_rows + 0.6))
     y = n_rows
@@ -354,34 +337,20 @@ def nomogram_plot(intercept: float, coefs: dict, axes_values: dict, labels: dict
     axis_row(y, pts, [f"{p:g}" for p in pts], "Points")
     for name in names:
         y -= 1
-        vals = np.asarray(axes_values[name], float)
-        p = nomo["points"][name]
-        axis_row(y, p, [f"{v:g}" for v in vals], labels.get(name, name))
-    # total points and risk
+        axis_row(y, nomo.points[name], [f"{v:g}" for v in nomo.axes[name]], labels.get(name, name))
     y -= 1
-    max_total = sum(v.max() for v in nomo["points"].values())
-    tp = np.asarray(stats_pretty_total(max_total))
-    axis_row(y, tp * 100 / max_total, [f"{t:g}" for t in tp], "Total points")
+    axis_row(y, nomo.total_ticks * 100 / nomo.max_total, [f"{t:g}" for t in nomo.total_ticks], "Total points")
     y -= 1
-    lp = np.log(np.asarray(risk_ticks) / (1 - np.asarray(risk_ticks)))
-    tot = (lp - intercept - offset) * scale
-    ok = (tot >= 0) & (tot <= max_total)
-    axis_row(y, tot[ok] * 100 / max_total, [f"{r:g}" for r in np.asarray(risk_ticks)[ok]], "Risk of early recurrence")
+    axis_row(y, nomo.risk_points * 100 / nomo.max_total, [f"{r:g}" for r in nomo.risk_ticks],
+             "Risk of early recurrence")
     ax.set_xlim(-40, 108)
     ax.set_ylim(y - 0.6, n_rows + 0.8)
     ax.axis("off")
     ax.text(50, y - 0.55, "Total-points and risk rows are drawn on a 0–100 width: a total of T points sits at T × 100 / "
-            f"{max_total:.0f}.", ha="center", fontsize=7, color="0.4")
+            f"{nomo.max_total:.0f}.", ha="center", fontsize=7, color="0.4")
     if title:
         ax.set_title(title)
-    return fig, nomo
-
-
-def stats_pretty_total(max_total: float):
-    from .stats import r_pretty
-
-    v = r_pretty(0, max_total)
-    return v[v <= max_total + 1e-9]
+    return fig
 
 
 def probe_heatmap(probe: pd.DataFrame):
@@ -432,7 +401,7 @@ def ablation_plot(table: pd.DataFrame, cohorts=("training", "internal", "externa
 
 def planted_contrast_heatmap(pc: pd.DataFrame):
     """The twin's planted contrast per trait (panels), phase (rows) and instance slot (columns), averaged
-    over the probed patients (:func:`hcc25d.imaging.planted_contrast`)."""
+    over the probed patients (:func:`hcc25d.twin_imaging.planted_contrast`)."""
     import seaborn as sns
 
     traits = list(dict.fromkeys(pc["trait"]))

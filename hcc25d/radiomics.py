@@ -17,8 +17,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["load_settings", "make_extractor", "extract_patient", "extract_all", "compare_baselines",
-           "ibsi_table", "feature_counts"]
+__all__ = [
+    "IBSI_MAP",
+    "load_settings",
+    "make_extractor",
+    "extract_patient",
+    "extract_all",
+    "feature_counts",
+    "compare_baselines",
+    "ibsi_table",
+]
 
 logging.getLogger("radiomics").setLevel(logging.ERROR)
 try:  # PyRadiomics installs its own stderr handler at INFO; keep only errors

@@ -31,7 +31,26 @@ from typing import Iterable, Optional
 from . import config as _config
 from .io import PROJECT_ROOT, read_json, write_json
 
-__all__ = ["Stage", "STAGES", "StageFailed", "run", "stage_key", "build_book", "ensure_kernel"]
+__all__ = [
+    "NOTEBOOK_DIR",
+    "COMMON_MODULES",
+    "KEY_PACKAGES",
+    "Stage",
+    "STAGES",
+    "StageFailed",
+    "notebook_modules",
+    "NEUTRAL_SECTIONS",
+    "stage_sections",
+    "dir_fingerprint",
+    "stage_key",
+    "ensure_kernel",
+    "WarningTally",
+    "package_versions",
+    "pre_check",
+    "run",
+    "toc_notebooks",
+    "build_book",
+]
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 COMMON_MODULES = ("config", "io", "plotting", "stats")

@@ -15,22 +15,50 @@ weights, :func:`balanced_weights`), passed to the classifier's ``fit``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _st
 from sklearn.base import BaseEstimator, clone
 from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["UnivariateFilter", "CorrelationPruner", "LassoSelector", "ClinicalScreen", "MODEL_NAMES",
-           "DEFAULT_GRIDS", "make_classifier", "fusion_pipeline", "clinical_pipeline", "combined_pipeline",
-           "folds_cv", "balanced_weights", "tune", "select_signature", "clinical_screen", "fit_combined",
-           "predict_combined", "FitRecorder", "FitLog", "build_models", "with_oof", "selected_features",
-           "heldout_views", "predict_views"]
+from .stats import two_sample_test
 
-MODEL_NAMES = {"lr": "LR", "rf": "RandomForest", "et": "ExtraTrees", "xgb": "XGBoost", "lgbm": "LightGBM"}
+__all__ = [
+    "DEFAULT_GRIDS",
+    "UnivariateFilter",
+    "CorrelationPruner",
+    "LassoSelector",
+    "FitLog",
+    "FitRecorder",
+    "ClinicalScreen",
+    "FAMILIES",
+    "MODEL_NAMES",
+    "make_classifier",
+    "family_grid",
+    "fusion_pipeline",
+    "folds_cv",
+    "balanced_weights",
+    "tune",
+    "select_signature",
+    "clinical_screen",
+    "clinical_pipeline",
+    "combined_pipeline",
+    "fit_combined",
+    "predict_combined",
+    "heldout_views",
+    "predict_views",
+    "FamilyResult",
+    "fit_family",
+    "build_models",
+    "clinical_families",
+    "table4",
+    "selected_features",
+    "with_oof",
+]
+
 
 DEFAULT_GRIDS = {
     "lr": {"C": [0.01, 0.1, 1.0]},
@@ -61,8 +89,7 @@ class UnivariateFilter(SelectorMixin, BaseEstimator):
             a, b = A[y == 0, j], A[y == 1, j]
             if np.nanstd(A[:, j]) == 0 or len(a) < 2 or len(b) < 2:
                 continue
-            normal = all(len(v) >= 3 and np.std(v) > 0 and _st.shapiro(v).pvalue > self.alpha_normal for v in (a, b))
-            p[j] = _st.ttest_ind(a, b).pvalue if normal else _st.mannwhitneyu(a, b, alternative="two-sided").pvalue
+            p[j] = two_sample_test(a, b, self.alpha_normal)[0]
         self.pvalues_ = np.nan_to_num(p, nan=1.0)
         mask = self.pvalues_ < self.p_threshold
         if mask.sum() < self.min_features:
@@ -206,28 +233,59 @@ class ClinicalScreen(SelectorMixin, BaseEstimator):
         return self.support_
 
 
+def _lr(seed):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=5000, random_state=seed)
+
+
+def _rf(seed):
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(random_state=seed, n_jobs=1)
+
+
+def _et(seed):
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    return ExtraTreesClassifier(random_state=seed, n_jobs=1)
+
+
+def _xgb(seed):
+    from xgboost import XGBClassifier
+
+    return XGBClassifier(random_state=seed, n_jobs=1, eval_metric="logloss", verbosity=0)
+
+
+def _lgbm(seed):
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(random_state=seed, n_jobs=1, verbose=-1)
+
+
+#: the classifier families: key -> (display name, constructor taking a seed, default grid)
+FAMILIES = {
+    "lr": ("LR", _lr, DEFAULT_GRIDS["lr"]),
+    "rf": ("RandomForest", _rf, DEFAULT_GRIDS["rf"]),
+    "et": ("ExtraTrees", _et, DEFAULT_GRIDS["et"]),
+    "xgb": ("XGBoost", _xgb, DEFAULT_GRIDS["xgb"]),
+    "lgbm": ("LightGBM", _lgbm, DEFAULT_GRIDS["lgbm"]),
+}
+
+
+MODEL_NAMES = {k: v[0] for k, v in FAMILIES.items()}
+
+
 def make_classifier(key: str, seed: int):
-    if key == "lr":
-        from sklearn.linear_model import LogisticRegression
+    """A classifier of the family ``key`` (:data:`FAMILIES`), single-threaded, seeded."""
+    if key not in FAMILIES:
+        raise ValueError(f"unknown model {key!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[key][1](seed)
 
-        return LogisticRegression(max_iter=5000, random_state=seed)
-    if key == "rf":
-        from sklearn.ensemble import RandomForestClassifier
 
-        return RandomForestClassifier(random_state=seed, n_jobs=1)
-    if key == "et":
-        from sklearn.ensemble import ExtraTreesClassifier
-
-        return ExtraTreesClassifier(random_state=seed, n_jobs=1)
-    if key == "xgb":
-        from xgboost import XGBClassifier
-
-        return XGBClassifier(random_state=seed, n_jobs=1, eval_metric="logloss", verbosity=0)
-    if key == "lgbm":
-        from lightgbm import LGBMClassifier
-
-        return LGBMClassifier(random_state=seed, n_jobs=1, verbose=-1)
-    raise ValueError(f"unknown model {key!r} (known: {', '.join(MODEL_NAMES)})")
+def family_grid(key: str, S) -> dict:
+    """The family's default grid updated by ``signatures.grids`` of the params."""
+    return {**FAMILIES[key][2], **(S.grids.get(key, {}) if S is not None else {})}
 
 
 def fusion_pipeline(key: str, inst_cols: Sequence[str], rad_cols: Sequence[str], seed: int, n_bins: int = 10,
@@ -398,26 +456,90 @@ def predict_views(estimator, X: pd.DataFrame, views: Sequence[pd.DataFrame], tra
     return p
 
 
-def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, seed: int, n_jobs: int = 1,
-                 recorder: Optional[list] = None, cv=None, models: Optional[Sequence[str]] = None,
-                 views: Optional[Sequence[pd.DataFrame]] = None, sample_weight: Optional[np.ndarray] = None) -> dict:
-    """Tune every model family of ``S.models`` on the training rows of ``X`` and score every row.
+@dataclass
+class FamilyResult:
+    """One tuned classifier family: its grid search, its out-of-fold training probabilities and every
+    row's probabilities, with the threshold chosen on the out-of-fold ones (Youden)."""
 
-    Returns ``{key: {"search": GridSearchCV, "oof": out-of-fold training probabilities,
-    "proba": probabilities of every row from the refitted best pipeline}}`` — for internal and external
-    rows the mean over the fold-model ``views`` (:func:`heldout_views`) when given. Only
-    ``X[meta.cohort == "training"]`` is ever passed to ``fit``; the other rows are only predicted.
-    """
+    key: str
+    search: object               # the fitted GridSearchCV (refitted on all training rows)
+    oof: np.ndarray              # training rows: out of fold
+    proba: np.ndarray            # every row: the refitted pipeline's (validation rows: mean over views)
+    insample: np.ndarray         # every row: the refitted pipeline's own prediction (the paper's way)
+    train: np.ndarray            # boolean mask of the training rows
+    y_train: np.ndarray          # the training rows' labels
+
+    @property
+    def name(self) -> str:
+        return FAMILIES[self.key][0]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Every row's honest probability: out of fold for training rows."""
+        return with_oof(self.train, self.oof, self.proba)
+
+    @property
+    def cv_auc(self) -> float:
+        return float(self.search.best_score_)
+
+    @property
+    def threshold(self) -> float:
+        from .stats import youden_threshold
+
+        return youden_threshold(self.y_train, self.oof)
+
+    @property
+    def best_params(self) -> dict:
+        return {k.replace("model__", ""): v for k, v in self.search.best_params_.items()}
+
+
+def fit_family(key: str, pipe, X: pd.DataFrame, meta: pd.DataFrame, S, seed: int, n_jobs: int = 1, cv=None,
+               views: Optional[Sequence[pd.DataFrame]] = None,
+               sample_weight: Optional[np.ndarray] = None) -> FamilyResult:
+    """Tune one family's pipeline on the training rows (:func:`tune`) and score every row. Only
+    ``X[meta.cohort == "training"]`` is ever passed to ``fit``; the other rows are only predicted (the mean
+    over the fold-model ``views``, :func:`heldout_views`, when given)."""
     train = (meta["cohort"] == "training").to_numpy()
     y = meta["label"].to_numpy()
-    out = {}
-    for key in (models or S.models):
-        pipe = fusion_pipeline(key, inst_cols, rad_cols, seed, S.n_bins, S.n_words, S.p_threshold,
-                               S.corr_threshold, recorder=recorder)
-        gs, oof = tune(pipe, {**DEFAULT_GRIDS[key], **S.grids.get(key, {})}, X[train], y[train], seed,
-                       S.cv_folds, n_jobs=n_jobs, cv=cv, class_weight=S.class_weight, sample_weight=sample_weight)
-        out[key] = {"search": gs, "oof": oof, "proba": predict_views(gs, X, views or [X], train)}
-    return out
+    gs, oof = tune(pipe, family_grid(key, S), X[train], y[train], seed, S.cv_folds, n_jobs=n_jobs, cv=cv,
+                   class_weight=S.class_weight, sample_weight=sample_weight)
+    return FamilyResult(key, gs, oof, predict_views(gs, X, views or [X], train), gs.predict_proba(X)[:, 1],
+                        train, y[train])
+
+
+def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, seed: int, n_jobs: int = 1,
+                 recorder: Optional[list] = None, cv=None, models: Optional[Sequence[str]] = None,
+                 views: Optional[Sequence[pd.DataFrame]] = None,
+                 sample_weight: Optional[np.ndarray] = None) -> dict:
+    """The DL_2.5D families: every family of ``S.models`` tuned on the fusion pipeline
+    (:func:`fusion_pipeline`) — ``{key: FamilyResult}``."""
+    return {key: fit_family(key, fusion_pipeline(key, inst_cols, rad_cols, seed, S.n_bins, S.n_words,
+                                                 S.p_threshold, S.corr_threshold, recorder=recorder),
+                            X, meta, S, seed, n_jobs=n_jobs, cv=cv, views=views, sample_weight=sample_weight)
+            for key in (models or S.models)}
+
+
+def clinical_families(C: pd.DataFrame, meta: pd.DataFrame, S, seed: int, n_jobs: int = 1, cv=None) -> dict:
+    """The clinical signature's families: every family of ``S.models`` on the clinical variables, with
+    the paper's screening (:class:`ClinicalScreen`) refitted inside each fold — ``{key: FamilyResult}``."""
+    if C.shape[1] == 0:
+        return {}
+    return {key: fit_family(key, clinical_pipeline(key, seed, S.clinical_p_uni, S.clinical_p_multi),
+                            C, meta, S, seed, n_jobs=n_jobs, cv=cv) for key in S.models}
+
+
+def table4(results: dict, meta: pd.DataFrame, reference: Optional[dict] = None) -> pd.DataFrame:
+    """Table 4: each family's metrics per cohort (cross-validated training row and the in-sample one),
+    its threshold chosen on the out-of-fold training probabilities, its CV AUC and best parameters."""
+    from .evaluation import metrics_table
+
+    rows = []
+    for r in results.values():
+        frame = meta.assign(prob=r.scores, prob_insample=r.insample)
+        t = metrics_table(frame, insample="prob_insample", threshold=r.threshold, reference=reference,
+                          training_label="training (cross-validated)")
+        rows.append(t.assign(model=r.name, cv_auc=r.cv_auc, best_params=str(r.best_params)))
+    return pd.concat(rows, ignore_index=True)
 
 
 def selected_features(pipe) -> pd.DataFrame:

@@ -18,9 +18,24 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-__all__ = ["AUCResult", "DeLongResult", "auc_ci", "delong_test", "delong_cov", "binary_metrics",
-           "youden_threshold", "reference_auc_table", "load_reference", "REFERENCE_COLUMNS", "metrics_by_cohort", "HLResult", "hosmer_lemeshow",
-           "net_benefit", "r_pretty", "nomogram_scale"]
+__all__ = [
+    "AUCResult",
+    "DeLongResult",
+    "delong_cov",
+    "auc_ci",
+    "delong_test",
+    "youden_threshold",
+    "binary_metrics",
+    "reference_auc_table",
+    "REFERENCE_COLUMNS",
+    "load_reference",
+    "metrics_by_cohort",
+    "HLResult",
+    "hosmer_lemeshow",
+    "net_benefit",
+    "r_pretty",
+    "nomogram_scale",
+]
 
 AUCResult = namedtuple("AUCResult", ["auc", "low", "high"])
 DeLongResult = namedtuple("DeLongResult", ["z", "p_value", "auc_a", "auc_b"])
@@ -96,6 +111,27 @@ def delong_test(y_true, score_a, score_b) -> DeLongResult:
         return DeLongResult(0.0, 1.0, float(aucs[0]), float(aucs[1]))
     z = float((aucs[0] - aucs[1]) / np.sqrt(var))
     return DeLongResult(z, float(2 * _st.norm.sf(abs(z))), float(aucs[0]), float(aucs[1]))
+
+
+def auc(y_true, y_prob) -> float:
+    """The area under the ROC curve; NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true)
+    return float(roc_auc_score(y, y_prob)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def two_sample_test(x0, x1, alpha: float = 0.05) -> tuple[float, str]:
+    """The paper's rule for a continuous variable between two groups: Student's t-test when both pass
+    Shapiro–Wilk at ``alpha`` (a group with fewer than 3 values or no spread counts as not normal), else
+    Mann–Whitney U (two-sided). Returns ``(P, test name)``."""
+    from scipy import stats as st
+
+    x0, x1 = np.asarray(x0, float), np.asarray(x1, float)
+    normal = all(len(v) >= 3 and np.std(v) > 0 and st.shapiro(v).pvalue > alpha for v in (x0, x1))
+    if normal:
+        return float(st.ttest_ind(x0, x1).pvalue), "t-test"
+    return float(st.mannwhitneyu(x0, x1, alternative="two-sided").pvalue), "Mann-Whitney U"
 
 
 def youden_threshold(y_true, y_prob) -> float:

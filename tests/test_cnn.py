@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hcc25d import cnn, cnn3d, config
+from hcc25d import cnn, cnn3d, config, crop25d, stats
 
 _PRM = {"epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
        "val_fraction": 0.25, "deterministic": True, "augment": {"flip": True, "rotate_deg": 10.0, "intensity": 0.1}}
@@ -35,7 +35,7 @@ def make_bags(n_train=24, n_int=8, n_ext=8, inst=3, size=16, signal=1.0, seed=0)
                 rows.append({"patient_id": pid, "bag": pid, "instance": j, "cohort": cohort, "label": y,
                              "view": "axial", "offset": j})
                 k += 1
-    return cnn.Bags(np.stack(xs).astype(np.float16), pd.DataFrame(rows))
+    return crop25d.Bags(np.stack(xs).astype(np.float16), pd.DataFrame(rows))
 
 
 class Recorder(torch.nn.Module):
@@ -112,7 +112,7 @@ def test_training_is_deterministic_and_learns():
     m1, log1 = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=3, progress=False)
     m2, log2 = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=3, progress=False)
     assert np.allclose(cnn.predict(m1, bags.x), cnn.predict(m2, bags.x))
-    assert cnn._auc(y, cnn.predict(m1, bags.x)) > 0.9
+    assert stats.auc(y, cnn.predict(m1, bags.x)) > 0.9
     assert {"epoch", "train_loss", "lr", "steps", "seconds", "images_per_s"} <= set(log1.columns)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hcc25d import cohort, paper, synthetic
+from hcc25d import cohort, paper, twin_clinical
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def spec():
 
 @pytest.fixture(scope="module")
 def patients(spec):
-    return synthetic.generate_clinical(spec, 20240601)
+    return twin_clinical.generate_clinical(spec, 20240601)
 
 
 def raw_spec():

@@ -5,6 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from hcc25d import config, crop25d, manifest
+from hcc25d import images
 
 P = config.CropCfg
 
@@ -105,8 +106,8 @@ def test_ties_are_deterministic():
 
 def test_lung1_real_ct(examples):
     d = examples / "lung1_ct"
-    img = manifest.read_image(d / "lung1_image.nrrd")
-    lab = manifest.read_image(d / "lung1_label.nrrd")
+    img = images.read_image(d / "lung1_image.nrrd")
+    lab = images.read_image(d / "lung1_label.nrrd")
     assert np.isclose(img.GetSpacing()[2], 5.0, atol=0.1)
     m0 = sitk.GetArrayFromImage(lab) > 0
     k0 = int(np.argmax(m0.sum(axis=(1, 2))))
@@ -140,12 +141,12 @@ def test_lung1_real_ct(examples):
 
 
 def test_twin_patient_channels_in_paper_order(tmp_path):
-    from hcc25d import cohort, imaging, synthetic
+    from hcc25d import cohort, twin_clinical, twin_imaging
 
-    pts = synthetic.generate_clinical(cohort.load_spec(), 20240601)
+    pts = twin_clinical.generate_clinical(cohort.load_spec(), 20240601)
     big = pts[(pts.necrosis == 0) & (pts.tumor_size == 1) & (pts.centre == 1)]
     rows = pd.concat([big[big.label == 1].iloc[:1], big[big.label == 0].iloc[:1]]).assign(cohort="training")
-    imaging.build_twin(rows, 20240601, config.TwinCfg(), tmp_path, [])
+    twin_imaging.build_twin(rows, 20240601, config.TwinCfg(), tmp_path, [])
     case = manifest.validate_manifest(tmp_path / "manifest.csv").iloc[0]
     (bags, names, ref, readout) = crop25d.crop_patient(case, P(image_size=64), ("plain", "arterial", "portal"))
     inst, idx, cube = bags[0]
@@ -174,16 +175,16 @@ def test_signal_probe_finds_the_phase_that_carries_signal():
 
 
 def test_trait_readout_follows_each_planted_trait():
-    from hcc25d import cohort, imaging, synthetic
+    from hcc25d import cohort, twin_clinical, twin_imaging
 
-    pts = synthetic.generate_clinical(cohort.load_spec(), 20240601)
+    pts = twin_clinical.generate_clinical(cohort.load_spec(), 20240601)
     row = pts[(pts.tumor_size == 0) & (pts.tumor_number == 0) & (pts.necrosis == 0)].iloc[0]
     twin = config.TwinCfg(matrix=112, extent_z_mm=64.0)
     prm = P(image_size=48)
 
     def read(**lat):
         base = {"u_pae": 0.0, "u_satellites": 0.0, "u_heterogeneity": 0.0, **lat}
-        imgs, mask = imaging.to_images(imaging.make_patient(row, 20240601, twin, latent=base))
+        imgs, mask = twin_imaging.to_images(twin_imaging.make_patient(row, 20240601, twin, latent=base))
         v, m, names, _ = crop25d.resample_and_window(imgs, mask, prm)
         return crop25d.trait_readout(v, m, prm.spacing_mm, names)
 
@@ -192,7 +193,7 @@ def test_trait_readout_follows_each_planted_trait():
     assert read(u_heterogeneity=2.0)["heterogeneity"] > 1.5 * read(u_heterogeneity=-2.0)["heterogeneity"]
     assert read(u_satellites=2.0)["nodules"] > read(u_satellites=-2.0)["nodules"]
     # a missing phase leaves its measurements undefined rather than reading a copy
-    imgs, mask = imaging.to_images(imaging.make_patient(row, 20240601, twin))
+    imgs, mask = twin_imaging.to_images(twin_imaging.make_patient(row, 20240601, twin))
     v, m, _, _ = crop25d.resample_and_window(imgs, mask, prm)
     r = crop25d.trait_readout(v, m, prm.spacing_mm, ["arterial", None, "portal"])
     assert np.isnan(r["pae"]) and np.isfinite(r["heterogeneity"])

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import yaml
 
 from hcc25d import check as chk
+from hcc25d import images
 from hcc25d import dicom_import as di
 from hcc25d import manifest
 
@@ -51,7 +52,7 @@ def export(examples, tmp_path_factory):
     (root / pid / "README.txt").write_text("not DICOM")
     masks = t / "masks"
     masks.mkdir()
-    ref = manifest.read_image(root / "Patient_01" / "series1", orient=False)
+    ref = images.read_image(root / "Patient_01" / "series1", orient=False)
     zz, yy, xx = np.indices(sitk.GetArrayViewFromImage(ref).shape)
     ball = ((zz - 16) ** 2 * 6 + (yy - 128) ** 2 + (xx - 128) ** 2 < 30 ** 2).astype(np.uint8)
     m = sitk.GetImageFromArray(ball)
@@ -111,7 +112,7 @@ def test_import_export_tree(export, examples, tmp_path):
     # the DICOM-SEG liver equals the same liver as NRRD (dcmqi's own conversion), voxel for voxel
     cases = manifest.validate_manifest(out, coding={"TBIL": None, "cirrhosis": [0, 1]})
     imgs, mask = manifest.load_patient(cases.iloc[0])
-    nrrd = sitk.GetArrayFromImage(manifest.read_image(examples / ABD / "liver_seg.nrrd", kind="mask"))
+    nrrd = sitk.GetArrayFromImage(images.read_image(examples / ABD / "liver_seg.nrrd", kind="mask"))
     got = sitk.GetArrayFromImage(mask)
     assert got.shape == nrrd.shape and got.sum() > 1000
     assert np.array_equal(got > 0, nrrd > 0)

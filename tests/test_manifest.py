@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from hcc25d import manifest
+from hcc25d import images
 
 HCC = "hcc048_portal_venous_dicom"  # reduced: slices 38-69, rows 120-375, columns 60-315 of the original
 
@@ -22,7 +23,7 @@ def _write(arr, path, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
 
 def test_hcc_portal_dicom_series(examples):
     folder = examples / HCC
-    im = manifest.read_image(folder)
+    im = images.read_image(folder)
     assert im.GetSize() == (256, 256, 32)
     assert np.allclose(im.GetSpacing(), (0.703125, 0.703125, 2.5))
     assert np.allclose(im.GetDirection(), np.eye(3).ravel())
@@ -32,16 +33,16 @@ def test_hcc_portal_dicom_series(examples):
     assert -200 < np.median(body) < 150  # soft tissue dominates the body
     liver = a[22, 70:130, 80:150]  # a box in the right liver lobe, portal venous phase
     assert 70 < np.median(liver) < 170 and np.percentile(liver, 95) < 250
-    info = manifest.read_image(folder, header_only=True)
+    info = images.read_image(folder, header_only=True)
     assert info.size == (256, 256, 32)
 
 
 def test_abdomen_3slice_dicom_and_nrrd_labels(examples):
     d = examples / "abdomen_ct_3slice"
-    ct = manifest.read_image(d)  # the folder also holds a DICOM SEG: the CT series (3 files) is chosen
+    ct = images.read_image(d)  # the folder also holds a DICOM SEG: the CT series (3 files) is chosen
     assert ct.GetSize() == (512, 512, 3)
     assert np.allclose(ct.GetSpacing()[:2], (0.810547, 0.810547), atol=1e-5)
-    seg = sitk.GetArrayFromImage(manifest.read_image(d / "liver_spine_seg.nrrd"))
+    seg = sitk.GetArrayFromImage(images.read_image(d / "liver_spine_seg.nrrd"))
     assert set(np.unique(seg)) == {0, 1, 2}
     liver_hu = sitk.GetArrayFromImage(ct)[seg == 1]
     assert 20 < np.median(liver_hu) < 200
@@ -53,7 +54,7 @@ def real_manifest(examples, tmp_path):
     hand-made mask on its grid. Paths relative to the manifest."""
     d = examples / "abdomen_ct_3slice"
     hcc = examples / HCC
-    ref = manifest.read_image(hcc)
+    ref = images.read_image(hcc)
     m = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
     m[2:8, 80:110, 90:120] = 1
     mk = sitk.GetImageFromArray(m)
@@ -109,7 +110,7 @@ def test_planted_faults_all_reported(tmp_path):
     img = np.full((8, 16, 16), 40, np.int16)
     m = np.zeros((8, 16, 16), np.uint8)
     m[3:5, 5:9, 5:9] = 1
-    good = {ph: _write(img, tmp_path / f"{ph}.nii.gz") for ph in ("plain", "arterial", "portal")}
+    {ph: _write(img, tmp_path / f"{ph}.nii.gz") for ph in ("plain", "arterial", "portal")}
     _write(m, tmp_path / "mask.nii.gz")
     _write(np.zeros_like(m), tmp_path / "empty.nii.gz")
     _write(m * 3 + np.roll(m, 6, axis=2) * 2, tmp_path / "multi.nii.gz")

@@ -1,4 +1,5 @@
 """The stage runner: skipping, reruns on change, failure reporting, atomic stage outputs; the smoke chain."""
+import ast
 import json
 import shutil
 import subprocess
@@ -106,7 +107,48 @@ def test_notebook_templates_follow_house_rules():
         assert "parameters" in code[0]["metadata"].get("tags", []), nb
         for c in code:
             assert not c.get("outputs"), nb
-            assert not re.search(r"^\s*(def|class)\s", "".join(c["source"]), re.M), nb
+            src = "".join(c["source"])
+            assert not re.search(r"^\s*(def|class)\s", src, re.M), nb
+            # cells call the package: no loop of more than a couple of lines (that belongs in a function)
+            tree = ast.parse("\n".join(ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!"))))
+            long = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While))
+                    and n.end_lineno - n.lineno > 2]
+            assert not long, (nb.name, long, src[:200])
+
+
+def test_plotting_draws_and_computes_nothing_statistical():
+    """plotting imports nothing from stats and no fitting library: figures draw computed results."""
+    tree = ast.parse((ROOT / "hcc25d" / "plotting.py").read_text())
+    imported = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom):
+            imported.add(("." * n.level) + (n.module or ""))
+        elif isinstance(n, ast.Import):
+            imported.update(a.name for a in n.names)
+    banned = {".stats", ".evaluation", "sklearn", "statsmodels", "scipy.stats", "hcc25d.stats"}
+    assert not {m for m in imported if any(m == b or m.startswith(b + ".") for b in banned)}, imported
+
+
+def test_every_name_a_notebook_uses_is_exported():
+    """`__all__` is true: every `module.name` a notebook uses from an hcc25d module is exported by it."""
+    import importlib
+    import re
+
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        src = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        aliases = {m: m for m in re.findall(r"\bhcc25d\.(\w+)", src)}
+        aliases.update({a: m for m, a in re.findall(r"hcc25d\.(\w+) as (\w+)", src)})
+        aliases.update({a: m for m, a in re.findall(r"from hcc25d import (\w+) as (\w+)", src)})
+        aliases.update({m: m for m in re.findall(r"from hcc25d import (\w+)\s*$", src, re.M)})
+        for alias, mod in aliases.items():
+            if not (ROOT / "hcc25d" / f"{mod}.py").exists():
+                continue
+            module = importlib.import_module(f"hcc25d.{mod}")
+            for name in set(re.findall(rf"(?<![\w./\"'`]){re.escape(alias)}\.(\w+)", src)):
+                if name.startswith("_") or name in {"py"}:
+                    continue
+                assert name in getattr(module, "__all__", []), f"{nb.name}: hcc25d.{mod}.{name} not in __all__"
 
 
 def test_environment_yml_mirrors_lock():

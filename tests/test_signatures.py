@@ -41,7 +41,7 @@ def test_no_fitted_step_ever_receives_validation_rows():
         assert ids is not None and set(ids) <= train_ids
     # and the validation cohorts were predicted
     for v in models.values():
-        assert len(v["proba"]) == len(X) and len(v["oof"]) == len(train_ids)
+        assert len(v.proba) == len(X) and len(v.oof) == len(train_ids)
 
 
 def test_permuted_training_labels_give_chance_external_auc():
@@ -55,15 +55,15 @@ def test_permuted_training_labels_give_chance_external_auc():
     n1, n0 = y.sum(), len(y) - y.sum()
     bound = 3 * np.sqrt((n0 + n1 + 1) / (12 * n0 * n1))  # 3 SD of the AUC under no signal
     for key, v in models.items():
-        auc = auc_ci(y, v["proba"][ext]).auc
+        auc = auc_ci(y, v.proba[ext]).auc
         assert abs(auc - 0.5) < bound, (key, auc, bound)
     # the same pipeline with the true labels finds the signal (the test is not vacuous)
     real = sig.build_models(X, meta, ic, rc, config.SignaturesCfg(cv_folds=3, models=("lr",), grids=S.grids), seed=0)
-    assert auc_ci(y, real["lr"]["proba"][ext]).low > 0.5  # its 95 % interval excludes chance
+    assert auc_ci(y, real["lr"].proba[ext]).low > 0.5  # its 95 % interval excludes chance
     # combined model on permuted labels
-    train = perm[tr].assign(score=models["lr"]["oof"], x1=X.loc[tr, "arterial_original_firstorder_F5"].to_numpy())
+    train = perm[tr].assign(score=models["lr"].oof, x1=X.loc[tr, "arterial_original_firstorder_F5"].to_numpy())
     fit = sig.fit_combined(train, "score", ["x1"])
-    frame = X.assign(score=models["lr"]["proba"], x1=X["arterial_original_firstorder_F5"])
+    frame = X.assign(score=models["lr"].proba, x1=X["arterial_original_firstorder_F5"])
     p = sig.predict_combined(fit, frame[ext], "score", ["x1"])
     assert abs(auc_ci(y, p).auc - 0.5) < bound
 
@@ -130,7 +130,7 @@ def test_grid_search_uses_the_cnn_folds_and_balanced_weights():
     splits = list(cv.split(X[tr]))
     assert len(splits) == 4 and all(set(fold.iloc[test]) == {k} for k, (_, test) in enumerate(splits))
     models = sig.build_models(X, meta, ic, rc, config.SignaturesCfg(models=("lr",), grids=S.grids), seed=0, cv=cv)
-    assert models["lr"]["search"].n_splits_ == 4
+    assert models["lr"].search.n_splits_ == 4
     w = sig.balanced_weights(np.r_[np.zeros(30), np.ones(90)])
     assert w[:30].sum() == pytest.approx(w[30:].sum())  # each class carries half the weight
     with pytest.raises(ValueError, match="no cross-fitting fold"):
@@ -154,8 +154,8 @@ def test_held_out_patients_are_scored_per_fold_model_and_averaged():
     assert np.allclose(views[0].loc[tr, ic], X.loc[tr, ic]) and np.allclose(views[0][rc], X[rc])
     assert np.allclose(views[0].loc[~tr, ic].to_numpy(), np.minimum(1, X.loc[~tr, ic].to_numpy() + 0.1))
     models = sig.build_models(X, meta, ic, rc, config.SignaturesCfg(models=("lr",), grids=S.grids), seed=0, views=views)
-    gs = models["lr"]["search"]
+    gs = models["lr"].search
     expect = np.mean([gs.predict_proba(v)[:, 1] for v in views], axis=0)
-    assert np.allclose(models["lr"]["proba"][~tr], expect[~tr])
-    assert np.allclose(models["lr"]["proba"][tr], gs.predict_proba(X)[tr, 1])
+    assert np.allclose(models["lr"].proba[~tr], expect[~tr])
+    assert np.allclose(models["lr"].proba[tr], gs.predict_proba(X)[tr, 1])
     assert sig.heldout_views(inst.drop(columns=["prob_fold1", "prob_fold2"]), X, ic)[0] is X

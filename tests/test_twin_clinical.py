@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hcc25d import cohort, synthetic
+from hcc25d import cohort, twin_clinical
 
 
 @pytest.fixture(scope="module")
@@ -12,7 +12,7 @@ def spec():
 
 @pytest.fixture(scope="module")
 def df(spec):
-    return synthetic.generate_clinical(spec, 20240601)
+    return twin_clinical.generate_clinical(spec, 20240601)
 
 
 def test_every_cell_count_exact(spec, df):
@@ -44,9 +44,9 @@ def test_centres_and_ids(df):
 
 
 def test_deterministic_and_seed_dependent(spec, df):
-    again = synthetic.generate_clinical(spec, 20240601)
+    again = twin_clinical.generate_clinical(spec, 20240601)
     assert again.equals(df)
-    other = synthetic.generate_clinical(spec, 7)
+    other = twin_clinical.generate_clinical(spec, 7)
     assert not other.drop(columns="patient_id").equals(df.drop(columns="patient_id"))
 
 
@@ -66,8 +66,8 @@ def test_multivariable_near_paper(spec, df):
 
 
 def test_imaging_subset_is_stratified(df):
-    sub = synthetic.imaging_subset(df, 40, 1)
+    sub = twin_clinical.imaging_subset(df, 40, 1)
     assert 36 <= len(sub) <= 46
     counts = sub.groupby(["cohort", "label"]).size()
     assert len(counts) == 6 and counts.min() >= 2
-    assert synthetic.imaging_subset(df, None, 1).equals(df)
+    assert twin_clinical.imaging_subset(df, None, 1).equals(df)

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hcc25d import cohort, imaging, manifest, synthetic
+from hcc25d import cohort, config, manifest, twin_clinical, twin_imaging
 from hcc25d.stats import auc_ci
 
 SEED = 20240601
@@ -13,12 +13,12 @@ SEED = 20240601
 
 @pytest.fixture(scope="module")
 def patients():
-    return synthetic.generate_clinical(cohort.load_spec(), SEED)
+    return twin_clinical.generate_clinical(cohort.load_spec(), SEED)
 
 
 @pytest.fixture(scope="module")
 def prm():
-    return imaging.TwinImagingParams()
+    return config.TwinCfg()
 
 
 def _pick(patients, **kw):
@@ -29,8 +29,8 @@ def _pick(patients, **kw):
 
 
 def test_geometry_anisotropic_and_centre_specific(patients, prm):
-    v1 = imaging.make_patient(_pick(patients, centre=1), SEED, prm)
-    v2 = imaging.make_patient(_pick(patients, centre=2), SEED, prm)
+    v1 = twin_imaging.make_patient(_pick(patients, centre=1), SEED, prm)
+    v2 = twin_imaging.make_patient(_pick(patients, centre=2), SEED, prm)
     for v in (v1, v2):
         sx, sy, sz = v["spacing"]
         assert sx < 1 and sy < 1 and 1 <= sz <= 2.5
@@ -43,11 +43,11 @@ def test_geometry_anisotropic_and_centre_specific(patients, prm):
 
 def test_hcc_phase_behaviour(patients, prm):
     row = _pick(patients, centre=1, necrosis=0, tumor_size=1)
-    v = imaging.make_patient(row, SEED, prm)
+    v = twin_imaging.make_patient(row, SEED, prm)
     m = v["mask"].astype(bool)
     core = ndimage.binary_erosion(m, iterations=3)
     shell = ndimage.binary_dilation(m, iterations=12) & ~ndimage.binary_dilation(m, iterations=6)
-    mean = {ph: (v["phases"][ph][core].mean(), np.median(v["phases"][ph][shell])) for ph in imaging.PHASES}
+    mean = {ph: (v["phases"][ph][core].mean(), np.median(v["phases"][ph][shell])) for ph in twin_imaging.PHASES}
     assert mean["arterial"][0] > mean["arterial"][1] + 20   # arterial hyper-enhancement
     assert mean["portal"][0] < mean["portal"][1] - 15       # portal wash-out
     assert mean["plain"][0] < mean["plain"][1]              # hypodense before contrast
@@ -55,8 +55,8 @@ def test_hcc_phase_behaviour(patients, prm):
 
 
 def test_clinical_row_is_visible(patients, prm):
-    small = imaging.make_patient(_pick(patients, tumor_size=0, tumor_number=0), SEED, prm)
-    big = imaging.make_patient(_pick(patients, tumor_size=1, tumor_number=0), SEED, prm)
+    small = twin_imaging.make_patient(_pick(patients, tumor_size=0, tumor_number=0), SEED, prm)
+    big = twin_imaging.make_patient(_pick(patients, tumor_size=1, tumor_number=0), SEED, prm)
 
     def diameter(v):
         m = v["mask"]
@@ -64,10 +64,10 @@ def test_clinical_row_is_visible(patients, prm):
         return (xs.max() - xs.min() + 1) * v["spacing"][0]
 
     assert diameter(small) < 50 <= diameter(big)
-    multi = imaging.make_patient(_pick(patients, tumor_number=1), SEED, prm)
+    multi = twin_imaging.make_patient(_pick(patients, tumor_number=1), SEED, prm)
     assert ndimage.label(multi["mask"])[1] >= 2
     assert ndimage.label(small["mask"])[1] == 1
-    nec = imaging.make_patient(_pick(patients, necrosis=1, tumor_size=1), SEED, prm)
+    nec = twin_imaging.make_patient(_pick(patients, necrosis=1, tumor_size=1), SEED, prm)
     m = nec["mask"].astype(bool)
     k = int(np.argmax(m.sum(axis=(1, 2))))
     centre = tuple(int(c) for c in ndimage.center_of_mass(m[k]))
@@ -76,16 +76,16 @@ def test_clinical_row_is_visible(patients, prm):
 
 def test_patient_depends_only_on_seed_and_patient(patients, prm, tmp_path):
     row = patients.iloc[5]
-    a = imaging.make_patient(row, SEED, prm)
-    b = imaging.make_patient(row, SEED, prm)
-    assert all(np.array_equal(a["phases"][p], b["phases"][p]) for p in imaging.PHASES)
-    c = imaging.make_patient(row, SEED + 1, prm)
+    a = twin_imaging.make_patient(row, SEED, prm)
+    b = twin_imaging.make_patient(row, SEED, prm)
+    assert all(np.array_equal(a["phases"][p], b["phases"][p]) for p in twin_imaging.PHASES)
+    c = twin_imaging.make_patient(row, SEED + 1, prm)
     assert not np.array_equal(a["phases"]["plain"], c["phases"]["plain"])
     # generating it among other patients (a subset) gives the same files
     sub1 = patients.iloc[[5, 6]]
     sub2 = patients.iloc[[3, 5]]
-    m1, _ = imaging.build_twin(sub1, SEED, prm, tmp_path / "one", [])
-    m2, _ = imaging.build_twin(sub2, SEED, prm, tmp_path / "two", [], n_jobs=2)
+    m1, _ = twin_imaging.build_twin(sub1, SEED, prm, tmp_path / "one", [])
+    m2, _ = twin_imaging.build_twin(sub2, SEED, prm, tmp_path / "two", [], n_jobs=2)
     pid = row["patient_id"]
     f1 = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one" / "images" / pid / "arterial.nii.gz")))
     f2 = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "two" / "images" / pid / "arterial.nii.gz")))
@@ -95,26 +95,26 @@ def test_patient_depends_only_on_seed_and_patient(patients, prm, tmp_path):
 
 
 def test_twin_manifest_validates(patients, prm, tmp_path):
-    sub = synthetic.imaging_subset(patients, 14, SEED)
+    sub = twin_clinical.imaging_subset(patients, 14, SEED)
     spec = cohort.load_spec()
-    imaging.build_twin(sub, SEED, prm.__class__(matrix=48, spacing_xy=(2.0, 2.2), extent_z_mm=60), tmp_path, spec.variables)
+    twin_imaging.build_twin(sub, SEED, prm.__class__(matrix=48, spacing_xy=(2.0, 2.2), extent_z_mm=60), tmp_path, spec.variables)
     out = manifest.validate_manifest(tmp_path / "manifest.csv", clinical_variables=spec.variables)
     assert len(out) == len(sub) and (out["grid"] == "same").all()
     assert set(spec.variables) <= set(out.columns)
 
 
 def test_latent_signal_and_oracle(patients):
-    lat = pd.DataFrame([{"patient_id": r["patient_id"], **imaging.draw_latent(r, SEED)} for _, r in patients.iterrows()])
+    lat = pd.DataFrame([{"patient_id": r["patient_id"], **twin_imaging.draw_latent(r, SEED)} for _, r in patients.iterrows()])
     df = patients.merge(lat, on="patient_id")
     for k in ("u_pae", "u_satellites", "u_heterogeneity"):
         assert df.loc[df.label == 1, k].mean() > df.loc[df.label == 0, k].mean()
-    oracle = imaging.oracle_probabilities(patients, lat)
+    oracle = twin_imaging.oracle_probabilities(patients, lat)
     auc = auc_ci(oracle["label"], oracle["oracle_prob"]).auc
     img_only = auc_ci(oracle["label"], oracle["imaging_llr"]).auc
     assert 0.75 < auc < 0.99 and 0.6 < img_only < auc
     # no imaging signal: the imaging part carries nothing
-    lat0 = pd.DataFrame([{"patient_id": r["patient_id"], **imaging.draw_latent(r, SEED, 0.0)} for _, r in patients.iterrows()])
-    o0 = imaging.oracle_probabilities(patients, lat0, 0.0)
+    lat0 = pd.DataFrame([{"patient_id": r["patient_id"], **twin_imaging.draw_latent(r, SEED, 0.0)} for _, r in patients.iterrows()])
+    o0 = twin_imaging.oracle_probabilities(patients, lat0, 0.0)
     assert np.allclose(o0["imaging_llr"], 0)
 
 
@@ -128,8 +128,8 @@ def contrast(patients):
     out = {}
     for pos in ("offcentre", "central"):
         twin = config.TwinCfg(signal_position=pos, matrix=112, extent_z_mm=64.0)  # small tumours fit
-        out[pos] = pd.concat([imaging.planted_contrast(r, SEED, twin, crop, t).assign(patient_id=r["patient_id"])
-                              for _, r in rows.iterrows() for t in imaging.TRAIT_REGIONS], ignore_index=True)
+        out[pos] = pd.concat([twin_imaging.planted_contrast(r, SEED, twin, crop, t).assign(patient_id=r["patient_id"])
+                              for _, r in rows.iterrows() for t in twin_imaging.TRAIT_REGIONS], ignore_index=True)
     return out
 
 
@@ -163,7 +163,7 @@ def test_arterial_only_traits_and_heterogeneity_in_every_phase(contrast):
 
 
 def test_reference_auc_unchanged_by_signal_position(patients):
-    lat = pd.DataFrame([{"patient_id": r["patient_id"], **imaging.draw_latent(r, SEED)} for _, r in patients.iterrows()])
-    ref = imaging.oracle_probabilities(patients, lat)
+    lat = pd.DataFrame([{"patient_id": r["patient_id"], **twin_imaging.draw_latent(r, SEED)} for _, r in patients.iterrows()])
+    ref = twin_imaging.oracle_probabilities(patients, lat)
     for c, g in ref.groupby("cohort"):
         assert 0.78 <= auc_ci(g["label"], g["imaging_llr"]).auc <= 0.86, c  # the image-only reference

@@ -30,7 +30,12 @@ import pandas as pd
 
 from .cohort import COHORTS, CohortSpec
 
-__all__ = ["LOADINGS", "FACTORS", "generate_clinical", "imaging_subset"]
+__all__ = [
+    "FACTORS",
+    "LOADINGS",
+    "generate_clinical",
+    "imaging_subset",
+]
 
 FACTORS = ("T", "B", "L", "D")
 

@@ -63,8 +63,23 @@ from scipy import ndimage
 
 from .config import TwinCfg
 
-__all__ = ["TwinImagingParams", "SIGNAL", "HU", "draw_latent", "make_patient", "write_patient",
-           "oracle_probabilities", "PHASES"]
+__all__ = [
+    "PHASES",
+    "HU",
+    "SIGNAL",
+    "PAE_OFFSET_MM",
+    "PAE_Z_SD_MM",
+    "SATELLITE_OFFSET_MM",
+    "patient_rng",
+    "draw_latent",
+    "make_patient",
+    "to_images",
+    "TRAIT_REGIONS",
+    "planted_contrast",
+    "write_patient",
+    "oracle_probabilities",
+    "build_twin",
+]
 
 PHASES = ("plain", "arterial", "portal")
 
@@ -94,7 +109,6 @@ PAE_Z_SD_MM = 1.0
 SATELLITE_OFFSET_MM = (3.0, 5.0)
 
 #: scanner profile and grid per centre (index 0 = centre 1, 1 = centre 2): the ``twin`` params section
-TwinImagingParams = TwinCfg
 
 
 def patient_rng(seed: int, patient_id: str, stream: int = 0) -> np.random.Generator:
@@ -173,7 +187,7 @@ def _unit(rng):
     return v / np.linalg.norm(v)
 
 
-def make_patient(row: pd.Series, seed: int, prm: TwinImagingParams, latent: Optional[dict] = None) -> dict:
+def make_patient(row: pd.Series, seed: int, prm: TwinCfg, latent: Optional[dict] = None) -> dict:
     """Build one patient's three phases (HU, float32 arrays z, y, x), mask, geometry and traits.
 
     ``latent`` overrides the patient's latent imaging variables (``u_pae``, ``u_satellites``,
@@ -355,7 +369,7 @@ def to_images(vol: dict):
 TRAIT_REGIONS = {"u_pae": "peritumoral", "u_satellites": "peritumoral", "u_heterogeneity": "tumour"}
 
 
-def planted_contrast(row: pd.Series, seed: int, prm: TwinImagingParams, crop_prm, trait: str,
+def planted_contrast(row: pd.Series, seed: int, prm: TwinCfg, crop_prm, trait: str,
                      low: float = -1.5, high: float = 1.5) -> pd.DataFrame:
     """The planted contrast of one trait, measured on the 2.5D instances rather than taken from the
     generator's parameters.
@@ -453,7 +467,7 @@ def _twin_worker(args):
     return rec, vol["traits"]
 
 
-def build_twin(patients: pd.DataFrame, seed: int, prm: TwinImagingParams, out_dir: Path,
+def build_twin(patients: pd.DataFrame, seed: int, prm: TwinCfg, out_dir: Path,
                clinical_variables, n_jobs: int = 1, backend: str = "loky", progress: bool = True):
     """Generate every patient's phantom under ``out_dir/images/<patient>/`` and write
     ``out_dir/manifest.csv`` in the own-data manifest format (paths relative to it).

@@ -1,0 +1,208 @@
+"""Evaluation results, computed once: the tables and curves behind Tables 3–5 and Figures 4–9.
+
+Every statistic of the book's result figures is computed here (with :mod:`hcc25d.stats`, whose DeLong,
+Hosmer–Lemeshow, net-benefit and nomogram computations are checked against R) and returned as a table
+or a small result object; :mod:`hcc25d.plotting` only draws these results and computes nothing
+statistical. The stage notebooks save the same objects as CSV, so a number in a figure is a number in a
+table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+
+__all__ = [
+    "COHORTS",
+    "metrics_table",
+    "table5",
+    "ROC",
+    "roc",
+    "Calibration",
+    "calibration",
+    "delong_matrix",
+    "decision_curves",
+    "Nomogram",
+    "nomogram",
+]
+
+COHORTS = ("training", "internal", "external")
+_ORDER = {c: i for i, c in enumerate(COHORTS)}
+
+
+def metrics_table(frame: pd.DataFrame, prob: str = "prob", by: Optional[str] = None,
+                  insample: Optional[str] = None, threshold: Optional[float] = None,
+                  reference: Optional[dict] = None, which: str = "image",
+                  training_label: str = "training") -> pd.DataFrame:
+    """Metrics per cohort (:func:`hcc25d.stats.metrics_by_cohort`), one block per value of ``by``.
+
+    ``insample``: a column of in-sample training probabilities, added as a ``training (in-sample)`` row
+    (the paper's way of reporting, beside the honest out-of-sample one). ``reference``: the twin's
+    reference AUCs (:func:`hcc25d.stats.load_reference`); ``which`` picks the column (``image`` or
+    ``combined``). ``training_label`` renames the out-of-sample training row (for example
+    ``training (cross-validated)``).
+    """
+    groups = frame.groupby(by, sort=False) if by else [(None, frame)]
+    rows = []
+    for key, g in groups:
+        parts = []
+        if insample is not None:
+            ins = stats.metrics_by_cohort(g.assign(**{prob: g[insample]}), prob, threshold=threshold,
+                                          cohorts=("training",))
+            parts.append(ins.assign(cohort="training (in-sample)"))
+        t = stats.metrics_by_cohort(g, prob, threshold=threshold)
+        t["cohort"] = t["cohort"].replace({"training": training_label})
+        parts.append(t)
+        block = pd.concat(parts, ignore_index=True)
+        if by:
+            block.insert(0, by, key)
+        rows.append(block)
+    out = pd.concat(rows, ignore_index=True)
+    if reference and which in reference:
+        col = stats.REFERENCE_COLUMNS.get(which, f"reference AUC ({which})")
+        out[col] = out["cohort"].str.split(" ").str[0].map(reference[which])
+    return out
+
+
+def table5(sigs: pd.DataFrame, names: Sequence[str], reference: Optional[dict] = None) -> pd.DataFrame:
+    """Table 5: metrics of each signature per cohort (threshold from its training predictions), with
+    both reference AUCs of the twin beside each cohort."""
+    t = pd.concat([stats.metrics_by_cohort(sigs, s).assign(signature=s) for s in names], ignore_index=True)
+    if reference:
+        for k, col in stats.REFERENCE_COLUMNS.items():
+            t[col] = t["cohort"].map(reference[k])
+    rank = {n: i for i, n in enumerate(names)}
+    return t.sort_values(["cohort", "signature"], key=lambda c: c.map(_ORDER if c.name == "cohort" else rank),
+                         kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class ROC:
+    """ROC curves and AUCs (95 % DeLong intervals) per model and cohort."""
+
+    summary: pd.DataFrame                      # model, cohort, n, auc, low, high
+    curves: dict = field(default_factory=dict)  # (model, cohort) -> (fpr, tpr)
+    cohorts: tuple = COHORTS
+
+
+def roc(frame: pd.DataFrame, model_col: str, prob: str = "prob", label: str = "label",
+        cohorts: Sequence[str] = COHORTS) -> ROC:
+    """ROC curves and DeLong AUC intervals of every model (``model_col``) in every cohort; a model or
+    cohort with one class only is left out."""
+    from sklearn.metrics import roc_curve
+
+    rows, curves = [], {}
+    for c in cohorts:
+        g = frame[frame["cohort"] == c]
+        for name, h in g.groupby(model_col, sort=False):
+            h = h[h[prob].notna()]
+            if h[label].nunique() < 2:
+                continue
+            fpr, tpr, _ = roc_curve(h[label], h[prob])
+            a = stats.auc_ci(h[label], h[prob])
+            curves[(name, c)] = (fpr, tpr)
+            rows.append({"model": name, "cohort": c, "n": len(h), "auc": a.auc, "low": a.low, "high": a.high})
+    return ROC(pd.DataFrame(rows, columns=["model", "cohort", "n", "auc", "low", "high"]), curves, tuple(cohorts))
+
+
+@dataclass
+class Calibration:
+    """Calibration curves (quantile bins) and Hosmer–Lemeshow tests per signature and cohort."""
+
+    curves: pd.DataFrame      # signature, cohort, predicted, observed
+    hl: pd.DataFrame          # signature, cohort, n, statistic, df, p_value, groups
+    cohorts: tuple = COHORTS
+
+
+def calibration(frame: pd.DataFrame, signatures: Sequence[str], cohorts: Sequence[str] = COHORTS,
+                n_bins: int = 5, fitted: bool = False) -> Calibration:
+    """scikit-learn's ``calibration_curve`` (``n_bins`` quantile bins) and the Hosmer–Lemeshow test (10
+    groups; ``fitted`` says whether the probabilities were fitted on these patients, which sets the
+    degrees of freedom) of each signature in each cohort."""
+    from sklearn.calibration import calibration_curve
+
+    curves, hl = [], []
+    for c in cohorts:
+        g = frame[frame["cohort"] == c]
+        for s in signatures:
+            h = g[g[s].notna()]
+            if h["label"].nunique() < 2:
+                continue
+            frac, mean = calibration_curve(h["label"], h[s], n_bins=n_bins, strategy="quantile")
+            curves.append(pd.DataFrame({"signature": s, "cohort": c, "predicted": mean, "observed": frac}))
+            t = stats.hosmer_lemeshow(h["label"], np.clip(h[s], 1e-6, 1 - 1e-6), fitted=fitted)
+            hl.append({"signature": s, "cohort": c, "n": int(len(h)), **t._asdict()})
+    return Calibration(pd.concat(curves, ignore_index=True) if curves else
+                       pd.DataFrame(columns=["signature", "cohort", "predicted", "observed"]),
+                       pd.DataFrame(hl), tuple(cohorts))
+
+
+def delong_matrix(frame: pd.DataFrame, signatures: Sequence[str], cohorts: Sequence[str] = COHORTS) -> dict:
+    """Paired DeLong P values between every pair of signatures: ``{cohort: square DataFrame}`` (patients
+    with every signature's prediction)."""
+    out = {}
+    for c in cohorts:
+        g = frame[frame["cohort"] == c].dropna(subset=list(signatures))
+        P = pd.DataFrame(np.nan, index=list(signatures), columns=list(signatures))
+        for a in signatures:
+            for b in signatures:
+                P.loc[a, b] = 1.0 if a == b else stats.delong_test(g["label"], g[a], g[b]).p_value
+        out[c] = P
+    return out
+
+
+def decision_curves(frame: pd.DataFrame, signatures: Sequence[str], cohorts: Sequence[str] = COHORTS,
+                    thresholds=None) -> pd.DataFrame:
+    """Net benefit of each signature, of treating all and of treating none, per cohort: one row per
+    threshold, signature and cohort (with the cohort's prevalence)."""
+    thresholds = np.round(np.arange(0.01, 0.96, 0.01), 2) if thresholds is None else thresholds
+    rows = []
+    for c in cohorts:
+        g = frame[frame["cohort"] == c]
+        for s in signatures:
+            h = g[g[s].notna()]
+            rows.append(stats.net_benefit(h["label"], h[s], thresholds)
+                        .assign(signature=s, cohort=c, prevalence=float(g["label"].mean())))
+    return pd.concat(rows, ignore_index=True)
+
+
+@dataclass
+class Nomogram:
+    """A logistic model's nomogram, scaled as ``rms::nomogram``: the points of each axis value, the
+    total-points axis and where each risk falls on it."""
+
+    intercept: float
+    axes: dict            # name -> axis values
+    points: dict          # name -> points of each axis value
+    scale: float          # points per unit of the linear predictor
+    offset: float         # sum of each predictor's minimum contribution
+    max_total: float
+    total_ticks: np.ndarray
+    risk_ticks: np.ndarray  # risks whose total points fall on the axis
+    risk_points: np.ndarray
+
+    def total_points(self, risk) -> np.ndarray:
+        """Total points at which the model predicts ``risk``."""
+        r = np.asarray(risk, float)
+        return (np.log(r / (1 - r)) - self.intercept - self.offset) * self.scale
+
+
+def nomogram(intercept: float, coefs: dict, axes: dict,
+             risk_ticks=(0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)) -> Nomogram:
+    """The nomogram of a logistic model (``coefs`` without the intercept; ``axes``: values per
+    predictor): points as ``rms::nomogram`` scales them, total points on R's ``pretty()`` ticks."""
+    s = stats.nomogram_scale(coefs, axes)
+    max_total = float(sum(v.max() for v in s["points"].values()))
+    ticks = stats.r_pretty(0, max_total)
+    ticks = ticks[ticks <= max_total + 1e-9]
+    nomo = Nomogram(float(intercept), {k: np.asarray(v, float) for k, v in axes.items()}, s["points"],
+                    float(s["scale"]), float(s["offset"]), max_total, ticks, np.array([]), np.array([]))
+    r = np.asarray(risk_ticks, float)
+    tot = nomo.total_points(r)
+    ok = (tot >= 0) & (tot <= max_total)
+    nomo.risk_ticks, nomo.risk_points = r[ok], tot[ok]
+    return nomo
