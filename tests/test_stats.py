@@ -59,7 +59,11 @@ def test_hosmer_lemeshow_against_resourceselection(df):
     q = stats.hosmer_lemeshow(df["y"], tied, groups=10)
     s = stats.hosmer_lemeshow(df["y"], tied, groups=10, method="stata")
     assert not np.isclose(s.statistic, q.statistic)
-    assert stats.hosmer_lemeshow(df["y"], tied, groups=10, df_rule="requested").df == 8  # R's count
+    # R keeps g - 2 = 8 whatever forms; the default counts the groups that really formed (here 1)
+    req, formed = (stats.hosmer_lemeshow(df["y"], tied, groups=10, df_rule=r, fitted=True)
+                   for r in ("requested", "formed"))
+    assert req.df == 8 and formed.df < 1 and np.isnan(formed.p_value)  # one group: no test
+    assert req.statistic == pytest.approx(formed.statistic)
 
 
 def test_hosmer_lemeshow_degrees_of_freedom(df):
@@ -105,6 +109,9 @@ def test_net_benefit_against_r_dcurves(df, examples):
 
 
 def test_logistic_fit_and_nomogram_against_rms(df):
+    """Coefficients, points and total points of the package's nomogram against R's rms values only."""
+    from hcc25d import evaluation
+
     r = REF["rms"]
     X = sm.add_constant(df[["age", "famhistory", "marker"]].astype(float))
     fit = sm.Logit(df["y"].astype(float), X).fit(disp=0, method="newton", tol=1e-12, maxiter=100)
@@ -113,20 +120,33 @@ def test_logistic_fit_and_nomogram_against_rms(df):
     axes = {"age": stats.r_pretty(df["age"].min(), df["age"].max()), "famhistory": np.array([0.0, 1.0]),
             "marker": stats.r_pretty(df["marker"].min(), df["marker"].max())}
     assert axes["age"][0] == 45 and axes["age"][-1] == 80 and axes["marker"][-1] == 7
-    nomo = stats.nomogram_scale(coefs, axes)
+    nomo = evaluation.nomogram(r["coefficients"][0], coefs, axes)
     tol = r["tol_points"]
-    assert nomo["scale"] == pytest.approx(r["points_per_lp"], abs=tol)
-    pts = lambda name, x: (coefs[name] * x - (coefs[name] * axes[name]).min()) * nomo["scale"]  # noqa: E731
-    for x, p in r["age_points"].items():
-        assert pts("age", float(x)) == pytest.approx(p, abs=tol)
-    for x, p in r["marker_points"].items():
-        assert pts("marker", float(x)) == pytest.approx(p, abs=tol)
-    for x, p in r["famhistory_points"].items():
-        assert pts("famhistory", float(x)) == pytest.approx(p, abs=tol)
-    b0 = r["coefficients"][0]
-    for risk, total in r["total_points_at_risk"].items():
-        lp = np.log(risk / (1 - risk))
-        assert (lp - b0 - nomo["offset"]) * nomo["scale"] == pytest.approx(total, abs=r["tol_total_points"])
+    assert nomo.scale == pytest.approx(r["points_per_lp"], abs=tol)
+    for name in ("age", "marker", "famhistory"):
+        for x, p in r[f"{name}_points"].items():
+            # read off the drawn axis (points are linear along it, as on the printed nomogram)
+            got = np.interp(float(x), nomo.axes[name], nomo.points[name])
+            assert got == pytest.approx(p, abs=tol), (name, x)
+    risks = list(r["total_points_at_risk"])
+    got = nomo.total_points(np.array(risks, float))
+    assert got == pytest.approx([r["total_points_at_risk"][k] for k in risks], abs=r["tol_total_points"])
+
+
+def test_statistics_on_bad_input():
+    """One class, NaN and ties: a clear NaN or error, never a silent number."""
+    y1 = np.array([1, 1, 1, 1])
+    assert np.isnan(stats.auc(y1, [0.1, 0.2, 0.3, 0.4]))
+    frame = pd.DataFrame({"cohort": ["training"] * 4 + ["external"] * 4, "label": [0, 1, 0, 1, 1, 1, 1, 1],
+                          "prob": [0.2, 0.8, np.nan, 0.7, 0.5, 0.6, 0.7, 0.9]})
+    t = stats.metrics_by_cohort(frame)
+    assert list(t["cohort"]) == ["training"] and int(t["n"].iloc[0]) == 3   # one-class cohort skipped, NaN dropped
+    tied = stats.auc_ci([0, 0, 1, 1], [0.5, 0.5, 0.5, 0.5])
+    assert tied.auc == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        stats.delong_test([1, 1, 1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+    h = stats.hosmer_lemeshow([0, 1, 0, 1, np.nan], [0.2, 0.8, np.nan, 0.6, 0.5], groups=2, fitted=False)
+    assert np.isfinite(h.statistic)
 
 
 def test_binary_metrics_and_threshold_from_training():

@@ -1,0 +1,131 @@
+"""Check the rendered book in a real browser: ``make check-book`` (``python tools/check_book.py [HTML]``).
+
+Every page of ``_build/html`` is opened in headless Chromium (the system's ``chromium``, driven by
+Playwright) at 1400 × 900 px. A page fails on
+
+* a table, figure, image or code block wider than the content column that is not inside its own
+  horizontal scroll box (the page would clip it);
+* a broken image (not loaded) or a link to a local file that does not exist;
+* a JavaScript console error or an uncaught page error;
+* runner plumbing in the text: a temporary stage folder (``.tmp-``) or a parameters cell (``out_dir =``).
+
+A full-page screenshot of each page is saved under ``_build/screenshots/``. Exit status 1 lists every
+problem, page by page.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIP = ("genindex.html", "search.html", "py-modindex.html")
+FORBIDDEN_TEXT = (".tmp-", "out_dir =")
+
+# Elements wider than the content column must sit in an ancestor that scrolls horizontally.
+_OVERFLOW_JS = """
+() => {
+  const col = document.querySelector('.bd-article') || document.querySelector('main') || document.body;
+  const limit = col.getBoundingClientRect().right + 2;
+  const bad = [];
+  for (const el of col.querySelectorAll('table, img, pre, figure, svg, .output_area, .cell_output > *')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.right <= limit) continue;
+    let ok = false;
+    for (let a = el.parentElement; a && a !== col.parentElement; a = a.parentElement) {
+      const s = getComputedStyle(a);
+      if (['auto', 'scroll'].includes(s.overflowX) && a.getBoundingClientRect().right <= limit) { ok = true; break; }
+    }
+    if (!ok) {
+      const label = (el.tagName + ' ' + (el.id || el.className || '')).trim().slice(0, 60);
+      bad.push(`${label} is ${Math.round(r.width)} px wide and runs ${Math.round(r.right - limit)} px past the column`);
+    }
+  }
+  return bad;
+}
+"""
+
+_IMAGES_JS = """
+() => Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'))
+"""
+
+_LINKS_JS = """
+() => Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))
+"""
+
+
+def pages(html: Path) -> list[Path]:
+    return [p for p in sorted(html.rglob("*.html"))
+            if p.name not in SKIP and "_static" not in p.parts and "_sources" not in p.parts]
+
+
+def _local_link_broken(page: Path, href: str) -> bool:
+    u = urlparse(href)
+    if u.scheme not in ("", "file") or not u.path or href.startswith("#"):
+        return False
+    target = Path(unquote(u.path)) if u.scheme == "file" else (page.parent / unquote(u.path))
+    return not target.exists()
+
+
+def check(html: Path, shots: Path, executable: str | None = None) -> dict:
+    """``{page: [problems]}`` for every page of the built book under ``html``."""
+    from playwright.sync_api import sync_playwright
+
+    exe = executable or shutil.which("chromium") or shutil.which("chromium-browser")
+    shots.mkdir(parents=True, exist_ok=True)
+    problems: dict = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        for page_file in pages(html):
+            rel = str(page_file.relative_to(html))
+            found: list[str] = []
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda m, f=found: f.append(f"console error: {m.text[:200]}")
+                    if m.type == "error" else None)
+            page.on("pageerror", lambda e, f=found: f.append(f"page error: {str(e)[:200]}"))
+            page.goto(page_file.as_uri(), wait_until="load")
+            page.wait_for_timeout(300)
+            found += [f"overflow: {b}" for b in page.evaluate(_OVERFLOW_JS)]
+            found += [f"broken image: {s}" for s in page.evaluate(_IMAGES_JS)]
+            found += [f"broken link: {h}" for h in page.evaluate(_LINKS_JS) if _local_link_broken(page_file, h)]
+            text = page.inner_text("body")
+            found += [f"plumbing in the text: {t!r}" for t in FORBIDDEN_TEXT if t in text]
+            page.screenshot(path=str(shots / (rel.replace("/", "__").removesuffix(".html") + ".png")),
+                            full_page=True)
+            page.close()
+            if found:
+                problems[rel] = found
+        browser.close()
+    return problems
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("html", nargs="?", default=str(ROOT / "_build" / "html"))
+    ap.add_argument("--screenshots", default=str(ROOT / "_build" / "screenshots"))
+    ap.add_argument("--chromium", default=None, help="the browser executable (default: chromium on the PATH)")
+    a = ap.parse_args(argv)
+    html = Path(a.html)
+    if not (html / "index.html").exists():
+        print(f"no built book at {html}: run `make book` first", file=sys.stderr)
+        return 2
+    if not (a.chromium or shutil.which("chromium") or shutil.which("chromium-browser")):
+        print("no chromium on the PATH (Debian: apt-get install chromium)", file=sys.stderr)
+        return 2
+    problems = check(html, Path(a.screenshots), a.chromium)
+    n = len(pages(html))
+    if problems:
+        for page, items in problems.items():
+            print(f"{page}:")
+            for it in items:
+                print(f"  - {it}")
+        print(f"check-book: {sum(map(len, problems.values()))} problem(s) on {len(problems)} of {n} pages")
+        return 1
+    print(f"check-book: {n} pages checked, no problem; screenshots in {a.screenshots}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
