@@ -90,6 +90,12 @@ def check(params_file: str | Path, overrides: Optional[dict] = None, full: bool 
     except CohortSpecError as exc:
         report.problems += _problem_lines(exc)
         return report
+    from .radiomics import load_settings
+
+    try:
+        load_settings(resolve(cfg.radiomics.settings))
+    except (ValueError, FileNotFoundError) as exc:
+        report.problems += [f"radiomics.settings: {p}" for p in _problem_lines(exc)]
     if cfg.data.source != "manifest" or not cfg.data.manifest:
         if cfg.data.source == "twin":
             report.notes.append("data: the synthetic study twin (no files to read)")

@@ -40,14 +40,37 @@ IBSI_MAP = Path(__file__).parent / "data" / "ibsi_pyradiomics.yaml"
 
 
 def load_settings(path: str | Path) -> dict:
-    """Read a PyRadiomics parameter YAML (``setting`` / ``imageType`` / ``featureClass``)."""
+    """Read a PyRadiomics parameter YAML (``setting`` / ``imageType`` / ``featureClass``) and validate it
+    with PyRadiomics' own schema (``radiomics/schemas/paramSchema.yaml`` and its functions, through
+    pykwalify, as PyRadiomics does), reporting every problem at once."""
+    import logging
+
+    import pykwalify.core
+    from pykwalify.errors import PyKwalifyException
+    from radiomics import getParameterValidationFiles
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"radiomics settings not found: {path}")
-    d = yaml.safe_load(path.read_text()) or {}
-    unknown = set(d) - {"setting", "imageType", "featureClass"}
-    if unknown:
-        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)} (allowed: setting, imageType, featureClass)")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    schema, funcs = getParameterValidationFiles()
+    log = logging.getLogger("pykwalify")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # the errors are reported below, together
+    try:
+        core = pykwalify.core.Core(source_data=d, schema_files=[schema], extensions=[funcs])
+        core.validate(raise_exception=False)
+        errors = list(core.validation_errors or [])
+    except (PyKwalifyException, ValueError) as exc:  # the schema's own functions raise ValueError
+        errors = [str(exc)]
+    finally:
+        log.setLevel(level)
+    if errors:
+        raise ValueError(f"{path}: {len(errors)} problem(s) by PyRadiomics' parameter schema:\n  - "
+                         + "\n  - ".join(str(e) for e in errors))
     return d
 
 

@@ -48,10 +48,16 @@ def test_settings_file_has_version_and_comments():
     assert all("#" in ln for ln in commented), [ln for ln in commented if "#" not in ln]
 
 
-def test_unknown_settings_section(tmp_path):
+def test_settings_validated_by_pyradiomics_schema(tmp_path):
     p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump({"setting": {}, "filters": {}}))
-    with pytest.raises(ValueError, match="unknown section"):
+    p.write_text(yaml.safe_dump({"setting": {"binWidth": "wide"}, "filters": {}, "imageType": {"Original": {}}}))
+    with pytest.raises(ValueError) as err:
+        rad.load_settings(p)
+    msg = str(err.value)
+    assert "2 problem(s) by PyRadiomics' parameter schema" in msg
+    assert "filters" in msg and "binWidth" in msg  # both at once
+    p.write_text(yaml.safe_dump({"setting": {"interpolator": "sitkNope"}}))
+    with pytest.raises(ValueError, match="sitkNope"):  # the schema's value checks
         rad.load_settings(p)
 
 
