@@ -48,6 +48,7 @@ __all__ = [
     "reference_rows",
     "defaults_yaml",
     "reference_markdown",
+    "non_defaults",
 ]
 
 
@@ -697,3 +698,16 @@ def reference_markdown() -> str:
         cell = lambda t: str(t).replace("|", "\\|").replace("\n", " ")  # noqa: E731
         out.append(f"| `{r['parameter']}` | `{cell(r['default'])}` | {cell(r['allowed'])} | {cell(r['meaning'])} |")
     return "\n".join(out) + "\n"
+
+
+def non_defaults(params: Params) -> list[dict]:
+    """The parameters of a run that differ from the defaults: ``[{parameter, value, default}]``."""
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "grids":
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+    base = dict(flat(to_dict(Params())))
+    return [{"parameter": k, "value": v, "default": base.get(k)} for k, v in flat(to_dict(params))
+            if base.get(k) != v]

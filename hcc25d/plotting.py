@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -13,6 +14,7 @@ import pandas as pd  # noqa: E402
 __all__ = [
     "SYNTHETIC_NOTE",
     "set_style",
+    "describe",
     "savefig",
     "correlation_heatmap",
     "phase_gallery",
@@ -43,31 +45,62 @@ def set_style() -> None:
                          "svg.hashsalt": "hcc25d", "axes.titleweight": "bold"})
 
 
-def savefig(fig, out_dir: str | Path, topic: str, synthetic: bool = True) -> Path:
-    """Save ``fig`` as ``fig-<topic>.png`` and ``.svg`` in ``out_dir`` (atomically) and return the PNG path."""
+def describe(fig) -> str:
+    """Alt text for a figure from what it draws: its title, each panel's title and axis labels, the
+    series in its legends."""
+    parts = []
+    sup = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    if sup:
+        parts.append(sup.strip().rstrip("."))
+    panels = []
+    for ax in fig.axes:
+        if not ax.get_visible() or (not ax.has_data() and not ax.get_title()):
+            continue
+        bits = [ax.get_title().replace("\n", " ").strip()]
+        xl, yl = ax.get_xlabel(), ax.get_ylabel()
+        if xl or yl:
+            bits.append(f"{yl or 'value'} against {xl or 'position'}")
+        leg = ax.get_legend()
+        if leg is not None:
+            names = [t.get_text() for t in leg.get_texts()][:6]
+            bits.append("series: " + "; ".join(names))
+        bits = [b for b in bits if b]
+        if bits:
+            panels.append(", ".join(bits))
+    if panels:
+        parts.append(f"{len(panels)} panel(s): " + " | ".join(panels[:6]))
+    return (". ".join(parts) or "Figure") + "."
+
+
+def savefig(fig, out_dir: str | Path, topic: str, synthetic: bool = True, alt: Optional[str] = None) -> Path:
+    """Save ``fig`` as ``fig-<topic>.png`` and ``.svg`` in ``out_dir`` (atomically), show it with its alt
+    text (``alt``, else :func:`describe`) and return the PNG path."""
     from .io import atomic_path
 
     out_dir = Path(out_dir)
+    text = alt or describe(fig)
     if synthetic:
         fig.text(0.995, 0.005, SYNTHETIC_NOTE, ha="right", va="bottom", fontsize=7, color="0.45")
+        text += " Synthetic twin data."
     png = out_dir / f"fig-{topic}.png"
     for ext in ("png", "svg"):
         with atomic_path(out_dir / f"fig-{topic}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, metadata={"Date": None} if ext == "svg" else None)
-    _show(png)
+    _show(png, text)
     plt.close(fig)
     return png
 
 
-def _show(png: Path) -> None:
-    """In a notebook, show the saved PNG (what the reader sees is exactly the file in results/)."""
+def _show(png: Path, alt: str = "") -> None:
+    """In a notebook, show the saved PNG (what the reader sees is exactly the file in results/); the alt
+    text travels in the output's metadata (the book puts it on the image)."""
     try:
         from IPython import get_ipython
         from IPython.display import Image, display
     except ImportError:  # pragma: no cover
         return
     if get_ipython() is not None:
-        display(Image(filename=str(png)))
+        display(Image(filename=str(png)), metadata={"image/png": {"alt": alt}} if alt else None)
 
 
 def correlation_heatmap(df: pd.DataFrame, labels: dict | None = None, title: str = ""):
@@ -77,8 +110,12 @@ def correlation_heatmap(df: pd.DataFrame, labels: dict | None = None, title: str
     corr = df.corr(method="spearman")
     if labels:
         corr = corr.rename(index=labels, columns=labels)
+    # a horizontal colour bar in the free top-left corner, clear of both dendrograms
     g = sns.clustermap(corr, cmap="vlag", vmin=-1, vmax=1, figsize=(9, 9), linewidths=0.3,
-                       cbar_kws={"label": "Spearman ρ"}, dendrogram_ratio=0.12)
+                       cbar_kws={"orientation": "horizontal"}, dendrogram_ratio=0.14,
+                       cbar_pos=(0.02, 0.93, 0.1, 0.018))
+    g.ax_cbar.set_title("Spearman ρ", fontsize=8)
+    g.ax_cbar.tick_params(labelsize=7)
     if title:
         g.fig.suptitle(title, y=1.01)
     return g.fig

@@ -49,6 +49,7 @@ __all__ = [
     "pre_check",
     "run",
     "toc_notebooks",
+    "prepare_for_book",
     "build_book",
 ]
 
@@ -516,6 +517,32 @@ def toc_notebooks() -> list[str]:
     return files
 
 
+def prepare_for_book(src: Path, dst: Path) -> None:
+    """Copy an executed notebook for the book, hiding the runner's plumbing: the parameters cell and
+    papermill's injected-parameters cell are removed from the page (the run's parameters are stated on
+    the provenance page), the set-up cell (imports, loading) is collapsed behind a toggle, and each
+    figure's alt text (recorded by :func:`hcc25d.plotting.savefig` in the output's metadata) is put on
+    its image."""
+    nb = json.loads(Path(src).read_text())
+    first_code = True
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags):
+            tags.append("remove-cell")
+            continue
+        if first_code:
+            first_code = False
+            if "hide-input" not in tags:
+                tags.append("hide-input")
+        alts = [o.get("metadata", {}).get("image/png", {}).get("alt") for o in cell.get("outputs", [])]
+        alts = [a for a in alts if a]
+        if alts:
+            cell["metadata"].setdefault("mystnb", {}).setdefault("image", {})["alt"] = alts[-1]
+    Path(dst).write_text(json.dumps(nb, indent=1, ensure_ascii=False))
+
+
 def build_book(run_name: str, strict: bool = True) -> Path:
     """Copy a run's executed notebooks to ``book/executed/`` and render the book to ``_build/html``."""
     src = PROJECT_ROOT / "results" / run_name / "notebooks"
@@ -529,7 +556,7 @@ def build_book(run_name: str, strict: bool = True) -> Path:
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     for nb in toc_notebooks():
-        shutil.copy2(src / nb, dst / nb)
+        prepare_for_book(src / nb, dst / nb)
     gen = PROJECT_ROOT / "book" / "generated"
     gen.mkdir(parents=True, exist_ok=True)
     (gen / "parameters.md").write_text(_config.reference_markdown())

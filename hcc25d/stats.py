@@ -24,6 +24,8 @@ __all__ = [
     "delong_cov",
     "auc_ci",
     "delong_test",
+    "auc",
+    "two_sample_test",
     "youden_threshold",
     "binary_metrics",
     "reference_auc_table",

@@ -109,6 +109,8 @@ def test_notebook_templates_follow_house_rules():
             assert not c.get("outputs"), nb
             src = "".join(c["source"])
             assert not re.search(r"^\s*(def|class)\s", src, re.M), nb
+            wide = [ln for ln in src.splitlines() if len(ln) > 88]
+            assert not wide, (nb.name, "code lines fit the book's column (88 characters)", wide[:2])
             # cells call the package: no loop of more than a couple of lines (that belongs in a function)
             tree = ast.parse("\n".join(ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!"))))
             long = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While))
