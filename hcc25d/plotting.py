@@ -18,6 +18,7 @@ __all__ = [
     "savefig",
     "correlation_heatmap",
     "phase_gallery",
+    "cube_slices",
     "instance_grid",
     "feature_clustermap",
     "COHORT_TITLES",
@@ -154,6 +155,20 @@ def phase_gallery(cases_df: pd.DataFrame, load, window=(250.0, 50.0), title: str
     if title:
         fig.suptitle(title, y=1.0)
     fig.tight_layout()
+    return fig
+
+
+def cube_slices(cube: np.ndarray, step: int = 4, channel: int = 0, title: str = ""):
+    """Every ``step``-th axial slice of one channel of a 3D crop (window units)."""
+    ks = np.arange(0, cube.shape[1], step)
+    fig, axes = plt.subplots(1, len(ks), figsize=(1.1 * len(ks), 1.4), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        ax.imshow(cube[channel, k], cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(str(k), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8, y=1.08)
     return fig
 
 
