@@ -7,7 +7,7 @@ LOCK   := requirements.lock
 STAMP  := $(VENV)/.lock-$(shell sha256sum $(LOCK) | cut -c1-16)
 RUN    ?= synthetic
 
-.PHONY: all env book run render test clean distclean
+.PHONY: all env book run render test check-book clean distclean
 
 all: book
 
@@ -32,6 +32,11 @@ render: env
 
 test: env
 	$(PY) -m pytest
+
+# open every page of the rendered book in headless Chromium: overflow, broken images/links, JS errors,
+# runner plumbing; screenshots in _build/screenshots/
+check-book: env
+	$(PY) tools/check_book.py
 
 clean:
 	rm -rf _build book/executed

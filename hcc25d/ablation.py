@@ -98,7 +98,7 @@ def select_variants(keys, channels) -> list:
 def subset_bags(bags, variant: Variant, channels: Sequence[str]):
     """The instances and channels a variant's CNN is trained on (a one-phase variant repeats its phase in
     the three channels, as a single-phase study fed to an RGB network would)."""
-    from .cnn import Bags
+    from .crop25d import Bags
 
     idx = bags.index
     if variant.slots == "central":
@@ -206,12 +206,12 @@ def _nc_worker(args):
 def negative_control_bags(patients: pd.DataFrame, cfg, progress: bool = True):
     """The negative-control twin's 2.5D instances, generated and cropped in memory: the run's twin with
     ``signal_position: central`` for the same patients and seed (nothing is written to disk)."""
-    from .cnn import Bags
-    from .parallel import map_patients
+    from .crop25d import Bags
+    from .parallel import engine, map_patients
 
     twin = cfg.twin.model_copy(update={"signal_position": "central"})
     items = [(row, cfg.seed, twin, cfg.crop) for _, row in patients.iterrows()]
-    res = map_patients(_nc_worker, items, n_jobs=cfg.compute.n_jobs, backend=cfg.compute.backend,
+    res = map_patients(_nc_worker, items, n_jobs=cfg.compute.n_jobs, backend=engine(cfg.compute),
                        desc="negative-control twin", progress=progress)
     x = np.concatenate([r[0] for r in res])
     index = pd.DataFrame([row for r in res for row in r[1]])

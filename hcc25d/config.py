@@ -332,8 +332,13 @@ class AblationsCfg(Section):
 class ComputeCfg(Section):
     #: worker processes for per-patient work (-1 = all cores; 0 is not allowed).
     n_jobs: int = Field(2, ge=-1)
-    #: joblib backend: ``loky`` (processes), ``threading``, ``dask`` or ``ray`` (needs those installed).
+    #: ``loky`` (processes on this machine), ``threading``, ``sequential``, ``dask`` (a Dask cluster: see
+    #: ``scheduler``) or ``ray`` (joblib's ray backend, registered by the user).
     backend: Literal["loky", "threading", "dask", "ray", "sequential"] = "loky"
+    #: with ``backend: dask``: ``local`` (a LocalCluster of ``n_jobs`` single-threaded process workers) or
+    #: the address of a running Dask scheduler, e.g. ``tcp://10.0.0.5:8786`` (a SLURM cluster started
+    #: with dask-jobqueue; ``results/`` must be on a filesystem the workers share).
+    scheduler: str = "local"
     #: show progress bars.
     progress: bool = True
 

@@ -28,6 +28,8 @@ __all__ = [
     "decision_curves",
     "Nomogram",
     "nomogram",
+    "PAPER_METRICS",
+    "paper_layout",
 ]
 
 COHORTS = ("training", "internal", "external")
@@ -206,3 +208,33 @@ def nomogram(intercept: float, coefs: dict, axes: dict,
     ok = (tot >= 0) & (tot <= max_total)
     nomo.risk_ticks, nomo.risk_points = r[ok], tot[ok]
     return nomo
+
+
+#: the paper's metric columns of Tables 3–5, in its order
+PAPER_METRICS = [("accuracy", "Accuracy"), ("auc", "AUC (95% CI)"), ("sensitivity", "Sensitivity"),
+                 ("specificity", "Specificity"), ("ppv", "PPV"), ("npv", "NPV")]
+
+
+def _auc_text(auc, lo, hi) -> str:
+    if pd.isna(auc):
+        return ""
+    return f"{auc:.3f} ({lo:.3f}–{hi:.3f})" if pd.notna(lo) and pd.notna(hi) else f"{auc:.3f}"
+
+
+def paper_layout(long: pd.DataFrame, row: str, cohorts: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """A metrics table (one row per ``row`` value and cohort, as :func:`metrics_table` writes it) in the
+    paper's layout: ``row`` values as row labels, cohorts as column groups, the paper's six metrics in
+    each (AUC with its 95 % CI), at 3 decimals, as text."""
+    cohorts = list(cohorts or dict.fromkeys(long["cohort"]))
+    out = {}
+    for (name, c), g in long.groupby([row, "cohort"], sort=False):
+        r = g.iloc[0]
+        for m, label in PAPER_METRICS:
+            out.setdefault(name, {})[(c, label)] = (_auc_text(r["auc"], r.get("ci_low"), r.get("ci_high"))
+                                                     if m == "auc" else
+                                                     ("" if pd.isna(r[m]) else f"{r[m]:.3f}"))
+    cols = pd.MultiIndex.from_tuples([(c, label) for c in cohorts for _, label in PAPER_METRICS],
+                                     names=["cohort", ""])
+    t = pd.DataFrame.from_dict(out, orient="index").reindex(columns=cols).fillna("")
+    t.index.name = row
+    return t

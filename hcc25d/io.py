@@ -109,6 +109,13 @@ class RunPaths:
                 f"(python -m hcc25d run --params params/{self.run}.yaml --only {stage})")
         return d
 
+    def download(self, name: str, label: Optional[str] = None) -> str:
+        """A MyST download link to ``name`` in this stage's recorded folder, for a Markdown output of the
+        stage's notebook (the book copies the file and links it)."""
+        final = (self.run_dir / self.stage / name).resolve()
+        rel = os.path.relpath(final, (PROJECT_ROOT / "book" / "executed").resolve())
+        return f"{{download}}`{label or name} <{rel}>`"
+
     def table(self, topic: str) -> Path:
         return self.out / f"tab-{topic}.csv"
 

@@ -18,6 +18,7 @@ __all__ = [
     "compare_table2",
     "METRICS",
     "compare_metrics",
+    "side_by_side",
 ]
 
 PAPER_TABLES = Path(__file__).parent / "data" / "paper_tables.yaml"
@@ -141,3 +142,42 @@ def compare_metrics(table: str, ours: pd.DataFrame, name_map: dict, model_col: s
                              "reference AUC": ((reference or {}).get((which or (lambda _: "image"))(pname), {})
                                                .get(cohort_name)) if m == "auc" else np.nan})
     return pd.DataFrame(rows)
+
+
+def side_by_side(comp: pd.DataFrame, table: str, tolerance: float = 0.05):
+    """One of Tables 3–5 in the paper's layout with the paper's row and this run's row for every model
+    (and the twin's reference AUC where there is one); this run's values further than ``tolerance``
+    from the paper's are highlighted. Returns a pandas ``Styler`` (3 decimals)."""
+    from .evaluation import PAPER_METRICS, _auc_text
+
+    g = comp[comp["table"] == table]
+    cohorts = list(dict.fromkeys(g["cohort"]))
+    cols = pd.MultiIndex.from_tuples([(c, label) for c in cohorts for _, label in PAPER_METRICS],
+                                     names=["cohort", ""])
+    rows, flags = {}, {}
+    for model, h in g.groupby("model (paper)", sort=False):
+        for src in ("paper", "ours"):
+            name = (model, "paper" if src == "paper" else "this run")
+            for c in cohorts:
+                v = h[h["cohort"] == c].set_index("metric")
+                for m, label in PAPER_METRICS:
+                    if m not in v.index:
+                        continue
+                    x = v.loc[m, src]
+                    rows.setdefault(name, {})[(c, label)] = (
+                        _auc_text(x, v.loc["ci_low", src] if "ci_low" in v.index else None,
+                                  v.loc["ci_high", src] if "ci_high" in v.index else None)
+                        if m == "auc" else ("" if pd.isna(x) else f"{x:.3f}"))
+                    if src == "ours" and pd.notna(x) and pd.notna(v.loc[m, "paper"]):
+                        flags[(name, (c, label))] = abs(x - v.loc[m, "paper"]) > tolerance
+        ref = h[(h["metric"] == "auc") & h["reference AUC"].notna()]
+        for _, r in ref.iterrows():
+            rows.setdefault((model, "reference (twin)"), {})[(r["cohort"], "AUC (95% CI)")] = \
+                f"{r['reference AUC']:.3f}"
+    t = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=cols).fillna("")
+    t.index = pd.MultiIndex.from_tuples(t.index, names=["model", ""])
+    css = pd.DataFrame("", index=t.index, columns=t.columns)
+    for (name, col), bad in flags.items():
+        if bad:
+            css.loc[name, col] = "background-color: #fde2e1"
+    return t.style.apply(lambda _: css, axis=None)

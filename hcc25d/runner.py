@@ -98,9 +98,11 @@ STAGES: list[Stage] = [
     Stage("compare", "90_paper_vs_reproduction.ipynb", "Paper vs this reproduction",
           deps=("cohort", "data", "cnn", "signatures", "evaluation"),
           sections=(), data_files=("data/paper_tables.yaml",)),
+    Stage("findings", "00_findings.ipynb", "Findings",
+          deps=("cohort", "data", "cnn", "signatures", "evaluation", "ablations", "compare")),
     Stage("owndata", "95_own_data_example.ipynb", "Own data: a worked example", deps=(),
           sections=()),
-    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation", "ablations", "compare", "owndata"),
+    Stage("provenance", "99_provenance.ipynb", "Provenance", deps=("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation", "ablations", "compare", "findings", "owndata"),
           sections=()),
 ]
 

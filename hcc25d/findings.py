@@ -1,0 +1,155 @@
+"""The book's findings page, generated from a run's computed results (nothing on it is typed by hand):
+which of the paper's numbers this run reproduces, what the method achieves against the reference ceiling,
+what the ablations say, and what cannot be reproduced and why."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .io import read_json
+
+__all__ = [
+    "AUC_TOLERANCE",
+    "reproduced",
+    "reproduced_from",
+    "reproduction_summary",
+    "ceiling_table",
+    "ceiling_summary",
+    "ablation_summary",
+    "limits",
+]
+
+#: an AUC of Tables 3–5 counts as reproduced within this distance of the paper's
+AUC_TOLERANCE = 0.05
+
+
+def _read(run_dir: Path, stage: str, name: str) -> Optional[pd.DataFrame]:
+    p = Path(run_dir) / stage / name
+    return pd.read_csv(p) if p.exists() else None
+
+
+def reproduced(run_dir: str | Path) -> pd.DataFrame:
+    """Per table of the paper: how many of its numbers this run reproduces, from the comparison stage's
+    tables (:func:`reproduced_from`)."""
+    run_dir = Path(run_dir)
+    return reproduced_from(_read(run_dir, "compare", "tab-compare-table1.csv"),
+                           _read(run_dir, "compare", "tab-compare-table2.csv"),
+                           _read(run_dir, "compare", "tab-compare-tables3-5.csv"))
+
+
+def reproduced_from(c1: Optional[pd.DataFrame], c2: Optional[pd.DataFrame],
+                    c35: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """Per table: the paper's numbers compared, how many this run reproduces (Tables 1–2 within
+    printing precision; Tables 3–5: AUCs within :data:`AUC_TOLERANCE`) and how many it could not compute."""
+    rows = []
+    if c1 is not None:
+        rows.append({"table": "Table 1 (baseline characteristics)", "numbers": len(c1),
+                     "reproduced": int(c1["match"].astype(bool).sum()), "not computed": 0})
+    if c2 is not None:
+        for part, mask in (("univariable", ~c2["table"].str.contains("multi")),
+                           ("multivariable", c2["table"].str.contains("multi"))):
+            g = c2[mask]
+            rows.append({"table": f"Table 2 ({part})", "numbers": len(g),
+                         "reproduced": int(g["match"].astype(bool).sum()),
+                         "not computed": int(g["ours"].isna().sum())})
+    if c35 is not None:
+        auc = c35[c35["metric"] == "auc"]
+        for t, g in auc.groupby("table", sort=True):
+            ok = (g["ours"] - g["paper"]).abs() <= AUC_TOLERANCE
+            rows.append({"table": f"{t} (AUCs)", "numbers": len(g), "reproduced": int(ok.sum()),
+                         "not computed": int(g["ours"].isna().sum())})
+    return pd.DataFrame(rows, columns=["table", "numbers", "reproduced", "not computed"])
+
+
+def reproduction_summary(table: pd.DataFrame, twin: bool) -> str:
+    """The reproduction counts in words."""
+    if table.empty:
+        return "The comparison with the paper has not run."
+    total, ok = int(table["numbers"].sum()), int(table["reproduced"].sum())
+    parts = [f"**{ok} of the paper's {total} numbers** compared here are reproduced."]
+    t1 = table[table["table"].str.startswith("Table 1")]
+    if twin and len(t1):
+        parts.append(f"Table 1 ({int(t1['reproduced'].iloc[0])} of {int(t1['numbers'].iloc[0])}) agrees by "
+                     "construction: the synthetic twin is drawn to match it, so it tests this code, not the "
+                     "paper's cohort.")
+    later = table[table["table"].str.contains("Table [345]")]
+    if len(later):
+        parts.append(f"Of the {int(later['numbers'].sum())} AUCs of Tables 3–5, "
+                     f"{int(later['reproduced'].sum())} lie within ±{AUC_TOLERANCE} of the paper's and "
+                     f"{int(later['not computed'].sum())} could not be computed in this run.")
+    return " ".join(parts)
+
+
+def ceiling_table(run_dir: str | Path) -> pd.DataFrame:
+    """Each signature's AUC per cohort beside the twin's reference AUC (the ceiling of any model of
+    these data) and the share of the reference's margin over chance that the signature recovers."""
+    t5 = _read(Path(run_dir), "evaluation", "tab-table5.csv")
+    if t5 is None:
+        return pd.DataFrame()
+    out = []
+    for _, r in t5.iterrows():
+        ref_col = ("reference AUC (clinical + image)" if r["signature"] in ("Clinical", "Combined")
+                   else "reference AUC (image only)")
+        ref = r.get(ref_col, np.nan)
+        share = (r["auc"] - 0.5) / (ref - 0.5) if pd.notna(ref) and ref > 0.5 else np.nan
+        out.append({"signature": r["signature"], "cohort": r["cohort"], "AUC": r["auc"],
+                    "reference AUC": ref, "margin over chance recovered": share})
+    return pd.DataFrame(out)
+
+
+def ceiling_summary(table: pd.DataFrame) -> str:
+    """The ceiling comparison in words (external validation, the hardest cohort)."""
+    if table.empty or table["reference AUC"].isna().all():
+        return ("Own data: the true recurrence probabilities are unknown, so there is no reference ceiling; "
+                "the AUCs below are the method's.")
+    ext = table[table["cohort"] == "external"].set_index("signature")
+    parts = []
+    for s in ("DL_2.5D", "Combined"):
+        if s in ext.index and pd.notna(ext.loc[s, "reference AUC"]):
+            r = ext.loc[s]
+            parts.append(f"{s} reaches AUC {r['AUC']:.3f} on external validation against a reference of "
+                         f"{r['reference AUC']:.3f} ({100 * r['margin over chance recovered']:.0f} % of the "
+                         "reference's margin over chance)")
+    return ("; ".join(parts) + ".") if parts else ""
+
+
+def ablation_summary(run_dir: str | Path) -> str:
+    """The ablation stage's findings (:func:`hcc25d.ablation.summary`) from its saved tables."""
+    from .ablation import summary
+
+    t = _read(Path(run_dir), "ablations", "tab-ablations.csv")
+    if t is None:
+        return "The ablation stage did not run (`ablations.enabled: false`)."
+    return summary(t, _read(Path(run_dir), "ablations", "tab-negative-control.csv"))
+
+
+def limits(run_dir: str | Path, twin: bool) -> list[str]:
+    """What this run cannot reproduce, and why — each point computed from the run's records."""
+    run_dir = Path(run_dir)
+    out = []
+    if twin:
+        out.append("The images are a synthetic study twin, not the paper's patients: Tables 3–5 test whether "
+                   "the method recovers a known, planted signal, not the paper's clinical result.")
+    weights = run_dir / "cnn" / "weights.json"
+    if weights.exists():
+        w = read_json(weights)
+        if not any(v.get("used") == "imagenet" for v in w.values()):
+            out.append(f"No ImageNet-pretrained weights were used (backbones: {', '.join(w)}; trained from "
+                       "random initialisation): the paper fine-tuned pretrained networks.")
+        missing = sorted({"densenet121", "resnet50", "resnet101", "vgg19"} - set(w))
+        if missing:
+            out.append(f"The paper's backbones {', '.join(missing)} were not trained in this run (the `gpu` "
+                       "profile trains all four at 224 px).")
+    c35 = _read(run_dir, "compare", "tab-compare-tables3-5.csv")
+    if c35 is not None:
+        auc = c35[(c35["metric"] == "auc") & c35["reference AUC"].notna()]
+        above = auc[auc["paper"] > auc["reference AUC"]]
+        if len(above):
+            out.append(f"{len(above)} of the paper's AUCs exceed this twin's reference AUC for the same cohort: "
+                       "no honest model could reach them on these data.")
+    out.append("Training-cohort AUCs here are cross-validated (out of sample); the paper's are in-sample, "
+               "which flatters them — the in-sample rows are shown beside ours in the chapters.")
+    return out
