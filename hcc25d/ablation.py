@@ -291,7 +291,7 @@ def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None) -> str:
     lines.append("The negative control should show no gain of 2.5D over 2D and the default twin a gain; the "
                  "arterial-only variant should hold and the portal-only one drop. Where the table does not show "
                  "that, the pipeline has not learned the planted signal well enough for the ablation to "
-                 "resolve it (see the yardstick and the shortcut above).")
+                 "resolve it (see the yardstick and the shortcut in the ablation chapter).")
     return "\n".join(lines)
 
 

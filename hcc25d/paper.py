@@ -180,4 +180,4 @@ def side_by_side(comp: pd.DataFrame, table: str, tolerance: float = 0.05):
     for (name, col), bad in flags.items():
         if bad:
             css.loc[name, col] = "background-color: #fde2e1"
-    return t.style.apply(lambda _: css, axis=None)
+    return t.style.apply(lambda _: css, axis=None).set_table_attributes('class="dataframe"')

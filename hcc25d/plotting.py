@@ -244,9 +244,10 @@ def roc_panels(result, title: str = "", reference: dict | None = None, which: tu
         if reference:
             names = {"image": "image only", "combined": "clinical + image"}
             parts = [f"{names[k]} {reference[k][c]:.3f}" for k in which if c in reference.get(k, {})]
-            if parts:
-                t += "\nreference AUC: " + ", ".join(parts)
-        ax.set(title=t, xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+            if parts:  # one line per reference: the panel titles must not run into each other
+                t += "".join(f"\nreference AUC, {p}" for p in parts)
+        ax.set(xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+        ax.set_title(t, fontsize=9)
         ax.legend(loc="lower right", fontsize=7, title="AUC (95% CI)", title_fontsize=7)
     if title:
         fig.suptitle(title, y=1.02)
