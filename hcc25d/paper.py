@@ -174,8 +174,8 @@ def side_by_side(comp: pd.DataFrame, table: str, tolerance: float = 0.05):
         for _, r in ref.iterrows():
             rows.setdefault((model, "reference (twin)"), {})[(r["cohort"], "AUC (95% CI)")] = \
                 f"{r['reference AUC']:.3f}"
-    t = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=cols).fillna("")
-    t.index = pd.MultiIndex.from_tuples(t.index, names=["model", ""])
+    order = pd.MultiIndex.from_tuples(list(rows), names=["model", ""])  # paper, this run, reference
+    t = pd.DataFrame([rows[k] for k in rows], index=order).reindex(columns=cols).fillna("")
     css = pd.DataFrame("", index=t.index, columns=t.columns)
     for (name, col), bad in flags.items():
         if bad:
