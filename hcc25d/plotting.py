@@ -381,9 +381,12 @@ def nomogram_plot(nomo, labels: dict | None = None, title: str = ""):
 
     def axis_row(yv, xs, ticks, label):
         ax.plot([min(xs), max(xs)], [yv, yv], c="k", lw=1)
-        for x, t in zip(xs, ticks):
+        last = -np.inf
+        for x, t in sorted(zip(xs, ticks)):
             ax.plot([x, x], [yv, yv + 0.12], c="k", lw=1)
-            ax.text(x, yv + 0.18, t, ha="center", va="bottom", fontsize=7)
+            if x - last >= 0.9 * len(t) + 1.5:  # label only ticks with room for their text (no overlap)
+                ax.text(x, yv + 0.18, t, ha="center", va="bottom", fontsize=7)
+                last = x
         ax.text(-4, yv, label, ha="right", va="center", fontsize=9)
 
     pts = np.arange(0, 101, 10)
