@@ -108,9 +108,9 @@ def close_dask() -> None:
     for client in list(_CLIENTS.values()):
         cluster = getattr(client, "cluster", None)
         try:
-            client.close()
-            if cluster is not None:
+            if cluster is not None:  # workers first, then the scheduler: no heartbeat into a closed socket
                 cluster.close()
+            client.close()
         except Exception:  # pragma: no cover - shutting down
             pass
     _CLIENTS.clear()
