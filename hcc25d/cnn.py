@@ -58,6 +58,8 @@ __all__ = [
     "reference_shift",
     "patient_folds",
     "predict",
+    "pool_logits",
+    "pool_probabilities",
     "train_model",
     "crossfit_predict",
     "deconfounding_weights",
@@ -372,6 +374,31 @@ def _lr_lambda(kind: str, total_steps: int, warmup_steps: int):
     return f
 
 
+def pool_logits(logits, counts: Sequence[int], pooling: str = "lse"):
+    """One logit per bag from its instances' logits (a torch vector, bags consecutive, ``counts`` long):
+    ``lse`` = log-mean-exp (a smooth maximum that equals the common value when all agree), ``mean``."""
+    import torch
+
+    parts = torch.split(logits, list(counts))
+    if pooling == "lse":
+        return torch.stack([torch.logsumexp(p, 0) - math.log(len(p)) for p in parts])
+    if pooling == "mean":
+        return torch.stack([p.mean() for p in parts])
+    raise ValueError(f"bag_pooling must be 'lse' or 'mean', not {pooling!r}")
+
+
+def pool_probabilities(prob: np.ndarray, groups: np.ndarray, pooling: str = "lse") -> np.ndarray:
+    """:func:`pool_logits` on instance probabilities, one value per group (sorted by group), as a probability."""
+    import torch
+
+    order = np.argsort(np.asarray(groups, dtype=str), kind="stable")
+    g = np.asarray(groups, dtype=str)[order]
+    p = np.clip(np.asarray(prob, np.float64)[order], 1e-7, 1 - 1e-7)
+    counts = np.unique(g, return_counts=True)[1]
+    pooled = pool_logits(torch.from_numpy(np.log(p / (1 - p))), counts, pooling)
+    return torch.sigmoid(pooled).numpy()
+
+
 def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, prm: TrainCfg, seed: int,
                 device: str = "cpu", dims: int = 2, checkpoint: Optional[Path] = None, desc: str = "train",
                 progress: bool = True, val_ids=None, weights: Optional[np.ndarray] = None):
@@ -385,6 +412,10 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
 
     ``weights``: a loss weight per instance (see :func:`deconfounding_weights`); they replace the class
     weighting, which they include.
+
+    ``prm.loss == "bag"``: each step takes ``bag_batch`` patients with all their instances; the instance
+    logits of a patient are pooled (:func:`pool_logits`) and the loss is the patient's (class weighting by
+    patients; a patient's weight is its first instance's). The validation loss is then the patients' too.
 
     Returns ``(model, log)`` where ``log`` has one row per epoch (train loss, validation loss and AUC when
     there is a validation split, lr, optimiser steps so far, seconds, images per second). A checkpoint is
@@ -400,7 +431,14 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     val_mask = np.isin(groups, list(val_ids)) if val_ids is not None and len(val_ids) else np.zeros(len(y), bool)
     tr_idx, va_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
     y = np.asarray(y, np.float32)
-    n_pos, n_neg = y[tr_idx].sum(), len(tr_idx) - y[tr_idx].sum()
+    bag_mode = prm.loss == "bag"
+    if bag_mode:  # the units of a step are patients: their rows, in a fixed order
+        units = pd.unique(groups[tr_idx])
+        unit_rows = [tr_idx[groups[tr_idx] == g] for g in units]
+        y_unit = np.array([y[r[0]] for r in unit_rows], np.float32)
+        n_pos, n_neg = y_unit.sum(), len(y_unit) - y_unit.sum()
+    else:
+        n_pos, n_neg = y[tr_idx].sum(), len(tr_idx) - y[tr_idx].sum()
     pos_weight = torch.tensor([n_neg / max(n_pos, 1)], device=device) if prm.class_weight == "balanced" else None
     w_all = None
     if weights is not None:
@@ -413,8 +451,9 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     else:
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     epochs = int(prm.epochs)
-    bs = int(prm.batch_size)
-    steps_per_epoch = sum(1 for i in range(0, len(tr_idx), bs) if len(tr_idx) - i >= 2)
+    bs = int(prm.bag_batch) if bag_mode else int(prm.batch_size)
+    n_units = len(unit_rows) if bag_mode else len(tr_idx)
+    steps_per_epoch = sum(1 for i in range(0, n_units, bs) if n_units - i >= 2)
     total_steps = steps_per_epoch * epochs
     warmup = min(total_steps, int(round(float(prm.warmup_epochs) * steps_per_epoch)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(prm.schedule, total_steps, warmup))
@@ -444,18 +483,30 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             break
         t0 = time.perf_counter()
         model.train()
-        perm = tr_idx[torch.randperm(len(tr_idx), generator=gen).numpy()]
+        if bag_mode:
+            perm = torch.randperm(n_units, generator=gen).numpy()
+        else:
+            perm = tr_idx[torch.randperm(len(tr_idx), generator=gen).numpy()]
         losses = []
         for i in range(0, len(perm), bs):
-            b = np.sort(perm[i:i + bs])
-            if len(b) < 2:
+            if bag_mode:
+                ub = perm[i:i + bs]
+                b = np.concatenate([unit_rows[u] for u in ub])
+                counts = [len(unit_rows[u]) for u in ub]
+                target, first = y_unit[ub], np.array([unit_rows[u][0] for u in ub])
+            else:
+                b = np.sort(perm[i:i + bs])
+                target, first = y[b], b
+            if len(first) < 2:
                 continue
             xb = torch.from_numpy(np.asarray(x[b], np.float32)).to(device)
-            yb = torch.from_numpy(y[b]).to(device)
+            yb = torch.from_numpy(np.ascontiguousarray(target)).to(device)
             xb = _augment(xb, gen, aug, dims)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
                 logits = model(_normalise(xb, dims)).float().squeeze(1)
-                wb = None if w_all is None else w_all[b].to(device)
+                if bag_mode:
+                    logits = pool_logits(logits, counts, prm.bag_pooling)
+                wb = None if w_all is None else w_all[first].to(device)
                 loss = F.binary_cross_entropy_with_logits(logits, yb, pos_weight=pos_weight, weight=wb)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -469,6 +520,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
         if len(va_idx):
             pv = predict(model, x[va_idx], device=device, dims=dims, amp=amp)
             yv = y[va_idx]
+            if bag_mode:
+                pv, yv = pool_probabilities(pv, groups[va_idx], prm.bag_pooling), pd.Series(yv).groupby(groups[va_idx], sort=True).first().to_numpy()
             eps = 1e-6
             row["val_loss"] = float(-np.mean(yv * np.log(pv + eps) + (1 - yv) * np.log(1 - pv + eps)))
             row["val_auc"] = auc(yv, pv)

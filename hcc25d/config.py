@@ -152,6 +152,13 @@ class CropCfg(Section):
     margin_mm: float = Field(12.0, ge=0)
     #: output size (pixels) of each instance (224 in the paper and the gpu profile; 64 on a CPU).
     image_size: int = Field(64, ge=2)
+    #: ``roi``: each crop spans the ROI's box plus ``margin_mm`` (the paper's way: a small tumour is
+    #: magnified, a large one shrunk, so the millimetres per pixel follow the tumour's size); ``fixed``: every
+    #: crop spans ``fov_mm`` around the box's centre, so a pixel is ``fov_mm / image_size`` mm for every
+    #: patient and texture, noise and a nodule look the same size in every crop.
+    scale: Literal["roi", "fixed"] = "roi"
+    #: with ``scale: fixed``: the field of view of every crop (mm).
+    fov_mm: float = Field(112.0, gt=0)
     #: phases as channels, in the paper's order.
     channels: tuple[Literal["plain", "arterial", "portal"], ...] = Field(("arterial", "plain", "portal"), min_length=1, max_length=3)
     #: ``central``: axial neighbours share one box (aligned, one scale); ``slice``: each slice's own ROI box.
@@ -239,6 +246,17 @@ class TrainCfg(Section):
     #: combination of outcome and these variables carries the same weight. Empty = the paper's way.
     #: The slice-level setting also weights the DL_2.5D classifiers of the signatures stage.
     deconfound: tuple[str, ...] = ()
+    #: ``instance``: every instance carries its patient's label (the paper's way); ``bag``: the instances of
+    #: a patient are scored together and the loss is taken on the patient's pooled score (multi-instance
+    #: training: an instance that does not show the trait is not pushed towards the label). The network
+    #: still scores each instance, so the multi-instance fusion downstream is unchanged. The 3D baseline
+    #: has one cube per patient, where both are the same.
+    loss: Literal["instance", "bag"] = "instance"
+    #: with ``loss: bag``: how a patient's instance logits are pooled — ``lse`` (log-mean-exp: a smooth
+    #: maximum, so one instance that shows the trait can carry the patient) or ``mean``.
+    bag_pooling: Literal["lse", "mean"] = "lse"
+    #: with ``loss: bag``: patients per optimiser step (all their instances go into the step).
+    bag_batch: int = Field(16, ge=2)
     #: mixed precision on CUDA.
     amp: bool = True
     #: deterministic algorithms and seeded workers (bit-identical reruns on the same machine).
@@ -270,6 +288,9 @@ class CnnCfg(TrainCfg):
     weight_decay: float = Field(0.01, ge=0)
     dropout: float = Field(0.3, ge=0, lt=1)
     warmup_epochs: float = Field(2.0, ge=0)
+    #: ``bag`` (the CPU default: the loss on each patient's pooled score, see ``TrainCfg.loss``) or
+    #: ``instance`` (the paper's way: every instance carries its patient's label; the ``gpu`` profile).
+    loss: Literal["instance", "bag"] = "bag"
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
 
 
@@ -321,9 +342,10 @@ class AblationsCfg(Section):
     enabled: bool = True
     #: the variants beside the full model: ``2d`` (central axial slice), ``axial`` (no sagittal/coronal
     #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference), ``seed``
-    #: (the full model retrained with another seed: the noise of training alone).
-    variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "seed"], ...] = (
-        "2d", "axial", "arterial", "portal", "no-reference", "seed")
+    #: (the full model retrained with another seed: the noise of training alone), ``instance-loss`` (every
+    #: instance trained on its patient's label, the paper's way, where ``cnn.loss`` is ``bag``).
+    variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "seed"], ...] = (
+        "2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "seed")
     #: also regenerate the twin with its signal on the central slice and compare 2.5D with 2D there
     #: (twin runs only).
     negative_control: bool = True

@@ -15,8 +15,9 @@ The default bag therefore holds **9** distinct 2D regions. The paper speaks of "
 while listing exactly these 7 + 2; its count is reachable by parameters, e.g. ``sagittal_offsets: [0, 2]``
 (any offsets whose total count is 10).
 
-Each instance is a square crop around the ROI's bounding box plus ``margin_mm`` of context, resampled to
-``image_size`` × ``image_size`` pixels, with the phases as channels in the paper's order (arterial,
+Each instance is a square crop around the ROI's bounding box plus ``margin_mm`` of context (``scale: roi``,
+the paper's way) or a square of ``fov_mm`` centred on that box (``scale: fixed``: one pixel size for every
+patient), resampled to ``image_size`` × ``image_size`` pixels, with the phases as channels in the paper's order (arterial,
 plain, portal). With ``box: central`` (default) all axial instances share one box — the union of the
 ROI's boxes over those slices — so the neighbours are aligned and on one scale; ``box: slice`` uses each
 slice's own ROI box (the central box where a slice has no ROI).
@@ -107,7 +108,8 @@ def resample_and_window(imgs: dict, mask, prm: CropCfg, pad_mm: Optional[float] 
             raise ValueError("empty mask")
         ext = np.array(stats.GetBoundingBox(1)[3:]) * np.array(m.GetSpacing())
         max_off = max([abs(o) for o in prm.axial_offsets + prm.sagittal_offsets + prm.coronal_offsets] or [0])
-        pad_mm = max(ext.max() / 2 + prm.margin_mm + max_off * max(prm.spacing_mm) + 4.0, prm.cube_mm / 2 + 4.0)
+        pad_mm = max(ext.max() / 2 + prm.margin_mm + max_off * max(prm.spacing_mm) + 4.0, prm.cube_mm / 2 + 4.0,
+                     prm.fov_mm / 2 + max_off * max(prm.spacing_mm) + 4.0 if prm.scale == "fixed" else 0.0)
     lo, size = _roi_region(m, pad_mm)
     roi_m = sitk.RegionOfInterest(m, [int(s) for s in size], [int(v) for v in lo])
     new_sp = np.array(prm.spacing_mm, float)
@@ -213,11 +215,12 @@ def select_instances(m: np.ndarray, prm: CropCfg) -> list[dict]:
     return out
 
 
-def extract_square(plane: np.ndarray, box, margin_px: float, size: int) -> np.ndarray:
+def extract_square(plane: np.ndarray, box, margin_px: float, size: int, side_px: Optional[float] = None) -> np.ndarray:
     """Square crop of a (C, R, Cc) plane around ``box`` = (r0, r1, c0, c1) (inclusive) plus
-    ``margin_px`` on each side, sampled bilinearly to ``size`` × ``size``; outside → 0 (never wraps)."""
+    ``margin_px`` on each side — or, with ``side_px``, a square of that side centred on the box —
+    sampled bilinearly to ``size`` × ``size``; outside → 0 (never wraps)."""
     r0, r1, c0, c1 = box
-    side = max(r1 - r0 + 1, c1 - c0 + 1) + 2.0 * margin_px
+    side = max(r1 - r0 + 1, c1 - c0 + 1) + 2.0 * margin_px if side_px is None else float(side_px)
     rc, cc = (r0 + r1) / 2.0, (c0 + c1) / 2.0
     t = (np.arange(size) + 0.5) * side / size - side / 2.0
     rr, cc_ = np.meshgrid(rc + t, cc + t, indexing="ij")
@@ -263,7 +266,7 @@ def crop_arrays(vol: np.ndarray, m: np.ndarray, prm: CropCfg, spacing=(1.0, 1.0,
             # margin in pixels of this plane (rows of sagittal/coronal planes are z)
             px = sp[0] if view != "sagittal" else sp[1]
             a = extract_square(plane, (inst["r0"], inst["r1"], inst["c0"], inst["c1"]), prm.margin_mm / px,
-                               prm.image_size)
+                               prm.image_size, side_px=prm.fov_mm / px if prm.scale == "fixed" else None)
             if view != "axial":
                 a = a[:, ::-1, :]  # superior at the top
             arrs.append(np.ascontiguousarray(a))

@@ -6,7 +6,7 @@ import torch
 
 from hcc25d import cnn, cnn3d, config, crop25d, stats
 
-_PRM = {"epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
+_PRM = {"loss": "instance", "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
        "val_fraction": 0.25, "deterministic": True, "augment": {"flip": True, "rotate_deg": 10.0, "intensity": 0.1}}
 
 
@@ -114,6 +114,52 @@ def test_training_is_deterministic_and_learns():
     assert np.allclose(cnn.predict(m1, bags.x), cnn.predict(m2, bags.x))
     assert stats.auc(y, cnn.predict(m1, bags.x)) > 0.9
     assert {"epoch", "train_loss", "lr", "steps", "seconds", "images_per_s"} <= set(log1.columns)
+
+
+def test_pool_logits():
+    t = torch.tensor([1.0, 1.0, 1.0, -2.0, 0.0, 4.0])
+    lse = cnn.pool_logits(t, [3, 3], "lse")
+    assert lse[0].item() == pytest.approx(1.0)  # agreeing instances: their common value
+    assert 0.0 - 2 / 3 < lse[1].item() < 4.0 and lse[1].item() > 4.0 - np.log(3) - 1e-6  # a smooth maximum
+    assert cnn.pool_logits(t, [3, 3], "mean")[1].item() == pytest.approx(2 / 3)
+    p = np.array([0.5, 0.9, 0.5, 0.2])
+    out = cnn.pool_probabilities(p, np.array(["b", "a", "b", "a"]), "mean")  # sorted by group: a, b
+    assert out[1] == pytest.approx(0.5) and out[0] == pytest.approx(1 / (1 + np.exp(-(np.log(9) + np.log(0.25)) / 2)))
+    with pytest.raises(ValueError, match="bag_pooling"):
+        cnn.pool_logits(t, [6], "max")
+
+
+def one_instance_bags(n=48, inst=5, size=16, seed=0):
+    """Bags where a positive patient shows its trait on exactly one (random) instance."""
+    rng = np.random.default_rng(seed)
+    xs, rows, where = [], [], {}
+    for i in range(n):
+        y, pid = i % 2, f"p{i:03d}"
+        hit = int(rng.integers(inst))
+        where[pid] = hit
+        for j in range(inst):
+            x = rng.normal(0.5, 0.05, (3, size, size)).astype(np.float32)
+            if y and j == hit:
+                x[0, 5:11, 5:11] += 0.4
+            xs.append(x)
+            rows.append({"patient_id": pid, "instance": j, "label": y})
+    return np.stack(xs), pd.DataFrame(rows), where
+
+
+def test_bag_loss_finds_the_instance_that_shows_the_trait():
+    x, idx, where = one_instance_bags()
+    y, g = idx["label"].to_numpy(), idx["patient_id"].to_numpy()
+    prm = P(loss="bag", bag_batch=8, epochs=15, lr=0.01, val_fraction=0.0, augment={"flip": True})
+    model, log = cnn.train_model(tiny_model, x, y, g, prm, seed=1, progress=False)
+    assert log["steps"].iloc[-1] == 15 * 6  # 48 patients, 8 per step
+    p = cnn.predict(model, x)
+    pooled = cnn.pool_probabilities(p, g, "lse")
+    assert stats.auc(idx.groupby("patient_id")["label"].first().to_numpy(), pooled) > 0.95
+    pos = idx.assign(p=p)[idx["label"] == 1]
+    top = pos.loc[pos.groupby("patient_id")["p"].idxmax()]
+    assert np.mean([where[r.patient_id] == r.instance for r in top.itertuples()]) > 0.9
+    # the patients' loss, not the instances': negatives' instances stay low, not only on average
+    assert p[y == 0].max() < np.sort(top["p"].to_numpy())[len(top) // 4]
 
 
 def test_learning_rate_warms_up_then_decays():

@@ -212,3 +212,17 @@ def test_channels_say_what_they_hold():
     _, _, names, _ = crop25d.resample_and_window({"portal": img}, m, P(image_size=16, cube_size=8))
     assert names == ["portal (copy)", "portal (copy)", "portal"]
     assert not any(n.startswith(("arterial", "plain")) for n in names)
+
+
+def test_fixed_scale_gives_every_patient_one_pixel_size():
+    # a plane whose value is its column index: the step between output columns is the pixel size
+    plane = np.tile(np.arange(200, dtype=np.float32), (1, 200, 1))
+    steps = []
+    for box in ((90, 110, 90, 110), (60, 140, 50, 150)):  # a small and a large ROI
+        roi = crop25d.extract_square(plane, box, margin_px=5, size=32)
+        fixed = crop25d.extract_square(plane, box, margin_px=5, size=32, side_px=96)
+        steps.append((np.diff(roi[0, 0]).mean(), np.diff(fixed[0, 0]).mean()))
+        assert fixed[0, 16, 16] == pytest.approx((box[2] + box[3]) / 2 + 1.5, abs=1.6)  # centred on the box
+    (roi_small, fixed_small), (roi_large, fixed_large) = steps
+    assert roi_large > 3 * roi_small  # the paper's way: the pixel size follows the ROI
+    assert fixed_small == pytest.approx(3.0) and fixed_large == pytest.approx(3.0)
