@@ -69,6 +69,8 @@ class Variant:
     reseed: int = 0
     #: ``None`` = the CNN stage's ``cnn.loss``; else ``instance`` or ``bag``
     loss: Optional[str] = None
+    #: ``False``: the full model's scores without the size adjustment (no retraining)
+    size_adjust: Optional[bool] = None
 
 
 VARIANTS = (
@@ -79,6 +81,7 @@ VARIANTS = (
     Variant("portal", "one phase: portal", "phases", phases=("portal",)),
     Variant("no-reference", "no intensity reference", "intensity reference", reference="none"),
     Variant("instance-loss", "instance labels (the paper's training)", "training loss", loss="instance"),
+    Variant("no-size-adjust", "no size adjustment", "size adjustment", size_adjust=False),
     Variant("seed", "full, retrained with another seed", "training noise", reseed=1),
 )
 
@@ -127,7 +130,7 @@ def subset_bags(bags, variant: Variant, channels: Sequence[str]):
 
 def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, cache_dir=None,
                 progress: bool = True, name: Optional[str] = None,
-                confounders: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+                confounders: Optional[pd.DataFrame] = None, size: Optional[pd.Series] = None) -> pd.DataFrame:
     """Cross-fit the selected backbone on a variant's instances, with the CNN stage's folds and settings.
 
     ``raw_bags``: the cropping stage's bags *before* the intensity reference (the variant decides).
@@ -143,7 +146,7 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
                                           prediction=C.prediction, device=cnn.torch_device(C.device),
                                           cache_dir=cache_dir, name=name or f"{backbone} [{variant.name}]",
                                           progress=progress, fold_of=fold_of, confounders=confounders,
-                                          verbose=False)
+                                          verbose=False, size=size)
     return preds
 
 
@@ -230,6 +233,8 @@ EXPECTED = {
                            "heterogeneity",
     "one phase: portal": "lower: the portal phase carries only the heterogeneity",
     "no intensity reference": "similar internally, lower externally: centre 2's HU offset and bolus timing",
+    "no size adjustment": "similar internally, lower externally: the score's size component goes with the "
+                          "outcome in the training cohort and against it in the external one",
     "instance labels (the paper's training)": "lower: where one or two of nine slices show the enhancement, "
                                               "the other instances' labels are noise",
     "full, retrained with another seed": "the same in expectation: its difference is the noise of training alone",
@@ -344,6 +349,8 @@ class Context:
     cv: object = None
     cache: object = None
     confounders: Optional[pd.DataFrame] = None
+    #: each patient's ROI extent (mm) for the size adjustment (the negative-control twin has the same anatomy)
+    size: Optional[pd.Series] = None
 
     @property
     def backbone(self) -> str:
@@ -371,7 +378,7 @@ class Context:
 
 def load_context(cfg, paths) -> Context:
     """Read the upstream stages' files for the ablation stage."""
-    from .crop25d import load_bags
+    from .crop25d import load_bags, roi_extent_mm
     from .io import read_json
 
     patients = pd.read_csv(paths.stage_dir("cohort") / "patients.csv", dtype={"patient_id": str})
@@ -381,9 +388,11 @@ def load_context(cfg, paths) -> Context:
     ids = sorted(set(full["patient_id"]) & set(radf.index))
     P = patients.set_index("patient_id")
     meta = P.loc[ids, ["cohort", "label"]]
-    ctx = Context(cfg, load_bags(paths.stage_dir("crop25d")), full, radf, meta, key,
+    bags = load_bags(paths.stage_dir("crop25d"))
+    ctx = Context(cfg, bags, full, radf, meta, key,
                   cache=paths.run_dir / ".cache" / "ablations" if cfg.cnn.resume else None,
-                  confounders=P[list(cfg.cnn.deconfound)] if cfg.cnn.deconfound else None)
+                  confounders=P[list(cfg.cnn.deconfound)] if cfg.cnn.deconfound else None,
+                  size=roi_extent_mm(bags.index, cfg.crop.spacing_mm))
     train = (meta["cohort"] == "training").to_numpy()
     if cfg.signatures.cv == "cnn" and ctx.fold_of:
         ctx.cv = sig.folds_cv(pd.Series(ctx.fold_of).reindex(meta.index[train]))
@@ -394,10 +403,17 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
     """Retrain the CNN per variant and score each with DL features alone and with radiomics.
 
     Returns ``(table, probabilities, patient-mean AUC of each variant's CNN)``."""
+    from .cnn import undo_size_adjust
+
     rows, probs, inst_auc, full = [], {}, [], {}
     for v in variants:
-        preds = ctx.full_preds if v.factor == "reference" else retrain_cnn(
-            ctx.raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False, confounders=ctx.confounders)
+        if v.factor == "reference":
+            preds = ctx.full_preds
+        elif v.size_adjust is False:
+            preds = undo_size_adjust(ctx.full_preds)
+        else:
+            preds = retrain_cnn(ctx.raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False,
+                                confounders=ctx.confounders, size=ctx.size)
         pat = preds.groupby("patient_id").agg(cohort=("cohort", "first"), label=("label", "first"),
                                               prob=("prob", "mean"))
         inst_auc.append({"variant": v.name, **{c: auc_ci(g["label"], g["prob"]).auc
@@ -427,7 +443,8 @@ def negative_control(ctx: Context, patients: pd.DataFrame, table: pd.DataFrame, 
     for v in (full_v, twod):
         cache = ctx.cache / "negative-control" if ctx.cache else None
         preds = retrain_cnn(nc_raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, cache, False,
-                            name=f"{ctx.backbone} [negative control, {v.name}]", confounders=ctx.confounders)
+                            name=f"{ctx.backbone} [negative control, {v.name}]", confounders=ctx.confounders,
+                            size=ctx.size)
         B = mil_features(preds).reindex(ctx.meta.index)
         row, p = evaluate_variant(v.name, B, ctx.meta, list(B.columns), [], ctx.key, ctx.cfg, ctx.cv, p_full,
                                   views=sig.heldout_views(preds, B, list(B.columns)), sample_weight=ctx.weights)

@@ -62,6 +62,8 @@ __all__ = [
     "pool_probabilities",
     "train_model",
     "crossfit_predict",
+    "size_adjust",
+    "undo_size_adjust",
     "deconfounding_weights",
     "ensemble",
     "torch_device",
@@ -555,7 +557,7 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
                      prediction: str = "crossfit", device: str = "cpu", dims: int = 2,
                      cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True,
                      fold_of: Optional[dict] = None, confounders: Optional[pd.DataFrame] = None,
-                     verbose: bool = True):
+                     verbose: bool = True, size: Optional[pd.Series] = None):
     """Leakage-safe probabilities for every instance (or cube) of ``bags`` from one set of models.
 
     ``prediction="crossfit"``: ``folds`` models, each trained on all training patients but one fold.
@@ -580,7 +582,12 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     trained model; ``meta`` holds each training patient's fold and, per model, the patients it was trained
     on (fit + early-stopping validation) — the record the leakage test checks against the data each model
     actually received.
+
+    With ``prm.size_adjust`` the probabilities are adjusted for the ROI's size (:func:`size_adjust`;
+    ``size``: each patient's ROI extent in mm, required then) and ``meta["size_adjust"]`` holds the slope.
     """
+    if prm.size_adjust and size is None:
+        raise ValueError("size_adjust is on: pass each patient's ROI extent (crop25d.roi_extent_mm) as size")
     pats = bags.patients()
     train = pats[pats["cohort"] == "training"].reset_index(drop=True)
     y = bags.index["label"].to_numpy()
@@ -652,7 +659,70 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     if prediction == "crossfit":  # each fold model's own probabilities of the internal/external instances
         for f in range(k):
             out[f"prob_fold{f + 1}"] = per_fold[f]
-    return out, pd.concat(logs, ignore_index=True), models, {"fold": assignment, "trained_on": trained_on}
+    meta = {"fold": assignment, "trained_on": trained_on}
+    if prm.size_adjust:
+        out, meta["size_adjust"] = size_adjust(out, size)
+        if verbose:
+            print(f"{name}: size adjustment, slope {meta['size_adjust']['slope']:+.3f} logit per log-mm of ROI "
+                  f"extent (fitted on {meta['size_adjust']['n_training']} training patients)")
+    return out, pd.concat(logs, ignore_index=True), models, meta
+
+
+def _logit(p):
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def _prob_columns(preds: pd.DataFrame) -> list[str]:
+    return [c for c in preds.columns if c in ("prob", "prob_insample") or c.startswith("prob_fold")]
+
+
+def size_adjust(preds: pd.DataFrame, extent: pd.Series) -> tuple[pd.DataFrame, dict]:
+    """Take the part that follows the tumour's size out of a model set's scores (``size_adjust``).
+
+    ``preds``: :func:`crossfit_predict`'s output; ``extent``: each patient's ROI extent in mm
+    (:func:`hcc25d.crop25d.roi_extent_mm`). A patient's score is the mean logit of its instances. On the
+    *training* patients the out-of-fold scores are regressed on ``log(extent)`` and the outcome (so the
+    part of the size relation that goes with the outcome is not removed); the size slope ``b`` alone gives
+    each patient's shift ``b · (log extent − median over training)``, subtracted from the logit of every
+    probability column of its instances, in every cohort. Nothing is fitted on validation patients.
+    Returns ``(adjusted predictions with a size_shift column (logit units), {slope, centre, n})``;
+    :func:`undo_size_adjust` restores the input.
+    """
+    out = preds.copy()
+    pid = out["patient_id"].astype(str)
+    pat = pd.DataFrame({"score": _logit(out["prob"]), "pid": pid, "cohort": out["cohort"].to_numpy(),
+                        "label": out["label"].to_numpy()}).groupby("pid", sort=True).agg(
+        score=("score", "mean"), cohort=("cohort", "first"), label=("label", "first"))
+    ext = extent.copy()
+    ext.index = ext.index.astype(str)
+    missing = sorted(set(pat.index) - set(ext.index))
+    if missing:
+        raise ValueError(f"size_adjust: no ROI extent for {len(missing)} patient(s), e.g. {missing[:3]}")
+    d = np.log(ext.reindex(pat.index).astype(float))
+    tr = ((pat["cohort"] == "training") & np.isfinite(d) & np.isfinite(pat["score"])).to_numpy()
+    if tr.sum() < 4 or pat.loc[tr, "label"].nunique() < 2:
+        raise ValueError("size_adjust needs at least 4 training patients of both outcomes")
+    A = np.c_[np.ones(tr.sum()), d[tr], pat.loc[tr, "label"].astype(float)]
+    coef = np.linalg.lstsq(A, pat.loc[tr, "score"].to_numpy(), rcond=None)[0]
+    centre = float(np.median(d[tr]))
+    shift = pd.Series(coef[1] * (d - centre), index=pat.index).fillna(0.0)
+    sh = shift.reindex(pid).to_numpy()
+    for c in _prob_columns(out):
+        out[c] = 1 / (1 + np.exp(-(_logit(out[c]) - sh)))
+    out["size_shift"] = sh
+    return out, {"slope": float(coef[1]), "centre_log_mm": centre, "n_training": int(tr.sum())}
+
+
+def undo_size_adjust(preds: pd.DataFrame) -> pd.DataFrame:
+    """The scores before :func:`size_adjust` (from its ``size_shift`` column; unchanged without it)."""
+    if "size_shift" not in preds:
+        return preds
+    out = preds.copy()
+    for c in _prob_columns(out):
+        out[c] = 1 / (1 + np.exp(-(_logit(out[c]) + out["size_shift"].to_numpy())))
+    out["size_shift"] = 0.0
+    return out
 
 
 def deconfounding_weights(y, confounders: pd.DataFrame) -> np.ndarray:
@@ -757,7 +827,8 @@ def no_imagenet_warning(name: str, info: dict) -> str:
 
 
 def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Optional[Path] = None,
-                    confounders: Optional[pd.DataFrame] = None, model_dir: Optional[Path] = None):
+                    confounders: Optional[pd.DataFrame] = None, model_dir: Optional[Path] = None,
+                    size: Optional[pd.Series] = None):
     """Cross-fit every backbone of ``C.backbones`` (:func:`crossfit_predict`) on the same folds.
 
     Returns ``(preds, logs, models, metas)``: instance predictions of all backbones (column
@@ -772,7 +843,7 @@ def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Op
                                              width=C.width)[0]
         preds, logs, fitted, meta = crossfit_predict(bags, make, C, seed, folds=C.folds, prediction=C.prediction,
                                                      device=device, cache_dir=cache_dir, name=name,
-                                                     progress=False, confounders=confounders)
+                                                     progress=False, confounders=confounders, size=size)
         all_preds.append(preds.assign(backbone=name))
         all_logs.append(logs)
         models[name], metas[name] = fitted, meta

@@ -246,6 +246,14 @@ class TrainCfg(Section):
     #: combination of outcome and these variables carries the same weight. Empty = the paper's way.
     #: The slice-level setting also weights the DL_2.5D classifiers of the signatures stage.
     deconfound: tuple[str, ...] = ()
+    #: remove the part of the image score that follows the tumour's size: after cross-fitting, the
+    #: training patients' out-of-fold scores (mean instance logit) are regressed on the log of the ROI's
+    #: in-plane extent (measured on the mask) *and the outcome*; the size slope alone is then subtracted
+    #: from every patient's instance logits (all cohorts, one slope fitted on training patients only). A
+    #: network whose texture filters see a shrunk large tumour as "rougher" than a magnified small one scores
+    #: by size even where size is not rewarded; this takes that out and keeps what goes with the outcome.
+    #: Off = the paper's way.
+    size_adjust: bool = False
     #: ``instance``: every instance carries its patient's label (the paper's way); ``bag``: the instances of
     #: a patient are scored together and the loss is taken on the patient's pooled score (multi-instance
     #: training: an instance that does not show the trait is not pushed towards the label). The network
@@ -291,6 +299,8 @@ class CnnCfg(TrainCfg):
     #: ``bag`` (the CPU default: the loss on each patient's pooled score, see ``TrainCfg.loss``) or
     #: ``instance`` (the paper's way: every instance carries its patient's label; the ``gpu`` profile).
     loss: Literal["instance", "bag"] = "bag"
+    #: the CPU default: adjust the image score for the tumour's size (see ``TrainCfg.size_adjust``).
+    size_adjust: bool = True
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
 
 
@@ -300,6 +310,8 @@ class Cnn3dCfg(TrainCfg):
     #: channels of the first stage (64 = ResNet-18's widths).
     width: int = Field(16, ge=1)
     folds: int = Field(3, ge=2)
+    #: as the slice-level CNN's default, so that DL_2.5D and DL_3D are compared on equal terms.
+    size_adjust: bool = True
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
 
 
@@ -343,9 +355,11 @@ class AblationsCfg(Section):
     #: the variants beside the full model: ``2d`` (central axial slice), ``axial`` (no sagittal/coronal
     #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference), ``seed``
     #: (the full model retrained with another seed: the noise of training alone), ``instance-loss`` (every
-    #: instance trained on its patient's label, the paper's way, where ``cnn.loss`` is ``bag``).
-    variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "seed"], ...] = (
-        "2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "seed")
+    #: instance trained on its patient's label, the paper's way, where ``cnn.loss`` is ``bag``),
+    #: ``no-size-adjust`` (the full model's scores without ``cnn.size_adjust``: no retraining).
+    variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "no-size-adjust",
+                             "seed"], ...] = (
+        "2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "no-size-adjust", "seed")
     #: also regenerate the twin with its signal on the central slice and compare 2.5D with 2D there
     #: (twin runs only).
     negative_control: bool = True

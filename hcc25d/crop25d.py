@@ -58,6 +58,7 @@ __all__ = [
     "crop_patient",
     "crop_all",
     "Bags",
+    "roi_extent_mm",
     "load_bags",
     "signal_probe",
 ]
@@ -403,6 +404,17 @@ class Bags:
 
     def rows(self, patient_ids) -> np.ndarray:
         return np.flatnonzero(self.index["patient_id"].isin(set(patient_ids)).to_numpy())
+
+
+def roi_extent_mm(index: pd.DataFrame, spacing=(1.0, 1.0, 1.0)) -> pd.Series:
+    """Each patient's ROI extent in the axial plane (mm): the larger side of the box of its central axial
+    instance (with ``box: central`` the union of the ROI over the axial offsets), from the index that
+    :func:`crop_all` writes. Measured on the mask, so it exists for every cohort, twin or real."""
+    ax = index[(index["view"] == "axial") & (index["offset"] == 0)].drop_duplicates("patient_id")
+    rows = (ax["r1"] - ax["r0"] + 1) * float(spacing[1])
+    cols = (ax["c1"] - ax["c0"] + 1) * float(spacing[0])
+    return pd.Series(np.maximum(rows, cols).to_numpy(float), index=ax["patient_id"].astype(str).to_numpy(),
+                     name="roi_extent_mm")
 
 
 def load_bags(crop_dir: str | Path, kind: str = "instances") -> Bags:

@@ -6,7 +6,7 @@ import torch
 
 from hcc25d import cnn, cnn3d, config, crop25d, stats
 
-_PRM = {"loss": "instance", "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
+_PRM = {"loss": "instance", "size_adjust": False, "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
        "val_fraction": 0.25, "deterministic": True, "augment": {"flip": True, "rotate_deg": 10.0, "intensity": 0.1}}
 
 
@@ -160,6 +160,61 @@ def test_bag_loss_finds_the_instance_that_shows_the_trait():
     assert np.mean([where[r.patient_id] == r.instance for r in top.itertuples()]) > 0.9
     # the patients' loss, not the instances': negatives' instances stay low, not only on average
     assert p[y == 0].max() < np.sort(top["p"].to_numpy())[len(top) // 4]
+
+
+def size_confounded_preds(seed=0, n=300, inst=3):
+    """Instance probabilities whose logit = 1.0 · log(extent) + 0.8 · outcome + noise; the extent goes with
+    the outcome in training and against it in the external cohort."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        cohort = ("training", "internal", "external")[i % 3]
+        y = int(rng.uniform() < 0.5)
+        sign = -1 if cohort == "external" else 1
+        ext = float(np.exp(rng.normal(3.5 + 0.3 * sign * (y - 0.5), 0.4)))
+        z = 1.0 * np.log(ext) - 3.5 + 0.8 * y + rng.normal(0, 0.3)
+        for j in range(inst):
+            p = 1 / (1 + np.exp(-(z + rng.normal(0, 0.1))))
+            rows.append({"patient_id": f"p{i:03d}", "cohort": cohort, "label": y, "prob": p,
+                         "prob_fold1": p, "extent": ext})
+    df = pd.DataFrame(rows)
+    return df.drop(columns="extent"), df.drop_duplicates("patient_id").set_index("patient_id")["extent"]
+
+
+def test_size_adjust_removes_the_size_slope_and_keeps_the_outcome():
+    preds, ext = size_confounded_preds()
+    out, info = cnn.size_adjust(preds, ext)
+    assert info["slope"] == pytest.approx(1.0, abs=0.1) and info["n_training"] == 100
+    pat = out.groupby("patient_id").agg(prob=("prob", "mean"), label=("label", "first"), cohort=("cohort", "first"))
+    before = preds.groupby("patient_id")["prob"].mean()
+    logit = np.log(pat["prob"] / (1 - pat["prob"]))
+    resid = logit - 0.8 * pat["label"]  # what is left once the outcome's part is taken out
+    assert abs(np.corrcoef(np.log(ext.reindex(pat.index)), resid)[0, 1]) < 0.1
+    ext_rows = pat["cohort"] == "external"
+    assert stats.auc(pat.loc[ext_rows, "label"], pat.loc[ext_rows, "prob"]) > \
+        stats.auc(pat.loc[ext_rows, "label"], before[ext_rows]) + 0.1
+    assert np.allclose(out["prob"], out["prob_fold1"])  # every probability column shifted alike
+    assert np.allclose(cnn.undo_size_adjust(out)["prob"], preds["prob"])
+    # fitted on training patients only: validation outcomes do not move the slope
+    flipped = preds.assign(label=np.where(preds["cohort"] != "training", 1 - preds["label"], preds["label"]))
+    assert cnn.size_adjust(flipped, ext)[1]["slope"] == pytest.approx(info["slope"])
+    with pytest.raises(ValueError, match="no ROI extent"):
+        cnn.size_adjust(preds, ext.iloc[:-5])
+
+
+def test_crossfit_applies_the_size_adjustment():
+    bags = make_bags(n_train=24, inst=2, signal=1.0, seed=5)
+    pats = bags.index["patient_id"].unique()
+    ext = pd.Series(np.linspace(20, 80, len(pats)), index=pats)
+    with pytest.raises(ValueError, match="ROI extent"):
+        cnn.crossfit_predict(bags, tiny_model, P(size_adjust=True, epochs=1), seed=1, folds=2, progress=False)
+    preds, _, _, meta = cnn.crossfit_predict(bags, tiny_model, P(size_adjust=True, epochs=1, val_fraction=0.0),
+                                             seed=1, folds=2, progress=False, size=ext)
+    assert "size_adjust" in meta and np.isfinite(meta["size_adjust"]["slope"])
+    assert preds["size_shift"].abs().max() > 0
+    raw, _, _, _ = cnn.crossfit_predict(bags, tiny_model, P(size_adjust=False, epochs=1, val_fraction=0.0),
+                                        seed=1, folds=2, progress=False)
+    assert np.allclose(cnn.undo_size_adjust(preds)["prob"], raw["prob"], atol=1e-6)
 
 
 def test_learning_rate_warms_up_then_decays():
