@@ -29,6 +29,7 @@ __all__ = [
     "COHORTS",
     "Variant",
     "VARIANTS",
+    "patient_mean_auc",
     "select_variants",
     "subset_bags",
     "retrain_cnn",
@@ -256,7 +257,29 @@ def _verdict(diff: float, p: float, noise: Optional[float] = None) -> str:
     return f"{word} by {abs(diff):.3f}, within chance ({_p(p)})"
 
 
-def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None) -> str:
+def _cnn_lines(cnn_auc: pd.DataFrame, full_dl: pd.Series, cohorts, nc: Optional[pd.DataFrame]) -> list[str]:
+    """The same comparisons on the CNN's own patient score (mean instance probability), before fusion."""
+    c = cnn_auc.set_index("variant")
+    full = c.iloc[0]
+    cs = [k for k in cohorts if k in c]
+    lines = ["", "**The CNN's own patient score** (mean instance probability, before the multi-instance fusion): "
+             "full model " + ", ".join(f"{k} {full[k]:.3f}" for k in cs) + " — after the fusion (DL features "
+             "alone) " + ", ".join(f"{k} {full_dl[f'AUC {k}']:.3f}" for k in cs) + ". Each variant minus the full "
+             "model on this score:", ""]
+    for name, r in c.iloc[1:].iterrows():
+        lines.append(f"* {name}: " + ", ".join(f"{k} {r[k] - full[k]:+.3f}" for k in cs))
+    if nc is not None and len(nc) and any(f"CNN AUC {k}" in nc for k in cs):
+        for twin_name, g in nc.groupby("twin", sort=False):
+            if len(g) < 2:
+                continue
+            f, d = g.iloc[0], g.iloc[1]
+            lines.append(f"* 2.5D minus 2D on the **{twin_name}** twin, CNN score: "
+                         + ", ".join(f"{k} {f[f'CNN AUC {k}'] - d[f'CNN AUC {k}']:+.3f}" for k in cs
+                                     if f"CNN AUC {k}" in g and np.isfinite(d[f"CNN AUC {k}"])) + ".")
+    return lines
+
+
+def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None, cnn_auc: Optional[pd.DataFrame] = None) -> str:
     """The ablation findings in words, generated from the tables (DL features alone against the full
     model, per validation cohort), beside what the twin's construction predicts. A difference counts only
     if it is larger than the seed replicate's (the noise of training alone) — the DeLong P values treat
@@ -294,6 +317,8 @@ def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None) -> str:
             gains = [f"{c} {f[f'AUC {c}'] - d[f'AUC {c}']:+.3f} ({_p(d[f'DeLong P vs full ({c})'])})"
                      for c in cohorts if f"AUC {c}" in d and np.isfinite(d[f"AUC {c}"])]
             lines.append(f"* 2.5D minus 2D on the **{twin_name}** twin: " + ", ".join(gains) + ".")
+    if cnn_auc is not None and len(cnn_auc) > 1:
+        lines += _cnn_lines(cnn_auc, full, cohorts, nc)
     lines.append("")
     if noise is not None:
         lines.append("Differences larger than the training noise with P < 0.05: "
@@ -399,6 +424,14 @@ def load_context(cfg, paths) -> Context:
     return ctx
 
 
+def patient_mean_auc(preds: pd.DataFrame) -> dict:
+    """The CNN's own patient-level AUC per cohort, before any fusion: a patient's score is the mean of its
+    instances' probabilities."""
+    pat = preds.groupby("patient_id").agg(cohort=("cohort", "first"), label=("label", "first"),
+                                          prob=("prob", "mean"))
+    return {c: auc_ci(g["label"], g["prob"]).auc for c, g in pat.groupby("cohort") if g["label"].nunique() == 2}
+
+
 def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Retrain the CNN per variant and score each with DL features alone and with radiomics.
 
@@ -414,10 +447,7 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
         else:
             preds = retrain_cnn(ctx.raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False,
                                 confounders=ctx.confounders, size=ctx.size)
-        pat = preds.groupby("patient_id").agg(cohort=("cohort", "first"), label=("label", "first"),
-                                              prob=("prob", "mean"))
-        inst_auc.append({"variant": v.name, **{c: auc_ci(g["label"], g["prob"]).auc
-                                                 for c, g in pat.groupby("cohort") if g["label"].nunique() == 2}})
+        inst_auc.append({"variant": v.name, **patient_mean_auc(preds)})
         B = mil_features(preds).reindex(ctx.meta.index)
         for with_rad in (False, True):
             rc = radiomics_columns(ctx.rad_cols, v.phases) if with_rad else []
@@ -434,9 +464,11 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
     return pd.DataFrame(rows), pd.DataFrame(probs, index=ctx.meta.index), pd.DataFrame(inst_auc)
 
 
-def negative_control(ctx: Context, patients: pd.DataFrame, table: pd.DataFrame, progress: bool = True):
-    """2.5D against 2D on the default twin (from ``table``) and on the negative-control twin (retrained
-    here), deep-learning features alone."""
+def negative_control(ctx: Context, patients: pd.DataFrame, table: pd.DataFrame, progress: bool = True,
+                     cnn_auc: Optional[pd.DataFrame] = None):
+    """2.5D against 2D on the default twin (from ``table``, and ``cnn_auc`` for the CNN's own patient-mean
+    AUC) and on the negative-control twin (retrained here), deep-learning features alone; the columns
+    ``CNN AUC <cohort>`` hold the CNN's patient-mean AUC before the fusion."""
     nc_raw = negative_control_bags(patients[patients["patient_id"].isin(ctx.meta.index)], ctx.cfg, progress)
     full_v, twod = VARIANTS[0], VARIANTS[1]
     rows, p_full = [], None
@@ -449,9 +481,14 @@ def negative_control(ctx: Context, patients: pd.DataFrame, table: pd.DataFrame, 
         row, p = evaluate_variant(v.name, B, ctx.meta, list(B.columns), [], ctx.key, ctx.cfg, ctx.cv, p_full,
                                   views=sig.heldout_views(preds, B, list(B.columns)), sample_weight=ctx.weights)
         p_full = p if v is full_v else p_full
-        rows.append({"twin": "negative control (signal on the central slice)", **row})
+        rows.append({"twin": "negative control (signal on the central slice)", **row,
+                     **{f"CNN AUC {c}": a for c, a in patient_mean_auc(preds).items()}})
     base = table[(table["features"] == "DL alone") & table["variant"].isin([full_v.name, twod.name])]
     base = base.drop(columns=["factor", "features"]).assign(twin="default (signal 4-6 mm off the central slice)")
+    if cnn_auc is not None:
+        c_auc = cnn_auc.set_index("variant")
+        for c in c_auc.columns:
+            base[f"CNN AUC {c}"] = base["variant"].map(c_auc[c]).to_numpy()
     return pd.concat([base, pd.DataFrame(rows)], ignore_index=True)
 
 

@@ -123,7 +123,8 @@ def ablation_summary(run_dir: str | Path) -> str:
     t = _read(Path(run_dir), "ablations", "tab-ablations.csv")
     if t is None:
         return "The ablation stage did not run (`ablations.enabled: false`)."
-    return summary(t, _read(Path(run_dir), "ablations", "tab-negative-control.csv"))
+    return summary(t, _read(Path(run_dir), "ablations", "tab-negative-control.csv"),
+                   _read(Path(run_dir), "ablations", "tab-ablations-cnn-patient-mean.csv"))
 
 
 def limits(run_dir: str | Path, twin: bool) -> list[str]:
