@@ -663,8 +663,8 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     if prm.size_adjust:
         out, meta["size_adjust"] = size_adjust(out, size)
         if verbose:
-            print(f"{name}: size adjustment, slope {meta['size_adjust']['slope']:+.3f} logit per unit of ln(ROI extent / mm) "
-                  f"extent (fitted on {meta['size_adjust']['n_training']} training patients)")
+            print(f"{name}: size adjustment, slope {meta['size_adjust']['slope']:+.3f} logit per unit of "
+                  f"ln(ROI extent / mm) (fitted on {meta['size_adjust']['n_training']} training patients)")
     return out, pd.concat(logs, ignore_index=True), models, meta
 
 
