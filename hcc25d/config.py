@@ -296,10 +296,14 @@ class CnnCfg(TrainCfg):
     weight_decay: float = Field(0.01, ge=0)
     dropout: float = Field(0.3, ge=0, lt=1)
     warmup_epochs: float = Field(2.0, ge=0)
-    #: ``bag`` (the CPU default: the loss on each patient's pooled score, see ``TrainCfg.loss``) or
-    #: ``instance`` (the paper's way: every instance carries its patient's label; the ``gpu`` profile).
+    #: ``bag`` (the CPU default): a patient's instance logits are pooled (``bag_pooling``) and the loss is
+    #: the patient's, so instances that do not show a trait are not pushed towards the outcome; the network
+    #: still scores every instance for the fusion. ``instance``: every instance carries its patient's label
+    #: (the paper's way; the ``gpu`` profile).
     loss: Literal["instance", "bag"] = "bag"
-    #: the CPU default: adjust the image score for the tumour's size (see ``TrainCfg.size_adjust``).
+    #: the CPU default: after cross-fitting, regress the training patients' out-of-fold scores on the log
+    #: of the ROI's extent (from the mask) and the outcome, and subtract the size slope alone from every
+    #: patient's instance logits in every cohort. ``false`` = the paper's scores (the ``gpu`` profile).
     size_adjust: bool = True
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
 
@@ -310,7 +314,8 @@ class Cnn3dCfg(TrainCfg):
     #: channels of the first stage (64 = ResNet-18's widths).
     width: int = Field(16, ge=1)
     folds: int = Field(3, ge=2)
-    #: as the slice-level CNN's default, so that DL_2.5D and DL_3D are compared on equal terms.
+    #: adjust the 3D score for the tumour's size as ``cnn.size_adjust`` does (the CPU default, so that
+    #: DL_2.5D and DL_3D are compared on equal terms; ``false`` in the ``gpu`` profile).
     size_adjust: bool = True
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
 
