@@ -395,9 +395,8 @@ def pool_probabilities(prob: np.ndarray, groups: np.ndarray, pooling: str = "lse
 
     order = np.argsort(np.asarray(groups, dtype=str), kind="stable")
     g = np.asarray(groups, dtype=str)[order]
-    p = np.clip(np.asarray(prob, np.float64)[order], 1e-7, 1 - 1e-7)
     counts = np.unique(g, return_counts=True)[1]
-    pooled = pool_logits(torch.from_numpy(np.log(p / (1 - p))), counts, pooling)
+    pooled = pool_logits(torch.from_numpy(_logit(np.asarray(prob)[order])), counts, pooling)
     return torch.sigmoid(pooled).numpy()
 
 
@@ -436,7 +435,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     bag_mode = prm.loss == "bag"
     if bag_mode:  # the units of a step are patients: their rows, in a fixed order
         units = pd.unique(groups[tr_idx])
-        unit_rows = [tr_idx[groups[tr_idx] == g] for g in units]
+        where = pd.Series(tr_idx).groupby(groups[tr_idx]).indices
+        unit_rows = [tr_idx[where[g]] for g in units]
         y_unit = np.array([y[r[0]] for r in unit_rows], np.float32)
         n_pos, n_neg = y_unit.sum(), len(y_unit) - y_unit.sum()
     else:
@@ -522,8 +522,9 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
         if len(va_idx):
             pv = predict(model, x[va_idx], device=device, dims=dims, amp=amp)
             yv = y[va_idx]
-            if bag_mode:
-                pv, yv = pool_probabilities(pv, groups[va_idx], prm.bag_pooling), pd.Series(yv).groupby(groups[va_idx], sort=True).first().to_numpy()
+            if bag_mode:  # one loss per validation patient, in pool_probabilities' (sorted) order
+                pv = pool_probabilities(pv, groups[va_idx], prm.bag_pooling)
+                yv = pd.Series(yv).groupby(groups[va_idx], sort=True).first().to_numpy()
             eps = 1e-6
             row["val_loss"] = float(-np.mean(yv * np.log(pv + eps) + (1 - yv) * np.log(1 - pv + eps)))
             row["val_auc"] = auc(yv, pv)

@@ -160,6 +160,10 @@ def test_bag_loss_finds_the_instance_that_shows_the_trait():
     assert np.mean([where[r.patient_id] == r.instance for r in top.itertuples()]) > 0.9
     # the patients' loss, not the instances': negatives' instances stay low, not only on average
     assert p[y == 0].max() < np.sort(top["p"].to_numpy())[len(top) // 4]
+    # early stopping on held-out patients: their loss is taken per patient too
+    _, vlog = cnn.train_model(tiny_model, x, y, g, P(loss="bag", bag_batch=8, epochs=3, lr=0.01), seed=1,
+                              progress=False, val_ids=["p000", "p001", "p002", "p003"])
+    assert vlog["val_loss"].notna().all() and vlog["steps"].iloc[-1] == 3 * 6  # 44 patients left, 8 per step
 
 
 def size_confounded_preds(seed=0, n=300, inst=3):
