@@ -32,6 +32,8 @@ __all__ = [
     "patient_mean_auc",
     "select_variants",
     "subset_bags",
+    "ablation_repeats",
+    "full_reference",
     "retrain_cnn",
     "mil_features",
     "radiomics_columns",
@@ -129,6 +131,22 @@ def subset_bags(bags, variant: Variant, channels: Sequence[str]):
     return Bags(np.ascontiguousarray(x), index)
 
 
+def ablation_repeats(cfg) -> int:
+    """Cross-fitting repeats of every retrained variant: ``ablations.cnn_repeats``, or ``cnn.repeats``."""
+    r = cfg.ablations.cnn_repeats
+    return int(cfg.cnn.repeats if r is None else r)
+
+
+def full_reference(ctx) -> pd.DataFrame:
+    """The full model's instance probabilities as the ablations compare against them: the CNN stage's own
+    where the variants are cross-fitted as often as it was, else the full model retrained with the
+    variants' ``ablations.cnn_repeats`` (so that the full row differs from each variant in one factor)."""
+    if ablation_repeats(ctx.cfg) == int(ctx.cfg.cnn.repeats):
+        return ctx.full_preds
+    return retrain_cnn(ctx.raw, VARIANTS[0], ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False,
+                       confounders=ctx.confounders, size=ctx.size)
+
+
 def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, cache_dir=None,
                 progress: bool = True, name: Optional[str] = None,
                 confounders: Optional[pd.DataFrame] = None, size: Optional[pd.Series] = None) -> pd.DataFrame:
@@ -139,7 +157,10 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
     """
     from . import cnn
 
-    C = cfg.cnn if variant.loss is None else cfg.cnn.model_copy(update={"loss": variant.loss})
+    update = {"repeats": ablation_repeats(cfg)}
+    if variant.loss is not None:
+        update["loss"] = variant.loss
+    C = cfg.cnn.model_copy(update=update)
     bags, _ = cnn.reference_shift(raw_bags, variant.reference or C.intensity_reference)
     sub = subset_bags(bags, variant, cfg.crop.channels)
     make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
@@ -439,11 +460,12 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
     from .cnn import undo_size_adjust
 
     rows, probs, inst_auc, full = [], {}, [], {}
+    reference = full_reference(ctx)
     for v in variants:
         if v.factor == "reference":
-            preds = ctx.full_preds
+            preds = reference
         elif v.size_adjust is False:
-            preds = undo_size_adjust(ctx.full_preds)
+            preds = undo_size_adjust(reference)
         else:
             preds = retrain_cnn(ctx.raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False,
                                 confounders=ctx.confounders, size=ctx.size)

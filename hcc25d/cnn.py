@@ -351,6 +351,8 @@ def predict(model, x: np.ndarray, batch_size: int = 128, device: str = "cpu", di
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = torch.from_numpy(np.asarray(x[i:i + batch_size], np.float32)).to(device)
+            if dims == 2:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.startswith("cuda")):
                 logits = model(_normalise(xb, dims)).float().squeeze(1)
             out.append(torch.sigmoid(logits).cpu().numpy())
@@ -428,6 +430,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
 
     set_determinism(seed, prm.deterministic)
     model = make_model().to(device)
+    if dims == 2:  # NHWC: about a fifth faster for small convolutions on a CPU, and the layout AMP prefers
+        model = model.to(memory_format=torch.channels_last)
     amp = bool(prm.amp) and device.startswith("cuda")
     val_mask = np.isin(groups, list(val_ids)) if val_ids is not None and len(val_ids) else np.zeros(len(y), bool)
     tr_idx, va_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
@@ -504,6 +508,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             xb = torch.from_numpy(np.asarray(x[b], np.float32)).to(device)
             yb = torch.from_numpy(np.ascontiguousarray(target)).to(device)
             xb = _augment(xb, gen, aug, dims)
+            if dims == 2:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
                 logits = model(_normalise(xb, dims)).float().squeeze(1)
                 if bag_mode:
@@ -554,6 +560,10 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     return model, pd.DataFrame(log)
 
 
+#: offset between the seeds of two cross-fitting repeats (their fold splits and their models' seeds)
+REPEAT_SEED = 104729
+
+
 def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int, folds: int = 5,
                      prediction: str = "crossfit", device: str = "cpu", dims: int = 2,
                      cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True,
@@ -572,6 +582,14 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     where the fold models disagree, which is why it is not fed to fitted steps. ``prob_insample`` is, for a training patient, the mean of the fold
     models that *were* trained on it (what an in-sample report shows). ``fold_of`` (patient → fold index)
     fixes the folds, e.g. to those of another run; by default they are stratified by label from ``seed``.
+
+    ``prm.repeats`` = R > 1 repeats the cross-fitting on R different fold splits (the first is ``fold_of``,
+    the others are drawn from ``seed``): a training patient's probability is then the mean of the R models
+    that did not see it, and ``prob_fold<k>`` the mean of the R fold-*k* models, so both remain the mean of
+    R models of the same kind. One cross-fitting leaves each training patient's score to a single model
+    trained on a third of the patients fewer, whose noise is that of its training subset (a second seed on
+    the same subset barely changes it); averaging over different subsets is what narrows it. ``fold``
+    (and hence the fusion's cross-validation) stays the first split's; ``meta["repeat_folds"]`` lists all.
 
     ``prediction="insample"`` (the paper's way): one model trained on all training patients predicts
     everyone, its own training patients included.
@@ -626,21 +644,31 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
         if missing:
             raise ValueError(f"fold_of has no fold for training patient(s) {missing[:5]}")
         k = max(fold_of.values()) + 1
-        per_fold = np.full((k, len(bags.index)), np.nan)
+        n_rep = int(getattr(prm, "repeats", 1))
+        splits = [fold_of] + [{pid: f for f, held in enumerate(patient_folds(train, k, seed + REPEAT_SEED * r))
+                               for pid in held} for r in range(1, n_rep)]
+        per_fold = np.zeros((k, len(bags.index)))
+        oof_sum = np.zeros(len(bags.index))
         ins_sum, ins_n = np.zeros(len(bags.index)), np.zeros(len(bags.index))
-        for f in range(k):
-            held = np.array([p for p in train["patient_id"] if fold_of[p] == f], dtype=object)
-            model = fit(np.setdiff1d(train["patient_id"], held), f"fold{f + 1}", seed + 101 * (f + 1))
-            rows = bags.rows(held)
-            pred[rows] = predict(model, bags.x[rows], device=device, dims=dims)
-            source[rows] = f"fold{f + 1}"
-            per_fold[f, others] = predict(model, bags.x[others], device=device, dims=dims)
-            seen = bags.rows(np.setdiff1d(train["patient_id"], held))
-            ins_sum[seen] += predict(model, bags.x[seen], device=device, dims=dims)
-            ins_n[seen] += 1
-        pred[others] = per_fold[:, others].mean(axis=0)
-        source[others] = f"mean of {k} fold models"
+        for r, split in enumerate(splits):
+            for f in range(k):
+                held = np.array([p for p in train["patient_id"] if split[p] == f], dtype=object)
+                tag = f"fold{f + 1}" if r == 0 else f"rep{r + 1}-fold{f + 1}"
+                model = fit(np.setdiff1d(train["patient_id"], held), tag, seed + 101 * (f + 1) + REPEAT_SEED * r)
+                rows = bags.rows(held)
+                oof_sum[rows] += predict(model, bags.x[rows], device=device, dims=dims)
+                if r == 0:
+                    source[rows] = f"fold{f + 1}" if n_rep == 1 else f"out of fold in {n_rep} repeats"
+                per_fold[f, others] += predict(model, bags.x[others], device=device, dims=dims)
+                seen = bags.rows(np.setdiff1d(train["patient_id"], held))
+                ins_sum[seen] += predict(model, bags.x[seen], device=device, dims=dims)
+                ins_n[seen] += 1
         rows = bags.rows(train["patient_id"])
+        pred[rows] = oof_sum[rows] / n_rep
+        per_fold /= n_rep
+        per_fold[:, rows] = np.nan
+        pred[others] = per_fold[:, others].mean(axis=0)
+        source[others] = f"mean of {k} fold models" + (f" × {n_rep} repeats" if n_rep > 1 else "")
         insample[rows] = ins_sum[rows] / np.maximum(ins_n[rows], 1)
         assignment = {p: fold_of[p] for p in train["patient_id"]}
     elif prediction == "insample":
@@ -661,6 +689,8 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
         for f in range(k):
             out[f"prob_fold{f + 1}"] = per_fold[f]
     meta = {"fold": assignment, "trained_on": trained_on}
+    if prediction == "crossfit" and n_rep > 1:
+        meta["repeat_folds"] = [{p: sp[p] for p in train["patient_id"]} for sp in splits]
     if prm.size_adjust:
         out, meta["size_adjust"] = size_adjust(out, size)
         if verbose:

@@ -234,6 +234,10 @@ class TrainCfg(Section):
     patience: int = Field(3, ge=1)
     #: cross-fitting folds: k models, each trained on k − 1 folds of the training patients.
     folds: int = Field(5, ge=2)
+    #: with ``crossfit``: repeat the cross-fitting on this many different fold splits and average, so that a
+    #: training patient's out-of-fold score is the mean of several models (as a validation patient's is)
+    #: instead of one model's; costs ``repeats`` × the training time.
+    repeats: int = Field(1, ge=1)
     #: ``crossfit`` (leakage-safe: training patients out of fold, the others by the mean of the same fold
     #: models) or ``insample`` (the paper's way: one final model predicts its own training patients too).
     prediction: Literal["crossfit", "insample"] = "crossfit"
@@ -289,9 +293,10 @@ class CnnCfg(TrainCfg):
     on_missing_weights: Literal["fail", "random"] = "fail"
     #: backbone for the multi-instance stage: ``cv`` = best out-of-fold training AUC (fixed rule), or a backbone name.
     selection: str = "cv"
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(16, ge=1)
     batch_size: int = Field(32, ge=1)
     folds: int = Field(3, ge=2)
+    repeats: int = Field(3, ge=1)
     lr: float = Field(0.002, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     dropout: float = Field(0.3, ge=0, lt=1)
@@ -365,6 +370,10 @@ class AblationsCfg(Section):
     variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "no-size-adjust",
                              "seed"], ...] = (
         "2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "no-size-adjust", "seed")
+    #: cross-fitting repeats of each retrained variant (``null`` = ``cnn.repeats``). Fewer than the CNN
+    #: stage's keeps the stage within a CPU budget; the full row is then retrained the same way, so every
+    #: row differs from it in one factor only (its AUCs are those of a single cross-fitting).
+    cnn_repeats: Optional[int] = Field(1, ge=1)
     #: also regenerate the twin with its signal on the central slice and compare 2.5D with 2D there
     #: (twin runs only).
     negative_control: bool = True

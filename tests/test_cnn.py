@@ -6,7 +6,7 @@ import torch
 
 from hcc25d import cnn, cnn3d, config, crop25d, stats
 
-_PRM = {"loss": "instance", "size_adjust": False, "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
+_PRM = {"loss": "instance", "size_adjust": False, "repeats": 1, "epochs": 2, "batch_size": 16, "lr": 0.003, "weight_decay": 1e-4, "warmup_epochs": 1, "patience": 3,
        "val_fraction": 0.25, "deterministic": True, "augment": {"flip": True, "rotate_deg": 10.0, "intensity": 0.1}}
 
 
@@ -86,6 +86,46 @@ def test_crossfit_never_trains_on_a_patient_it_predicts():
     assert np.allclose(cnn.predict(cnn.ensemble(models), x), mean, atol=1e-5)
     assert preds["prob"].between(0, 1).all() and train["prob_insample"].notna().all()
     assert set(logs["fit"]) == {"fold1", "fold2", "fold3"} and (logs["steps"] > 0).all()
+
+
+def test_repeated_crossfit_averages_models_that_never_saw_the_patient():
+    bags = make_bags()
+    codes = {}
+    for i, pid in enumerate(bags.index["patient_id"].unique()):
+        codes[pid] = 100 + i
+        bags.x[bags.rows([pid]), 2] = codes[pid] / 1000
+    Recorder.seen = []
+    prm = P(val_fraction=0.0, augment={"flip": True}, repeats=2)
+    preds, logs, models, meta = cnn.crossfit_predict(bags, Recorder, prm, seed=1, folds=3, progress=False)
+    assert list(models) == ["fold1", "fold2", "fold3", "rep2-fold1", "rep2-fold2", "rep2-fold3"]
+    splits = meta["repeat_folds"]
+    train = preds[preds["cohort"] == "training"]
+    pids = sorted(train["patient_id"].unique())
+    assert len(splits) == 2 and splits[0] == meta["fold"] and splits[1] != splits[0]
+    # the seeds of the second repeat draw another partition of the training patients, not a relabelling
+    same = {frozenset(p for p in pids if sp[p] == f) for sp in splits for f in range(3)}
+    assert len(same) > 3 and all(sorted(sp) == pids for sp in splits)
+    for (tag, m), seen in zip(models.items(), Recorder.seen):
+        r, f = (0, int(tag[-1]) - 1) if tag.startswith("fold") else (1, int(tag[-1]) - 1)
+        held = {p for p in pids if splits[r][p] == f}
+        assert seen == {codes[p] for p in set(pids) - held}  # trained on every other training patient
+        assert sorted(meta["trained_on"][tag]) == sorted(set(pids) - held)
+    # a training patient's probability: the mean of the two models (one per repeat) that did not see it
+    x = {p: bags.x[bags.rows([p])] for p in pids}
+    for p in pids[:6]:
+        m0, m1 = models[f"fold{splits[0][p] + 1}"], models[f"rep2-fold{splits[1][p] + 1}"]
+        want = (cnn.predict(m0, x[p]) + cnn.predict(m1, x[p])) / 2
+        assert np.allclose(train.loc[train["patient_id"] == p, "prob"], want, atol=1e-6)
+    # a validation patient's fold-k column: the mean of the fold-k models of both repeats; prob: of all six
+    others = preds[preds["cohort"] != "training"]
+    xo = bags.x[others.index.to_numpy()]
+    for k in (1, 2, 3):
+        want = (cnn.predict(models[f"fold{k}"], xo) + cnn.predict(models[f"rep2-fold{k}"], xo)) / 2
+        assert np.allclose(others[f"prob_fold{k}"], want, atol=1e-6)
+    assert np.allclose(others["prob"], np.mean([cnn.predict(m, xo) for m in models.values()], axis=0), atol=1e-6)
+    assert (others["source"] == "mean of 3 fold models × 2 repeats").all()
+    assert train["prob_fold1"].isna().all()
+    assert set(logs["fit"]) == set(models)
 
 
 def test_out_of_fold_and_held_out_probabilities_share_one_scale():
