@@ -72,7 +72,8 @@ class Variant:
     reseed: int = 0
     #: ``None`` = the CNN stage's ``cnn.loss``; else ``instance`` or ``bag``
     loss: Optional[str] = None
-    #: ``False``: the full model's scores without the size adjustment (no retraining)
+    #: ``False``: the full model's scores without the size adjustments, of the CNN score and of the
+    #: radiomics features (no retraining)
     size_adjust: Optional[bool] = None
 
 
@@ -140,9 +141,13 @@ def ablation_repeats(cfg) -> int:
 def full_reference(ctx) -> pd.DataFrame:
     """The full model's instance probabilities as the ablations compare against them: the CNN stage's own
     where the variants are cross-fitted as often as it was, else the full model retrained with the
-    variants' ``ablations.cnn_repeats`` (so that the full row differs from each variant in one factor)."""
+    variants' ``ablations.cnn_repeats`` (so that the full row differs from each variant in one factor) —
+    for a single cross-fitting, the CNN stage's first split (``instance_probs_selected_first_repeat.csv``:
+    the same seeds, folds and models), else retrained."""
     if ablation_repeats(ctx.cfg) == int(ctx.cfg.cnn.repeats):
         return ctx.full_preds
+    if ablation_repeats(ctx.cfg) == 1 and ctx.first_repeat is not None:
+        return ctx.first_repeat  # the CNN stage's first split alone: the same models a retraining would give
     return retrain_cnn(ctx.raw, VARIANTS[0], ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False,
                        confounders=ctx.confounders, size=ctx.size)
 
@@ -188,7 +193,8 @@ def radiomics_columns(rad_cols: Sequence[str], phases: Optional[Sequence[str]]) 
 
 def evaluate_variant(name: str, X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, key: str, cfg, cv,
                      full: Optional[np.ndarray] = None, views=None,
-                     sample_weight: Optional[np.ndarray] = None) -> tuple[dict, np.ndarray]:
+                     sample_weight: Optional[np.ndarray] = None, size_col: Optional[str] = None
+                     ) -> tuple[dict, np.ndarray]:
     """Tune the family ``key`` on a variant's features (training rows, the given CV) and score everyone.
 
     Returns the table row (AUC per cohort, DeLong P against ``full`` per validation cohort) and every
@@ -196,7 +202,7 @@ def evaluate_variant(name: str, X: pd.DataFrame, meta: pd.DataFrame, inst_cols, 
     S = cfg.signatures
     y = meta["label"].to_numpy()
     pipe = sig.fusion_pipeline(key, inst_cols, rad_cols, cfg.seed, S.n_bins, S.n_words, S.p_threshold,
-                               S.corr_threshold)
+                               S.corr_threshold, size_col=size_col if rad_cols else None)
     p = sig.fit_family(key, pipe, X, meta, S, cfg.seed, n_jobs=cfg.compute.n_jobs, cv=cv, views=views,
                        sample_weight=sample_weight).scores
     row = {"variant": name, "instances per patient": len(inst_cols), "radiomics features": len(rad_cols)}
@@ -397,6 +403,8 @@ class Context:
     confounders: Optional[pd.DataFrame] = None
     #: each patient's ROI extent (mm) for the size adjustment (the negative-control twin has the same anatomy)
     size: Optional[pd.Series] = None
+    #: the CNN stage's first cross-fitting alone (with ``cnn.repeats`` > 1)
+    first_repeat: Optional[pd.DataFrame] = None
 
     @property
     def backbone(self) -> str:
@@ -439,6 +447,9 @@ def load_context(cfg, paths) -> Context:
                   cache=paths.run_dir / ".cache" / "ablations" if cfg.cnn.resume else None,
                   confounders=P[list(cfg.cnn.deconfound)] if cfg.cnn.deconfound else None,
                   size=roi_extent_mm(bags.index, cfg.crop.spacing_mm))
+    first = paths.stage_dir("cnn") / "instance_probs_selected_first_repeat.csv"
+    if first.exists():
+        ctx.first_repeat = pd.read_csv(first, dtype={"patient_id": str})
     train = (meta["cohort"] == "training").to_numpy()
     if cfg.signatures.cv == "cnn" and ctx.fold_of:
         ctx.cv = sig.folds_cv(pd.Series(ctx.fold_of).reindex(meta.index[train]))
@@ -471,14 +482,17 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
                                 confounders=ctx.confounders, size=ctx.size)
         inst_auc.append({"variant": v.name, **patient_mean_auc(preds)})
         B = mil_features(preds).reindex(ctx.meta.index)
+        size_col = sig.SIZE_COL if ctx.cfg.signatures.size_adjust and v.size_adjust is not False else None
         for with_rad in (False, True):
             rc = radiomics_columns(ctx.rad_cols, v.phases) if with_rad else []
             X = B.join(ctx.radf[rc]) if rc else B
+            if rc and size_col:
+                X = X.join(ctx.size.rename(size_col))
             label = "DL + radiomics" if with_rad else "DL alone"
             row, p = evaluate_variant(v.name, X, ctx.meta, list(B.columns), rc, ctx.key, ctx.cfg, ctx.cv,
                                       None if v.factor == "reference" else full[label],
                                       views=sig.heldout_views(preds, X, list(B.columns)),
-                                      sample_weight=ctx.weights)
+                                      sample_weight=ctx.weights, size_col=size_col if rc else None)
             if v.factor == "reference":
                 full[label] = p
             rows.append({"factor": v.factor, "features": label, **row})

@@ -589,7 +589,9 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     R models of the same kind. One cross-fitting leaves each training patient's score to a single model
     trained on a third of the patients fewer, whose noise is that of its training subset (a second seed on
     the same subset barely changes it); averaging over different subsets is what narrows it. ``fold``
-    (and hence the fusion's cross-validation) stays the first split's; ``meta["repeat_folds"]`` lists all.
+    (and hence the fusion's cross-validation) stays the first split's; ``meta["repeat_folds"]`` lists all,
+    and ``meta["first_repeat"]`` holds the predictions of the first split alone (what ``repeats: 1`` gives,
+    with the same models: the ablations compare their single cross-fittings with it).
 
     ``prediction="insample"`` (the paper's way): one model trained on all training patients predicts
     everyone, its own training patients included.
@@ -658,19 +660,31 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
                 rows = bags.rows(held)
                 oof_sum[rows] += predict(model, bags.x[rows], device=device, dims=dims)
                 if r == 0:
-                    source[rows] = f"fold{f + 1}" if n_rep == 1 else f"out of fold in {n_rep} repeats"
+                    source[rows] = f"fold{f + 1}"
                 per_fold[f, others] += predict(model, bags.x[others], device=device, dims=dims)
                 seen = bags.rows(np.setdiff1d(train["patient_id"], held))
                 ins_sum[seen] += predict(model, bags.x[seen], device=device, dims=dims)
                 ins_n[seen] += 1
+            if r == 0 and n_rep > 1:  # what a single cross-fitting gives (the ablations compare with it)
+                first = (oof_sum.copy(), per_fold.copy(), ins_sum.copy(), ins_n.copy())
         rows = bags.rows(train["patient_id"])
-        pred[rows] = oof_sum[rows] / n_rep
-        per_fold /= n_rep
-        per_fold[:, rows] = np.nan
-        pred[others] = per_fold[:, others].mean(axis=0)
-        source[others] = f"mean of {k} fold models" + (f" × {n_rep} repeats" if n_rep > 1 else "")
-        insample[rows] = ins_sum[rows] / np.maximum(ins_n[rows], 1)
         assignment = {p: fold_of[p] for p in train["patient_id"]}
+
+        source0 = source.copy()  # training rows: the fold of the first split
+
+        def combine(oof_s, pf, i_sum, i_n, n):
+            pr, ins, pf = np.full(len(bags.index), np.nan), np.full(len(bags.index), np.nan), pf / n
+            pr[rows] = oof_s[rows] / n
+            pf[:, rows] = np.nan
+            pr[others] = pf[:, others].mean(axis=0)
+            ins[rows] = i_sum[rows] / np.maximum(i_n[rows], 1)
+            src = source0.copy()
+            src[others] = f"mean of {k} fold models" + (f" × {n} repeats" if n > 1 else "")
+            if n > 1:
+                src[rows] = f"out of fold in {n} repeats"
+            return pr, ins, src, pf
+
+        pred, insample, source, per_fold = combine(oof_sum, per_fold, ins_sum, ins_n, n_rep)
     elif prediction == "insample":
         final = fit(train["patient_id"].to_numpy(), "final", seed)
         pred[:] = predict(final, bags.x, device=device, dims=dims)
@@ -680,22 +694,27 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
         assignment = {}
     else:
         raise ValueError(f"prediction must be 'crossfit' or 'insample', not {prediction!r}")
-    out = bags.index.copy()
-    out["prob"] = pred
-    out["prob_insample"] = insample  # in-sample, for comparison only
-    out["source"] = source
-    out["fold"] = out["patient_id"].map(assignment)
-    if prediction == "crossfit":  # each fold model's own probabilities of the internal/external instances
-        for f in range(k):
-            out[f"prob_fold{f + 1}"] = per_fold[f]
+    def table(pr, ins, src, pf):
+        out = bags.index.copy()
+        out["prob"] = pr
+        out["prob_insample"] = ins  # in-sample, for comparison only
+        out["source"] = src
+        out["fold"] = out["patient_id"].map(assignment)
+        if pf is not None:  # each fold model's own probabilities of the internal/external instances
+            for f in range(k):
+                out[f"prob_fold{f + 1}"] = pf[f]
+        return size_adjust(out, size) if prm.size_adjust else (out, None)
+
+    out, adj = table(pred, insample, source, per_fold if prediction == "crossfit" else None)
     meta = {"fold": assignment, "trained_on": trained_on}
+    if adj is not None:
+        meta["size_adjust"] = adj
+        if verbose:
+            print(f"{name}: size adjustment, slope {adj['slope']:+.3f} logit per unit of "
+                  f"ln(ROI extent / mm) (fitted on {adj['n_training']} training patients)")
     if prediction == "crossfit" and n_rep > 1:
         meta["repeat_folds"] = [{p: sp[p] for p in train["patient_id"]} for sp in splits]
-    if prm.size_adjust:
-        out, meta["size_adjust"] = size_adjust(out, size)
-        if verbose:
-            print(f"{name}: size adjustment, slope {meta['size_adjust']['slope']:+.3f} logit per unit of "
-                  f"ln(ROI extent / mm) (fitted on {meta['size_adjust']['n_training']} training patients)")
+        meta["first_repeat"] = table(*combine(*first, 1))[0]
     return out, pd.concat(logs, ignore_index=True), models, meta
 
 

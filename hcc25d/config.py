@@ -349,6 +349,13 @@ class SignaturesCfg(Section):
     models: tuple[Literal["lr", "rf", "et", "xgb", "lgbm"], ...] = Field(("lr", "rf", "et", "xgb", "lgbm"), min_length=1)
     #: per-family parameter grids overriding the defaults, e.g. {rf: {max_depth: [3, 5]}}.
     grids: dict = Field(default_factory=dict)
+    #: take the tumour's size out of the radiomics features of DL_2.5D before the screening, as
+    #: ``cnn.size_adjust`` does for the CNN's score: each feature is regressed on the log of the ROI's extent
+    #: and the outcome on the training patients (inside every cross-validation fold) and the size slope is
+    #: subtracted. Many radiomics features are surrogates of the tumour's volume, and where large tumours
+    #: recur more often in the training cohort only, the screening picks them as a shortcut. Off = the
+    #: paper's way.
+    size_adjust: bool = True
     #: DL_2.5D model: ``cv`` = best mean CV AUC (fixed rule), or a family (``rf`` = the paper's choice).
     dl25d_model: str = "cv"
     #: clinical screening thresholds (univariable, then multivariable; the paper's Table 2 analysis).
@@ -366,7 +373,8 @@ class AblationsCfg(Section):
     #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference), ``seed``
     #: (the full model retrained with another seed: the noise of training alone), ``instance-loss`` (every
     #: instance trained on its patient's label, the paper's way, where ``cnn.loss`` is ``bag``),
-    #: ``no-size-adjust`` (the full model's scores without ``cnn.size_adjust``: no retraining).
+    #: ``no-size-adjust`` (the full model's scores without ``cnn.size_adjust``, and the radiomics features
+    #: without ``signatures.size_adjust``: no retraining).
     variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "no-size-adjust",
                              "seed"], ...] = (
         "2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "no-size-adjust", "seed")

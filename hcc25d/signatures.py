@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -28,6 +28,8 @@ from .stats import two_sample_test
 
 __all__ = [
     "DEFAULT_GRIDS",
+    "SIZE_COL",
+    "SizeAdjust",
     "UnivariateFilter",
     "CorrelationPruner",
     "LassoSelector",
@@ -57,6 +59,8 @@ __all__ = [
     "table4",
     "selected_features",
     "with_oof",
+    "signal_sources",
+    "selected_by_cohort",
 ]
 
 
@@ -164,6 +168,58 @@ class LassoSelector(SelectorMixin, BaseEstimator):
     def _get_support_mask(self):
         check_is_fitted(self, "support_")
         return self.support_
+
+
+#: the column of a feature table that holds each patient's ROI extent (mm) for :class:`SizeAdjust`
+SIZE_COL = "roi_extent_mm"
+
+
+class SizeAdjust(TransformerMixin, BaseEstimator):
+    """Take the tumour's size out of features (``signatures.size_adjust``), as ``cnn.size_adjust`` does for
+    the CNN's score. The *last* input column is the ROI's extent (mm, :data:`SIZE_COL`); every other column
+    is regressed, on the rows the step is fitted on (training patients only, refitted in every
+    cross-validation fold), on log(extent) and — when labels are given — the outcome, so the part of the
+    size relation that goes with the outcome is not removed. The size slope alone is subtracted,
+    ``x − b · (log extent − median log extent)``; the extent column is dropped. Many radiomics features are
+    surrogates of the tumour's volume; where tumour size predicts the outcome in the training cohort but not
+    elsewhere, a screening on the training patients picks them as a shortcut."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def fit(self, X, y=None):
+        A = validate_data(self, X, dtype=float, ensure_all_finite="allow-nan")
+        if A.shape[1] < 2:
+            raise ValueError("SizeAdjust needs at least one feature column before the ROI extent column")
+        d = np.log(A[:, -1])
+        ok = np.isfinite(d)
+        if ok.sum() < 3:
+            raise ValueError("SizeAdjust: fewer than 3 rows with a positive ROI extent")
+        D = [np.ones(ok.sum()), d[ok]]
+        if y is not None and len(np.unique(np.asarray(y)[ok])) > 1:
+            D.append(np.asarray(y, float)[ok])
+        F = A[ok, :-1]
+        self.slope_ = np.zeros(F.shape[1])
+        for j in range(F.shape[1]):  # column by column: a feature's missing rows do not drop the others'
+            m = np.isfinite(F[:, j])
+            if m.sum() > len(D):
+                self.slope_[j] = np.linalg.lstsq(np.column_stack(D)[m], F[m, j], rcond=None)[0][1]
+        self.centre_ = float(np.median(d[ok]))
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "slope_")
+        A = validate_data(self, X, dtype=float, ensure_all_finite="allow-nan", reset=False)
+        shift = np.nan_to_num(np.log(A[:, -1]) - self.centre_)
+        return A[:, :-1] - shift[:, None] * self.slope_[None, :]
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "slope_")
+        names = input_features if input_features is not None else getattr(
+            self, "feature_names_in_", [f"x{i}" for i in range(self.n_features_in_)])
+        return np.asarray(list(names)[:-1], dtype=object)
 
 
 class FitLog(list):
@@ -290,9 +346,11 @@ def family_grid(key: str, S) -> dict:
 
 def fusion_pipeline(key: str, inst_cols: Sequence[str], rad_cols: Sequence[str], seed: int, n_bins: int = 10,
                     n_words: int = 8, p_threshold: float = 0.05, corr_threshold: float = 0.9,
-                    lasso: bool = True, recorder: Optional[list] = None):
+                    lasso: bool = True, recorder: Optional[list] = None, size_col: Optional[str] = None):
     """MIL fusion (histogram + bag of words over the instance columns) + radiomics columns → univariate
-    filter → correlation pruning → LASSO → scaler → classifier, as one ``Pipeline``."""
+    filter → correlation pruning → LASSO → scaler → classifier, as one ``Pipeline``. With ``size_col``
+    (a column of the input holding each patient's ROI extent) the radiomics columns are size-adjusted
+    (:class:`SizeAdjust`, fitted within the pipeline) before the screening."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -304,7 +362,10 @@ def fusion_pipeline(key: str, inst_cols: Sequence[str], rad_cols: Sequence[str],
     if inst_cols:
         parts += [("hist", LikelihoodHistogram(n_bins=n_bins), list(inst_cols)),
                   ("bow", BagOfWordsTfidf(n_words=n_words), list(inst_cols))]
-    if rad_cols:
+    if rad_cols and size_col:
+        parts.append(("rad", Pipeline([("impute", SimpleImputer(strategy="median")), ("size", SizeAdjust())]),
+                      list(rad_cols) + [size_col]))
+    elif rad_cols:
         parts.append(("rad", SimpleImputer(strategy="median"), list(rad_cols)))
     steps = []
     if recorder is not None:
@@ -510,11 +571,12 @@ def fit_family(key: str, pipe, X: pd.DataFrame, meta: pd.DataFrame, S, seed: int
 def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, seed: int, n_jobs: int = 1,
                  recorder: Optional[list] = None, cv=None, models: Optional[Sequence[str]] = None,
                  views: Optional[Sequence[pd.DataFrame]] = None,
-                 sample_weight: Optional[np.ndarray] = None) -> dict:
+                 sample_weight: Optional[np.ndarray] = None, size_col: Optional[str] = None) -> dict:
     """The DL_2.5D families: every family of ``S.models`` tuned on the fusion pipeline
-    (:func:`fusion_pipeline`) — ``{key: FamilyResult}``."""
+    (:func:`fusion_pipeline`; ``size_col``: see there) — ``{key: FamilyResult}``."""
     return {key: fit_family(key, fusion_pipeline(key, inst_cols, rad_cols, seed, S.n_bins, S.n_words,
-                                                 S.p_threshold, S.corr_threshold, recorder=recorder),
+                                                 S.p_threshold, S.corr_threshold, recorder=recorder,
+                                                 size_col=size_col),
                             X, meta, S, seed, n_jobs=n_jobs, cv=cv, views=views, sample_weight=sample_weight)
             for key in (models or S.models)}
 
@@ -562,3 +624,75 @@ def with_oof(train_mask, oof, proba) -> np.ndarray:
     out = np.asarray(proba, float).copy()
     out[np.asarray(train_mask, bool)] = oof
     return out
+
+
+def signal_sources(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, key: str, S, seed: int,
+                   instance_probs: pd.DataFrame, dl25d: np.ndarray, n_jobs: int = 1, cv=None,
+                   views: Optional[Sequence[pd.DataFrame]] = None,
+                   sample_weight: Optional[np.ndarray] = None, size_col: Optional[str] = None) -> pd.DataFrame:
+    """Where the DL_2.5D signature's signal comes from: patient-level AUC (95 % DeLong CI) per cohort of
+    the CNN's own patient score (mean instance probability; training out of fold), of the same family and
+    fusion pipeline on the multi-instance features alone and on the radiomics features alone, and of
+    DL_2.5D (both; ``dl25d``: its scores, training rows out of fold). All fitted on training rows only."""
+    from .stats import auc_ci
+
+    pat = instance_probs.groupby("patient_id")["prob"].mean().reindex(X.index)
+    parts = {"CNN patient score (mean instance probability)": pat.to_numpy()}
+    if inst_cols:
+        cols = list(inst_cols)
+        r = fit_family(key, fusion_pipeline(key, cols, [], seed, S.n_bins, S.n_words, S.p_threshold,
+                                            S.corr_threshold), X[cols], meta, S, seed, n_jobs=n_jobs, cv=cv,
+                       views=[v[cols] for v in views] if views else None, sample_weight=sample_weight)
+        parts["multi-instance features alone (same pipeline)"] = r.scores
+    if rad_cols:
+        cols = list(rad_cols) + ([size_col] if size_col else [])
+        r = fit_family(key, fusion_pipeline(key, [], list(rad_cols), seed, S.n_bins, S.n_words, S.p_threshold,
+                                            S.corr_threshold, size_col=size_col), X[cols], meta, S, seed,
+                       n_jobs=n_jobs, cv=cv, sample_weight=sample_weight)
+        parts["radiomics features alone (same pipeline)"] = r.scores
+    parts["DL_2.5D (both, the signature)"] = np.asarray(dl25d, float)
+    rows = []
+    for name, score in parts.items():
+        row = {"score": name}
+        for c in ("training", "internal", "external"):
+            m = (meta["cohort"] == c).to_numpy() & np.isfinite(score)
+            if m.sum() and meta["label"].to_numpy()[m].min() != meta["label"].to_numpy()[m].max():
+                a = auc_ci(meta["label"].to_numpy()[m], score[m])
+                row[f"AUC {c}"] = a.auc
+                row[f"95% CI {c}"] = f"{a.low:.2f}–{a.high:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def selected_by_cohort(pipe, X: pd.DataFrame, meta: pd.DataFrame,
+                       extent: Optional[pd.Series] = None) -> pd.DataFrame:
+    """The features a fitted fusion pipeline keeps (:func:`selected_features`), each with its own AUC per
+    cohort (oriented as in the training cohort, so below 0.5 elsewhere means the association reverses)
+    and, with ``extent`` (each patient's ROI extent in mm, e.g. :func:`hcc25d.crop25d.roi_extent_mm`),
+    its Spearman correlation with the ROI's size on the training patients: a feature that is mostly size
+    carries the tumour-size association of the training cohort, wherever that holds."""
+    from scipy.stats import spearmanr
+
+    from .stats import auc
+
+    sel = selected_features(pipe)
+    fusion = pipe.named_steps["fusion"]
+    F = pd.DataFrame(fusion.transform(X), index=X.index, columns=fusion.get_feature_names_out())
+    y = meta["label"].to_numpy()
+    train = (meta["cohort"] == "training").to_numpy()
+    rows = []
+    for name in sel["feature"]:
+        v = F[name].to_numpy(float)
+        a_tr = auc(y[train], v[train])
+        sign = 1.0 if a_tr >= 0.5 else -1.0
+        row = {"feature": name}
+        for c in ("training", "internal", "external"):
+            m = (meta["cohort"] == c).to_numpy() & np.isfinite(v)
+            if m.sum() and len(np.unique(y[m])) == 2:
+                row[f"AUC {c}"] = auc(y[m], sign * v[m])
+        if extent is not None:
+            e = extent.reindex(X.index).to_numpy(float)
+            ok = train & np.isfinite(e) & np.isfinite(v)
+            row["Spearman with ROI size (training)"] = float(spearmanr(v[ok], e[ok])[0]) if ok.sum() > 2 else np.nan
+        rows.append(row)
+    return sel.merge(pd.DataFrame(rows), on="feature", how="left") if rows else sel

@@ -126,6 +126,15 @@ def test_repeated_crossfit_averages_models_that_never_saw_the_patient():
     assert (others["source"] == "mean of 3 fold models × 2 repeats").all()
     assert train["prob_fold1"].isna().all()
     assert set(logs["fit"]) == set(models)
+    assert (train["source"] == "out of fold in 2 repeats").all()
+    # the first split alone: exactly what repeats: 1 gives with the same seeds (the ablations' reference)
+    first = meta["first_repeat"]
+    Recorder.seen = []
+    single, _, m1, _ = cnn.crossfit_predict(bags, Recorder, P(val_fraction=0.0, augment={"flip": True}), seed=1,
+                                            folds=3, progress=False)
+    cols = ["prob", "prob_insample", "source", "fold", "prob_fold1", "prob_fold2", "prob_fold3"]
+    pd.testing.assert_frame_equal(first[cols], single[cols])
+    assert not np.allclose(first["prob"], preds["prob"])
 
 
 def test_out_of_fold_and_held_out_probabilities_share_one_scale():

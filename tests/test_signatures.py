@@ -159,3 +159,91 @@ def test_held_out_patients_are_scored_per_fold_model_and_averaged():
     assert np.allclose(models["lr"].proba[~tr], expect[~tr])
     assert np.allclose(models["lr"].proba[tr], gs.predict_proba(X)[tr, 1])
     assert sig.heldout_views(inst.drop(columns=["prob_fold1", "prob_fold2"]), X, ic)[0] is X
+
+
+def test_signal_sources_separate_the_two_halves_of_the_signature():
+    # the instance probabilities carry the outcome, the radiomics features are noise except in training
+    X, meta, ic, rc = dataset(signal=1.5)
+    y = meta["label"].to_numpy()
+    tr = (meta["cohort"] == "training").to_numpy()
+    rng = np.random.default_rng(5)
+    for c in rc:  # radiomics: a training-only association (what chance screening finds), none elsewhere
+        X[c] = rng.normal(0, 1, len(X)) + np.where(tr, 1.2 * (y - 0.5), 0.0)
+    inst = X[ic].stack().rename("prob").reset_index().rename(columns={"level_1": "slot"})
+    inst = inst.join(meta, on="patient_id")
+    S1 = config.SignaturesCfg(cv_folds=3, models=("lr",), grids={"lr": {"C": [1.0]}})
+    both = sig.build_models(X, meta, ic, rc, S1, seed=0)["lr"]
+    out = sig.signal_sources(X, meta, ic, rc, "lr", S1, 0, inst, both.scores).set_index("score")
+    assert len(out) == 4 and out.index[-1].startswith("DL_2.5D")
+    cnn = out.loc["CNN patient score (mean instance probability)"]
+    ext = (meta["cohort"] == "external").to_numpy()
+    assert np.isclose(cnn["AUC external"], auc_ci(y[ext], X.loc[ext, ic].mean(axis=1)).auc)
+    mil, rad = out.iloc[1], out.iloc[2]
+    assert mil["AUC external"] > 0.75 and rad["AUC external"] < 0.65 < rad["AUC training"]
+    assert np.isclose(out.iloc[3]["AUC internal"], auc_ci(y[meta["cohort"] == "internal"],
+                                                          both.scores[(meta["cohort"] == "internal").to_numpy()]).auc)
+    assert out["95% CI internal"].str.match(r"^\d\.\d\d–\d\.\d\d$").all()
+
+
+def test_selected_by_cohort_shows_reversal_and_size():
+    X, meta, ic, rc = dataset(signal=1.5)
+    y = meta["label"].to_numpy()
+    tr = (meta["cohort"] == "training").to_numpy()
+    rng = np.random.default_rng(7)
+    size = pd.Series(np.exp(rng.normal(3.5, 0.3, len(X))), index=X.index)
+    # F0: a size proxy whose association with the outcome reverses outside the training cohort
+    X["arterial_original_firstorder_F0"] = np.log(size) + np.where(tr, 1.0, -1.0) * 0.4 * (y - 0.5)
+    S1 = config.SignaturesCfg(cv_folds=3, models=("lr",), grids={"lr": {"C": [1.0]}})
+    pipe = sig.build_models(X, meta, [], rc, S1, seed=0)["lr"].search.best_estimator_
+    out = sig.selected_by_cohort(pipe, X, meta, size).set_index("feature")
+    assert list(out.columns[:2]) == ["univariate P", "LASSO coefficient"]
+    f0 = out.loc["rad__arterial_original_firstorder_F0"]
+    assert f0["AUC training"] > 0.55 and f0["AUC external"] < 0.5 and f0["AUC internal"] < 0.5
+    assert f0["Spearman with ROI size (training)"] > 0.6
+    f1 = out.loc["rad__arterial_original_firstorder_F1"]  # a real signal: same direction everywhere
+    assert min(f1["AUC training"], f1["AUC internal"], f1["AUC external"]) > 0.6
+    assert abs(f1["Spearman with ROI size (training)"]) < 0.3
+
+
+def test_size_adjust_takes_the_size_slope_out_and_keeps_the_outcome():
+    rng = np.random.default_rng(3)
+    n = 400
+    y = (rng.random(n) < 0.5).astype(int)
+    size = np.exp(rng.normal(3.4, 0.35, n))
+    signal = rng.normal(0, 1, n) + 1.0 * y          # an outcome signal that has nothing to do with size
+    proxy = 2.0 * np.log(size) + rng.normal(0, 0.1, n)  # a volume surrogate
+    X = pd.DataFrame({"signal": signal, "proxy": proxy, sig.SIZE_COL: size})
+    st = sig.SizeAdjust().fit(X, y)
+    assert np.isclose(st.slope_[1], 2.0, atol=0.05) and abs(st.slope_[0]) < 0.2
+    out = st.transform(X)
+    assert out.shape == (n, 2) and list(st.get_feature_names_out()) == ["signal", "proxy"]
+    assert abs(np.corrcoef(out[:, 1], np.log(size))[0, 1]) < 0.1  # the proxy lost its size
+    assert auc_ci(y, out[:, 0]).auc > 0.7  # the outcome signal survives
+    # size that goes with the outcome is not removed: regressed jointly with the outcome
+    proxy2 = np.log(size) + 0.8 * y
+    st2 = sig.SizeAdjust().fit(pd.DataFrame({"p": proxy2, sig.SIZE_COL: size}), y)
+    assert np.isclose(st2.slope_[0], 1.0, atol=0.05)
+    # where large tumours go with the outcome, the joint fit keeps the outcome's share; a size-only fit
+    # (no labels) would take it out too
+    size3 = np.exp(3.4 + 0.3 * y + rng.normal(0, 0.2, n))
+    proxy3 = pd.DataFrame({"p": np.log(size3) + 0.8 * y + rng.normal(0, 0.05, n), sig.SIZE_COL: size3})
+    assert np.isclose(sig.SizeAdjust().fit(proxy3, y).slope_[0], 1.0, atol=0.1)
+    assert sig.SizeAdjust().fit(proxy3).slope_[0] > 1.5
+    with pytest.raises(ValueError, match="feature column"):
+        sig.SizeAdjust().fit(X[[sig.SIZE_COL]], y)
+
+
+def test_fusion_pipeline_adjusts_radiomics_for_size_inside_the_folds():
+    X, meta, ic, rc = dataset(signal=1.5)
+    rng = np.random.default_rng(11)
+    X[sig.SIZE_COL] = np.exp(rng.normal(3.4, 0.3, len(X)))
+    log = sig.FitLog()
+    S1 = config.SignaturesCfg(cv_folds=3, models=("lr",), grids={"lr": {"C": [1.0]}})
+    r = sig.build_models(X, meta, ic, rc, S1, seed=0, recorder=log, size_col=sig.SIZE_COL)["lr"]
+    train_ids = set(meta.index[meta["cohort"] == "training"])
+    assert log and all(set(ids) <= train_ids for ids in log)
+    pipe = r.search.best_estimator_
+    names = list(pipe.named_steps["fusion"].get_feature_names_out())
+    assert sig.SIZE_COL not in " ".join(names) and sum(n.startswith("rad__") for n in names) == len(rc)
+    ext = (meta["cohort"] == "external").to_numpy()
+    assert auc_ci(meta["label"].to_numpy()[ext], r.proba[ext]).auc > 0.75
