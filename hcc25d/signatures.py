@@ -60,6 +60,7 @@ __all__ = [
     "selected_features",
     "with_oof",
     "signal_sources",
+    "compact_sources",
     "selected_by_cohort",
 ]
 
@@ -696,3 +697,13 @@ def selected_by_cohort(pipe, X: pd.DataFrame, meta: pd.DataFrame,
             row["Spearman with ROI size (training)"] = float(spearmanr(v[ok], e[ok])[0]) if ok.sum() > 2 else np.nan
         rows.append(row)
     return sel.merge(pd.DataFrame(rows), on="feature", how="left") if rows else sel
+
+
+def compact_sources(sources: pd.DataFrame) -> pd.DataFrame:
+    """:func:`signal_sources` for the page: one column per cohort, "AUC (95 % CI)"."""
+    out = sources[["score"]].copy()
+    for c in ("training", "internal", "external"):
+        if f"AUC {c}" in sources:
+            out[f"AUC {c} (95% CI)"] = [f"{a:.3f} ({ci})" if np.isfinite(a) else "–"
+                                        for a, ci in zip(sources[f"AUC {c}"], sources[f"95% CI {c}"])]
+    return out.set_index("score")

@@ -183,6 +183,9 @@ def test_signal_sources_separate_the_two_halves_of_the_signature():
     assert np.isclose(out.iloc[3]["AUC internal"], auc_ci(y[meta["cohort"] == "internal"],
                                                           both.scores[(meta["cohort"] == "internal").to_numpy()]).auc)
     assert out["95% CI internal"].str.match(r"^\d\.\d\d–\d\.\d\d$").all()
+    page = sig.compact_sources(out.reset_index())
+    assert list(page.columns) == [f"AUC {c} (95% CI)" for c in ("training", "internal", "external")]
+    assert page.iloc[0, 2] == f"{cnn['AUC external']:.3f} ({cnn['95% CI external']})"
 
 
 def test_selected_by_cohort_shows_reversal_and_size():
