@@ -638,20 +638,20 @@ def signal_sources(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, key
     from .stats import auc_ci
 
     pat = instance_probs.groupby("patient_id")["prob"].mean().reindex(X.index)
-    parts = {"CNN patient score (mean instance probability)": pat.to_numpy()}
+    parts = {"CNN patient score (before fusion)": pat.to_numpy()}
     if inst_cols:
         cols = list(inst_cols)
         r = fit_family(key, fusion_pipeline(key, cols, [], seed, S.n_bins, S.n_words, S.p_threshold,
                                             S.corr_threshold), X[cols], meta, S, seed, n_jobs=n_jobs, cv=cv,
                        views=[v[cols] for v in views] if views else None, sample_weight=sample_weight)
-        parts["multi-instance features alone (same pipeline)"] = r.scores
+        parts["multi-instance features alone"] = r.scores
     if rad_cols:
         cols = list(rad_cols) + ([size_col] if size_col else [])
         r = fit_family(key, fusion_pipeline(key, [], list(rad_cols), seed, S.n_bins, S.n_words, S.p_threshold,
                                             S.corr_threshold, size_col=size_col), X[cols], meta, S, seed,
                        n_jobs=n_jobs, cv=cv, sample_weight=sample_weight)
-        parts["radiomics features alone (same pipeline)"] = r.scores
-    parts["DL_2.5D (both, the signature)"] = np.asarray(dl25d, float)
+        parts["radiomics features alone"] = r.scores
+    parts["DL_2.5D (both)"] = np.asarray(dl25d, float)
     rows = []
     for name, score in parts.items():
         row = {"score": name}
@@ -700,10 +700,10 @@ def selected_by_cohort(pipe, X: pd.DataFrame, meta: pd.DataFrame,
 
 
 def compact_sources(sources: pd.DataFrame) -> pd.DataFrame:
-    """:func:`signal_sources` for the page: one column per cohort, "AUC (95 % CI)"."""
+    """:func:`signal_sources` for the page: one column per cohort, each cell "AUC (95 % CI)"."""
     out = sources[["score"]].copy()
     for c in ("training", "internal", "external"):
         if f"AUC {c}" in sources:
-            out[f"AUC {c} (95% CI)"] = [f"{a:.3f} ({ci})" if np.isfinite(a) else "–"
+            out[c] = [f"{a:.3f} ({ci})" if np.isfinite(a) else "–"
                                         for a, ci in zip(sources[f"AUC {c}"], sources[f"95% CI {c}"])]
-    return out.set_index("score")
+    return out.set_index("score").rename_axis("AUC (95% CI)")

@@ -99,4 +99,4 @@ def test_defaults_print_round_trips_and_documents_every_field():
     assert len(rows) > 80
     undocumented = [r["parameter"] for r in rows if not r["meaning"]]
     assert not undocumented, undocumented
-    assert "| `cnn.epochs` | `20` | integer; ≥ 1 |" in config.reference_markdown()
+    assert "| `cnn.epochs` | `16` | integer; ≥ 1 |" in config.reference_markdown()

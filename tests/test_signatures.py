@@ -175,7 +175,7 @@ def test_signal_sources_separate_the_two_halves_of_the_signature():
     both = sig.build_models(X, meta, ic, rc, S1, seed=0)["lr"]
     out = sig.signal_sources(X, meta, ic, rc, "lr", S1, 0, inst, both.scores).set_index("score")
     assert len(out) == 4 and out.index[-1].startswith("DL_2.5D")
-    cnn = out.loc["CNN patient score (mean instance probability)"]
+    cnn = out.loc["CNN patient score (before fusion)"]
     ext = (meta["cohort"] == "external").to_numpy()
     assert np.isclose(cnn["AUC external"], auc_ci(y[ext], X.loc[ext, ic].mean(axis=1)).auc)
     mil, rad = out.iloc[1], out.iloc[2]
@@ -184,7 +184,7 @@ def test_signal_sources_separate_the_two_halves_of_the_signature():
                                                           both.scores[(meta["cohort"] == "internal").to_numpy()]).auc)
     assert out["95% CI internal"].str.match(r"^\d\.\d\d–\d\.\d\d$").all()
     page = sig.compact_sources(out.reset_index())
-    assert list(page.columns) == [f"AUC {c} (95% CI)" for c in ("training", "internal", "external")]
+    assert list(page.columns) == ["training", "internal", "external"] and page.index.name == "AUC (95% CI)"
     assert page.iloc[0, 2] == f"{cnn['AUC external']:.3f} ({cnn['95% CI external']})"
 
 
