@@ -646,7 +646,7 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
         if missing:
             raise ValueError(f"fold_of has no fold for training patient(s) {missing[:5]}")
         k = max(fold_of.values()) + 1
-        n_rep = int(getattr(prm, "repeats", 1))
+        n_rep = int(prm.repeats)
         splits = [fold_of] + [{pid: f for f, held in enumerate(patient_folds(train, k, seed + REPEAT_SEED * r))
                                for pid in held} for r in range(1, n_rep)]
         per_fold = np.zeros((k, len(bags.index)))
@@ -753,15 +753,16 @@ def size_adjust(preds: pd.DataFrame, extent: pd.Series) -> tuple[pd.DataFrame, d
     tr = ((pat["cohort"] == "training") & np.isfinite(d) & np.isfinite(pat["score"])).to_numpy()
     if tr.sum() < 4 or pat.loc[tr, "label"].nunique() < 2:
         raise ValueError("size_adjust needs at least 4 training patients of both outcomes")
-    A = np.c_[np.ones(tr.sum()), d[tr], pat.loc[tr, "label"].astype(float)]
-    coef = np.linalg.lstsq(A, pat.loc[tr, "score"].to_numpy(), rcond=None)[0]
-    centre = float(np.median(d[tr]))
-    shift = pd.Series(coef[1] * (d - centre), index=pat.index).fillna(0.0)
+    from .signatures import SizeAdjust  # one size rule for the CNN's score and the radiomics features
+
+    fit = SizeAdjust().fit(np.c_[pat.loc[tr, "score"], np.exp(d[tr])], pat.loc[tr, "label"].to_numpy())
+    slope, centre = float(fit.slope_[0]), fit.centre_
+    shift = pd.Series(slope * (d - centre), index=pat.index).fillna(0.0)
     sh = shift.reindex(pid).to_numpy()
     for c in _prob_columns(out):
         out[c] = 1 / (1 + np.exp(-(_logit(out[c]) - sh)))
     out["size_shift"] = sh
-    return out, {"slope": float(coef[1]), "centre_log_mm": centre, "n_training": int(tr.sum())}
+    return out, {"slope": slope, "centre_log_mm": centre, "n_training": int(tr.sum())}
 
 
 def undo_size_adjust(preds: pd.DataFrame) -> pd.DataFrame:
