@@ -777,7 +777,7 @@ def undo_size_adjust(preds: pd.DataFrame) -> pd.DataFrame:
 
 
 def deconfounding_weights(y, confounders: pd.DataFrame) -> np.ndarray:
-    """A weight per instance so that every combination of outcome and confounder levels carries the same
+    r"""A weight per instance so that every combination of outcome and confounder levels carries the same
     total weight: under these weights the confounders are independent of the outcome (and the classes
     balanced), so a model gains nothing from recognising them — e.g. a tumour's size, which the images
     show and whose association with recurrence the clinical signature models separately (and which,

@@ -229,7 +229,7 @@ HLResult = namedtuple("HLResult", ["statistic", "p_value", "df"])
 
 def hosmer_lemeshow(y_true, y_prob, groups: int = 10, method: str = "quantile", fitted: bool = True,
                     df_rule: str = "formed") -> HLResult:
-    """Hosmer–Lemeshow goodness-of-fit test.
+    r"""Hosmer–Lemeshow goodness-of-fit test.
 
     ``method="quantile"`` groups exactly as R's ``ResourceSelection::hoslem.test``: breaks are the unique
     type-7 quantiles of the probabilities at 0, 1/g, …, 1 (duplicates removed), groups are

@@ -253,3 +253,22 @@ def test_warning_tally_counts_warnings_and_passes_progress_through():
     assert t.counts == {"ConvergenceWarning: Maximum Likelihood optimization failed": 1,
                         "UserWarning: something odd": 3}
     assert t.summary().startswith("4 warning(s), 2 distinct")
+
+
+def test_sources_compile_without_escape_warnings():
+    """Backslashes in docstrings (LaTeX) must sit in raw strings: Python 3.12 warns about invalid escapes
+    and ``\\f``/``\\t`` silently become a form feed and a tab in the rendered formula."""
+    import warnings
+
+    files = sorted(f for d in ("hcc25d", "benchmarks", "tools", "tests") for f in (ROOT / d).glob("*.py"))
+    assert len(files) > 20
+    bad = []
+    for f in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SyntaxWarning)  # Python >= 3.12
+            warnings.simplefilter("error", DeprecationWarning)  # Python 3.11
+            try:
+                compile(f.read_text(), str(f), "exec")
+            except SyntaxError as e:
+                bad.append(f"{f.name}: {e}")
+    assert not bad, bad
