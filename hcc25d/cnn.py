@@ -64,6 +64,7 @@ __all__ = [
     "crossfit_predict",
     "size_adjust",
     "undo_size_adjust",
+    "score_size_outcome",
     "deconfounding_weights",
     "ensemble",
     "torch_device",
@@ -774,6 +775,47 @@ def undo_size_adjust(preds: pd.DataFrame) -> pd.DataFrame:
         out[c] = 1 / (1 + np.exp(-(_logit(out[c]) + out["size_shift"].to_numpy())))
     out["size_shift"] = 0.0
     return out
+
+
+def score_size_outcome(preds: pd.DataFrame, extent: pd.Series) -> pd.DataFrame:
+    """How a model set's patient score follows the tumour's size and the outcome, cohort by cohort — a
+    description for the reader, used by no prediction.
+
+    The patient score is the mean instance logit *before* the size adjustment (:func:`undo_size_adjust`).
+    In each cohort separately it is regressed (least squares) on ``ln(extent)`` and the outcome; the
+    outcome coefficient is the score's separation of recurrence from no recurrence **at equal size**
+    (logit units), the size slope what :func:`size_adjust` removes (there fitted on the training cohort
+    alone). Also the AUC of the size alone, of the raw and of the adjusted score. One row per cohort with
+    ``n``, ``AUC size``, ``AUC raw``, ``AUC adjusted``, ``size slope``, ``size slope SE``, ``outcome``,
+    ``outcome SE``.
+    """
+    raw = undo_size_adjust(preds)
+    pid = preds["patient_id"].astype(str).to_numpy()
+    pat = pd.DataFrame({"pid": pid, "cohort": preds["cohort"].to_numpy(), "label": preds["label"].to_numpy(),
+                        "raw": _logit(raw["prob"]), "adj": _logit(preds["prob"])})
+    pat = pat.groupby("pid", sort=False).agg(cohort=("cohort", "first"), label=("label", "first"),
+                                             raw=("raw", "mean"), adj=("adj", "mean"))
+    ext = extent.copy()
+    ext.index = ext.index.astype(str)
+    pat["ld"] = np.log(ext.reindex(pat.index).astype(float))
+    rows = []
+    for cohort, g in pat.groupby("cohort", sort=False):
+        g = g[np.isfinite(g["ld"]) & np.isfinite(g["raw"])]
+        row = {"cohort": cohort, "n": len(g)}
+        if len(g) < 5 or g["label"].nunique() < 2:
+            rows.append(row)
+            continue
+        X = np.c_[np.ones(len(g)), g["ld"], g["label"]]
+        beta, *_ = np.linalg.lstsq(X, g["raw"].to_numpy(), rcond=None)
+        resid = g["raw"].to_numpy() - X @ beta
+        se = np.sqrt(np.diag(np.linalg.pinv(X.T @ X)) * (resid @ resid) / max(len(g) - 3, 1))
+        row.update({"AUC size": auc(g["label"], g["ld"]), "AUC raw": auc(g["label"], g["raw"]),
+                    "AUC adjusted": auc(g["label"], g["adj"]), "size slope": beta[1], "size slope SE": se[1],
+                    "outcome": beta[2], "outcome SE": se[2]})
+        rows.append(row)
+    order = {c: i for i, c in enumerate(("training", "internal", "external"))}
+    return pd.DataFrame(rows).sort_values("cohort", key=lambda c: c.map(order).fillna(len(order)),
+                                          kind="stable").reset_index(drop=True)
 
 
 def deconfounding_weights(y, confounders: pd.DataFrame) -> np.ndarray:

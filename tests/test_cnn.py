@@ -255,6 +255,22 @@ def test_size_adjust_removes_the_size_slope_and_keeps_the_outcome():
         cnn.size_adjust(preds, ext.iloc[:-5])
 
 
+def test_score_size_outcome_recovers_slope_and_outcome_per_cohort():
+    preds, ext = size_confounded_preds(n=600)
+    out, _ = cnn.size_adjust(preds, ext)
+    t = cnn.score_size_outcome(out, ext).set_index("cohort")
+    assert list(t.index) == ["training", "internal", "external"] and (t["n"] == 200).all()
+    # the raw score is logit = 1.0 log(extent) + 0.8 outcome: both recovered in every cohort, from raw scores
+    assert np.allclose(t["size slope"], 1.0, atol=0.1) and np.allclose(t["outcome"], 0.8, atol=0.1)
+    assert (t["outcome SE"] > 0).all() and (t["outcome SE"] < 0.1).all()
+    # size goes with the outcome in training and against it externally; the adjustment helps there
+    assert t.loc["training", "AUC size"] > 0.6 > 0.4 > t.loc["external", "AUC size"]
+    assert t.loc["external", "AUC adjusted"] > t.loc["external", "AUC raw"] + 0.1
+    # without a size adjustment the raw and adjusted columns are the same score
+    same = cnn.score_size_outcome(preds, ext)
+    assert np.allclose(same["AUC raw"], same["AUC adjusted"])
+
+
 def test_crossfit_applies_the_size_adjustment():
     bags = make_bags(n_train=24, inst=2, signal=1.0, seed=5)
     pats = bags.index["patient_id"].unique()
