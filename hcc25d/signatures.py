@@ -463,7 +463,7 @@ def combined_pipeline(score_col: str, clinical: Sequence[str], p_uni: float = 0.
     if clinical:
         parts.append(("clinical", ClinicalScreen(p_uni, p_multi), list(clinical)))
     return Pipeline([("select", ColumnTransformer(parts)),
-                     ("model", LogisticRegression(penalty=None, max_iter=5000))])
+                     ("model", LogisticRegression(C=np.inf, max_iter=5000))])  # unpenalised
 
 
 def fit_combined(train: pd.DataFrame, score_col: str, clinical: Sequence[str]):
