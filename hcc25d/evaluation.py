@@ -221,11 +221,26 @@ def _auc_text(auc, lo, hi) -> str:
     return f"{auc:.3f} ({lo:.3f}–{hi:.3f})" if pd.notna(lo) and pd.notna(hi) else f"{auc:.3f}"
 
 
-def paper_layout(long: pd.DataFrame, row: str, cohorts: Optional[Sequence[str]] = None) -> pd.DataFrame:
-    """A metrics table (one row per ``row`` value and cohort, as :func:`metrics_table` writes it) in the
-    paper's layout: ``row`` values as row labels, cohorts as column groups, the paper's six metrics in
-    each (AUC with its 95 % CI), at 3 decimals, as text."""
+def paper_layout(long: pd.DataFrame, row: str, cohorts: Optional[Sequence[str]] = None,
+                 wide: bool = False) -> pd.DataFrame:
+    """A metrics table (one row per ``row`` value and cohort, as :func:`metrics_table` writes it) with the
+    paper's six metrics (AUC with its 95 % CI), at 3 decimals, as text. By default one row per ``row``
+    value and cohort (cohorts in ``cohorts`` order), which fits a page; ``wide=True`` gives the paper's
+    printed layout: ``row`` values as row labels, cohorts as column groups (18+ columns)."""
     cohorts = list(cohorts or dict.fromkeys(long["cohort"]))
+    if not wide:
+        rank = {c: i for i, c in enumerate(cohorts)}
+        rows = {}
+        for (name, c), g in long[long["cohort"].isin(rank)].groupby([row, "cohort"], sort=False):
+            r = g.iloc[0]
+            rows[(name, c)] = {label: (_auc_text(r["auc"], r.get("ci_low"), r.get("ci_high")) if m == "auc"
+                                       else ("" if pd.isna(r[m]) else f"{r[m]:.3f}"))
+                               for m, label in PAPER_METRICS}
+        names = list(dict.fromkeys(long[row]))
+        keys = sorted(rows, key=lambda k: (names.index(k[0]), rank[k[1]]))
+        t = pd.DataFrame([rows[k] for k in keys], columns=[label for _, label in PAPER_METRICS])
+        t.index = pd.MultiIndex.from_tuples(keys, names=[row, "cohort"])
+        return t
     out = {}
     for (name, c), g in long.groupby([row, "cohort"], sort=False):
         r = g.iloc[0]

@@ -165,3 +165,23 @@ def test_r_pretty_matches_r_examples():
     assert list(stats.r_pretty(0, 1)) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert list(stats.r_pretty(1, 10)) == [0, 2, 4, 6, 8, 10]
     assert list(stats.r_pretty(0.13, 0.87)) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_paper_layout_stacks_cohorts_as_rows_or_spreads_them_as_in_the_paper():
+    from hcc25d import evaluation
+
+    rng = np.random.default_rng(3)
+    n = 240
+    frame = pd.DataFrame({"cohort": np.repeat(["training", "internal", "external"], n // 3),
+                          "label": rng.integers(0, 2, n)})
+    frame["prob"] = np.clip(0.3 * frame["label"] + rng.uniform(0, 0.7, n), 0, 1)
+    long = pd.concat([evaluation.metrics_table(frame.assign(m=m), by="m") for m in ("A", "B")],
+                     ignore_index=True)
+    t = evaluation.paper_layout(long, "m", cohorts=["internal", "training"])
+    assert list(t.index) == [("A", "internal"), ("A", "training"), ("B", "internal"), ("B", "training")]
+    assert list(t.columns) == [label for _, label in evaluation.PAPER_METRICS]
+    r = long[(long["m"] == "A") & (long["cohort"] == "training")].iloc[0]
+    assert t.loc[("A", "training"), "AUC (95% CI)"] == f"{r['auc']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f})"
+    assert t.loc[("A", "training"), "NPV"] == f"{r['npv']:.3f}"
+    w = evaluation.paper_layout(long, "m", wide=True)
+    assert w.shape == (2, 18) and w.loc["A", ("training", "AUC (95% CI)")] == t.loc[("A", "training"), "AUC (95% CI)"]
