@@ -30,6 +30,7 @@ __all__ = [
     "nomogram",
     "PAPER_METRICS",
     "paper_layout",
+    "auc_text",
 ]
 
 COHORTS = ("training", "internal", "external")
@@ -215,10 +216,15 @@ PAPER_METRICS = [("accuracy", "Accuracy"), ("auc", "AUC (95% CI)"), ("sensitivit
                  ("specificity", "Specificity"), ("ppv", "PPV"), ("npv", "NPV")]
 
 
-def _auc_text(auc, lo, hi) -> str:
+def auc_text(auc, lo=None, hi=None) -> str:
+    """An AUC with its 95 % CI as the tables print it: ``0.689 (0.531–0.847)`` (3 decimals; the AUC
+    alone without bounds, empty for a missing AUC)."""
     if pd.isna(auc):
         return ""
     return f"{auc:.3f} ({lo:.3f}–{hi:.3f})" if pd.notna(lo) and pd.notna(hi) else f"{auc:.3f}"
+
+
+_auc_text = auc_text
 
 
 def paper_layout(long: pd.DataFrame, row: str, cohorts: Optional[Sequence[str]] = None,

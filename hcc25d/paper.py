@@ -144,40 +144,52 @@ def compare_metrics(table: str, ours: pd.DataFrame, name_map: dict, model_col: s
     return pd.DataFrame(rows)
 
 
-def side_by_side(comp: pd.DataFrame, table: str, tolerance: float = 0.05):
-    """One of Tables 3–5 in the paper's layout with the paper's row and this run's row for every model
-    (and the twin's reference AUC where there is one); this run's values further than ``tolerance``
-    from the paper's are highlighted. Returns a pandas ``Styler`` (3 decimals)."""
+def side_by_side(comp: pd.DataFrame, table: str, tolerance: float = 0.05, wide: bool = False):
+    """One of Tables 3–5 with the paper's row and this run's row for every model and cohort (and the
+    twin's reference AUC where there is one); this run's values further than ``tolerance`` from the
+    paper's are highlighted. By default one row per model, cohort and source, the paper's six metrics as
+    columns (fits a page); ``wide=True`` gives the paper's printed layout, cohorts as column groups.
+    Returns a pandas ``Styler`` (3 decimals)."""
     from .evaluation import PAPER_METRICS, _auc_text
 
     g = comp[comp["table"] == table]
     cohorts = list(dict.fromkeys(g["cohort"]))
-    cols = pd.MultiIndex.from_tuples([(c, label) for c in cohorts for _, label in PAPER_METRICS],
-                                     names=["cohort", ""])
+    labels = [label for _, label in PAPER_METRICS]
     rows, flags = {}, {}
+
     for model, h in g.groupby("model (paper)", sort=False):
-        for src in ("paper", "ours"):
-            name = (model, "paper" if src == "paper" else "this run")
-            for c in cohorts:
-                v = h[h["cohort"] == c].set_index("metric")
+        for c in cohorts:
+            v = h[h["cohort"] == c].set_index("metric")
+            for src, shown in (("paper", "paper"), ("ours", "this run")):
+                name = (model, c, shown) if not wide else (model, shown)
                 for m, label in PAPER_METRICS:
                     if m not in v.index:
                         continue
+                    col = label if not wide else (c, label)
                     x = v.loc[m, src]
-                    rows.setdefault(name, {})[(c, label)] = (
+                    rows.setdefault(name, {})[col] = (
                         _auc_text(x, v.loc["ci_low", src] if "ci_low" in v.index else None,
                                   v.loc["ci_high", src] if "ci_high" in v.index else None)
                         if m == "auc" else ("" if pd.isna(x) else f"{x:.3f}"))
                     if src == "ours" and pd.notna(x) and pd.notna(v.loc[m, "paper"]):
-                        flags[(name, (c, label))] = abs(x - v.loc[m, "paper"]) > tolerance
-        ref = h[(h["metric"] == "auc") & h["reference AUC"].notna()]
-        for _, r in ref.iterrows():
-            rows.setdefault((model, "reference (twin)"), {})[(r["cohort"], "AUC (95% CI)")] = \
-                f"{r['reference AUC']:.3f}"
-    order = pd.MultiIndex.from_tuples(list(rows), names=["model", ""])  # paper, this run, reference
-    t = pd.DataFrame([rows[k] for k in rows], index=order).reindex(columns=cols).fillna("")
+                        flags[(name, col)] = abs(x - v.loc[m, "paper"]) > tolerance
+            ref = v[(v.index == "auc")] if "reference AUC" in v else v.iloc[:0]
+            for _, r in ref[ref["reference AUC"].notna()].iterrows():
+                name = (model, c, "reference (twin)") if not wide else (model, "reference (twin)")
+                rows.setdefault(name, {})["AUC (95% CI)" if not wide else (c, "AUC (95% CI)")] = \
+                    f"{r['reference AUC']:.3f}"
+    if wide:
+        cols = pd.MultiIndex.from_tuples([(c, label) for c in cohorts for label in labels], names=["cohort", ""])
+        order = sorted(rows, key=lambda k: list(dict.fromkeys(n[0] for n in rows)).index(k[0]))
+        index = pd.MultiIndex.from_tuples(order, names=["model", ""])  # paper, this run, reference
+    else:
+        cols = pd.Index(labels)
+        order = list(rows)
+        index = pd.MultiIndex.from_tuples(order, names=["model", "cohort", ""])
+    t = pd.DataFrame([rows[k] for k in order], index=index).reindex(columns=cols).fillna("")
     css = pd.DataFrame("", index=t.index, columns=t.columns)
+    at, ct = {k: i for i, k in enumerate(order)}, {c: j for j, c in enumerate(cols)}
     for (name, col), bad in flags.items():
         if bad:
-            css.loc[name, col] = "background-color: #fde2e1"
+            css.iat[at[name], ct[col]] = "background-color: #fde2e1"
     return t.style.apply(lambda _: css, axis=None).set_table_attributes('class="dataframe"')

@@ -185,3 +185,29 @@ def test_paper_layout_stacks_cohorts_as_rows_or_spreads_them_as_in_the_paper():
     assert t.loc[("A", "training"), "NPV"] == f"{r['npv']:.3f}"
     w = evaluation.paper_layout(long, "m", wide=True)
     assert w.shape == (2, 18) and w.loc["A", ("training", "AUC (95% CI)")] == t.loc[("A", "training"), "AUC (95% CI)"]
+
+
+def test_side_by_side_puts_paper_run_and_reference_per_cohort_and_flags_differences():
+    from hcc25d import paper
+
+    rows = []
+    for c, ref in (("training", 0.8), ("external", 0.85)):
+        for m, p_val, ours in (("accuracy", 0.7, 0.69), ("auc", 0.9, 0.6), ("ci_low", 0.85, 0.5),
+                               ("ci_high", 0.95, 0.7), ("sensitivity", 0.6, 0.61)):
+            rows.append({"table": "Table 5", "model (paper)": "DL", "model (ours)": "DL", "cohort": c,
+                         "metric": m, "paper": p_val, "ours": ours, "difference": ours - p_val,
+                         "reference AUC": ref if m == "auc" else np.nan})
+    comp = pd.DataFrame(rows)
+    st = paper.side_by_side(comp, "Table 5")
+    t = st.data
+    assert list(t.index) == [("DL", c, s) for c in ("training", "external")
+                             for s in ("paper", "this run", "reference (twin)")]
+    assert t.loc[("DL", "external", "this run"), "AUC (95% CI)"] == "0.600 (0.500–0.700)"
+    assert t.loc[("DL", "external", "reference (twin)"), "AUC (95% CI)"] == "0.850"
+    css = st._compute().ctx  # highlighted cells: (row, column) positions
+    auc_col = list(t.columns).index("AUC (95% CI)")
+    flagged = {k for k, v in css.items() if any("fde2e1" in str(x) for x in v)}
+    assert (1, auc_col) in flagged and (4, auc_col) in flagged  # 0.6 vs 0.9
+    assert (1, list(t.columns).index("Accuracy")) not in flagged  # 0.69 vs 0.70
+    w = paper.side_by_side(comp, "Table 5", wide=True).data
+    assert w.shape == (3, 12) and w.loc[("DL", "this run"), ("external", "AUC (95% CI)")] == "0.600 (0.500–0.700)"
