@@ -19,6 +19,35 @@ from hcc25d import cnn, config, crop25d
 from hcc25d.io import PROJECT_ROOT
 
 
+def throughput(model, x, y, steps: int, amp: bool, device: str, lr: float = 1e-3):
+    """Training steps per second on one batch already on the device (3 warm-up steps first): returns
+    ``(images per second, peak GPU memory in GiB or NaN on a CPU)``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    def step():
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+            loss = F.binary_cross_entropy_with_logits(model(x).float().squeeze(1), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    model.train()
+    for _ in range(3):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    rate = steps * len(x) / (time.perf_counter() - t0)
+    return rate, (torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params/synthetic.yaml")
@@ -41,31 +70,9 @@ def main() -> None:
     x, y = x[:n], y[:n]
     amp = device == "cuda" and cfg.cnn.amp
     model = cnn.build_model(name, "none")[0].to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    def step(xb, yb):
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-            loss = F.binary_cross_entropy_with_logits(model(xb).float().squeeze(1), yb)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
-    model.train()
     xr = torch.randn(bs, 3, size, size, device=device)
     yr = torch.rand(bs, device=device)
-    for _ in range(3):
-        step(xr, yr)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        step(xr, yr)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    pure = a.steps * bs / (time.perf_counter() - t0)
+    pure, _ = throughput(model, xr, yr, a.steps, amp, device)
     # the real pipeline: train_model on the crops (one epoch over n images, no validation split)
     prm = cfg.cnn.model_copy(update=dict(epochs=1, val_fraction=0.0, patience=99, batch_size=bs))
     t0 = time.perf_counter()

@@ -20,8 +20,8 @@ import time
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
+from bench_cnn import throughput  # benchmarks/ is on the path when a benchmark runs as a script
 from hcc25d import cnn, cnn3d, config, crop25d, stats
 from hcc25d.io import PROJECT_ROOT
 
@@ -53,33 +53,6 @@ def stage(cfg, device: str, repeats) -> None:
         print(f"[stage] {b} patient AUC {c}: {stats.auc(g['label'], g['prob']):.3f} (n={len(g)})")
 
 
-def _throughput(model, x, y, steps: int, amp: bool, device: str):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    def step():
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-            loss = F.binary_cross_entropy_with_logits(model(x).float().squeeze(1), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
-    model.train()
-    for _ in range(3):
-        step()
-    _sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    rate = steps * len(x) / (time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return rate, peak
-
-
 def backbones(gpu_cfg, device: str, steps: int, n_instances: int) -> None:
     C, size = gpu_cfg.cnn, gpu_cfg.crop.image_size
     amp = device == "cuda" and C.amp
@@ -87,7 +60,7 @@ def backbones(gpu_cfg, device: str, steps: int, n_instances: int) -> None:
     y = (torch.arange(C.batch_size, device=device) % 2).float()
     for name in C.backbones:
         model = cnn.build_model(name, "none")[0].to(device).to(memory_format=torch.channels_last)
-        rate, peak = _throughput(model, x.contiguous(memory_format=torch.channels_last), y, steps, amp, device)
+        rate, peak = throughput(model, x.contiguous(memory_format=torch.channels_last), y, steps, amp, device)
         print(f"[backbones] {name} {size} px batch {C.batch_size} amp={amp}: {rate:.0f} images/s, "
               f"peak {peak:.1f} GiB, one epoch of {n_instances} instances {n_instances / rate:.1f} s")
 
@@ -98,7 +71,7 @@ def cubes(gpu_cfg, device: str, steps: int) -> None:
     x = torch.rand(C.batch_size, 3, n, n, n, device=device)
     y = (torch.arange(C.batch_size, device=device) % 2).float()
     model = cnn3d.ResNet3D(3, width=C.width).to(device)
-    rate, peak = _throughput(model, x, y, steps, amp, device)
+    rate, peak = throughput(model, x, y, steps, amp, device)
     print(f"[cnn3d] width {C.width}, {n}^3 cubes, batch {C.batch_size} amp={amp}: {rate:.0f} cubes/s, "
           f"peak {peak:.1f} GiB")
 
