@@ -16,7 +16,7 @@ something other than the planted signal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -48,6 +48,8 @@ __all__ = [
     "negative_control",
     "yardstick_table",
     "shortcut_table",
+    "LOADING_TERMS",
+    "trait_loadings",
 ]
 
 COHORTS = ("training", "internal", "external")
@@ -306,11 +308,31 @@ def _cnn_lines(cnn_auc: pd.DataFrame, full_dl: pd.Series, cohorts, nc: Optional[
     return lines
 
 
-def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None, cnn_auc: Optional[pd.DataFrame] = None) -> str:
+def _loading_lines(loadings: pd.DataFrame) -> list[str]:
+    """:func:`trait_loadings` in words: each model's coefficient per trait and cohort, bold where |z| ≥ 2."""
+    traits = [LOADING_TERMS[k] for k in ("u_pae", "u_satellites", "u_heterogeneity")]
+    L = loadings[loadings["term"].isin(traits)]
+    cohorts = [c for c in COHORTS if c in set(L["cohort"])]
+    lines = ["", "**What the network reads** — the CNN's raw patient score per SD of each planted trait, at equal "
+             "size and appearance (" + ", ".join(cohorts) + "; bold: at least two standard errors from 0):", ""]
+    for (twin, model), g in L.groupby(["twin", "model"], sort=False):
+        parts = []
+        for t in traits:
+            h = g[g["term"] == t].set_index("cohort").reindex(cohorts)
+            vals = [f"**{b:+.2f}**" if np.isfinite(b) and abs(b) >= 2 * e else f"{b:+.2f}"
+                    for b, e in zip(h["coef"], h["se"])]
+            parts.append(f"{t} " + " / ".join(vals))
+        lines.append(f"* {model}, {twin}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None, cnn_auc: Optional[pd.DataFrame] = None,
+            loadings: Optional[pd.DataFrame] = None) -> str:
     """The ablation findings in words, generated from the tables (DL features alone against the full
     model, per validation cohort), beside what the twin's construction predicts. A difference counts only
     if it is larger than the seed replicate's (the noise of training alone) — the DeLong P values treat
-    each trained model as fixed and do not know that noise."""
+    each trained model as fixed and do not know that noise. ``loadings`` (:func:`trait_loadings`) adds
+    which planted trait each model's score follows."""
     dl = table[table["features"] == "DL alone"].set_index("variant")
     full = dl[dl["factor"] == "reference"].iloc[0]
     cohorts = [c for c in ("internal", "external") if f"AUC {c}" in dl]
@@ -346,6 +368,8 @@ def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None, cnn_auc: Opt
             lines.append(f"* 2.5D minus 2D on the **{twin_name}** twin: " + ", ".join(gains) + ".")
     if cnn_auc is not None and len(cnn_auc) > 1:
         lines += _cnn_lines(cnn_auc, full, cohorts, nc)
+    if loadings is not None and len(loadings):
+        lines += _loading_lines(loadings)
     lines.append("")
     if noise is not None:
         lines.append("Differences larger than the training noise with P < 0.05: "
@@ -353,7 +377,8 @@ def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None, cnn_auc: Opt
     lines.append("The negative control should show no gain of 2.5D over 2D and the default twin a gain; the "
                  "arterial-only variant should hold and the portal-only one drop. Where the table does not show "
                  "that, the pipeline has not learned the planted signal well enough for the ablation to "
-                 "resolve it (see the yardstick and the shortcut in the ablation chapter).")
+                 "resolve it (see the yardstick, what the network reads and the shortcut in the ablation "
+                 "chapter): a model cannot gain from slices or a phase that show a trait it does not read.")
     return "\n".join(lines)
 
 
@@ -405,6 +430,9 @@ class Context:
     size: Optional[pd.Series] = None
     #: the CNN stage's first cross-fitting alone (with ``cnn.repeats`` > 1)
     first_repeat: Optional[pd.DataFrame] = None
+    #: the instance predictions of every model this stage scores, by (twin, variant name): filled by
+    #: :func:`run_variants` (twin ``default``) and :func:`negative_control` (``negative control``)
+    predictions: dict = field(default_factory=dict)
 
     @property
     def backbone(self) -> str:
@@ -480,6 +508,7 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
         else:
             preds = retrain_cnn(ctx.raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False,
                                 confounders=ctx.confounders, size=ctx.size)
+        ctx.predictions[("default", v.name)] = preds
         inst_auc.append({"variant": v.name, **patient_mean_auc(preds)})
         B = mil_features(preds).reindex(ctx.meta.index)
         size_col = sig.SIZE_COL if ctx.cfg.signatures.size_adjust and v.size_adjust is not False else None
@@ -513,6 +542,7 @@ def negative_control(ctx: Context, patients: pd.DataFrame, table: pd.DataFrame, 
         preds = retrain_cnn(nc_raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, cache, False,
                             name=f"{ctx.backbone} [negative control, {v.name}]", confounders=ctx.confounders,
                             size=ctx.size)
+        ctx.predictions[("negative control", v.name)] = preds
         B = mil_features(preds).reindex(ctx.meta.index)
         row, p = evaluate_variant(v.name, B, ctx.meta, list(B.columns), [], ctx.key, ctx.cfg, ctx.cv, p_full,
                                   views=sig.heldout_views(preds, B, list(B.columns)), sample_weight=ctx.weights)
@@ -568,4 +598,65 @@ def shortcut_table(ctx: Context, patients: pd.DataFrame, traits: Optional[pd.Dat
                               ("satellite_radius_mm", "satellites"), ("heterogeneity_sd_hu", "heterogeneity")):
                 r[f"CNN score ~ {name} (Spearman)"] = score.loc[g.index].corr(t[col], method="spearman")
         rows.append(r)
+    return pd.DataFrame(rows)
+
+
+#: what :func:`trait_loadings` regresses a patient score on: the twin's three latent traits (standardised)
+#: and what else its images show that varies between patients (from the twin's trait table)
+LOADING_TERMS = {"u_pae": "peritumoral enhancement", "u_satellites": "satellites",
+                 "u_heterogeneity": "heterogeneity", "ln_diameter": "ln diameter",
+                 "irregular_margin": "irregular margin", "necrosis": "necrosis",
+                 "vessel_contact": "vessel contact", "extra_tumours": "more than one tumour"}
+
+
+def trait_loadings(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
+    """What a CNN's patient score reads of the twin, cohort by cohort — a description for the reader, used
+    by no prediction.
+
+    ``predictions``: (twin, model) or model name → instance predictions (as
+    :func:`hcc25d.cnn.crossfit_predict` returns them);
+    ``traits``: the twin's trait table (``data/tab-twin-traits.csv``, indexed by patient). A patient's score
+    is its mean instance logit *before* the size adjustment. Within each cohort the score is regressed
+    (least squares) on the three latent traits — each standardised over all patients, so a coefficient is
+    logit units per SD of the trait — together with what else the twin's images show and vary
+    (:data:`LOADING_TERMS`: ln diameter, irregular margin, necrosis, vessel contact, more than one tumour).
+    A trait's coefficient is what the score follows of that trait *at equal size and appearance*. A plain
+    correlation would also pick a trait up through the outcome, which goes with the size and the margin
+    differently in each cohort (the paper's Table 1, copied by the twin), and so differ between cohorts
+    even for one and the same network. Returns one row per model, cohort and term: ``twin`` (empty for a
+    plain name), ``model``, ``cohort``, ``term`` (the readable name), ``coef``, ``se``, ``n``; a term that
+    does not vary within a cohort gets NaN.
+    """
+    from .cnn import _logit, undo_size_adjust
+
+    t = traits.copy()
+    t.index = t.index.astype(str)
+    X = pd.DataFrame(index=t.index)
+    for k in ("u_pae", "u_satellites", "u_heterogeneity"):
+        X[k] = (t[k] - t[k].mean()) / t[k].std()
+    X["ln_diameter"] = np.log(t["diameter_mm"].astype(float))
+    for k in ("irregular_margin", "necrosis", "vessel_contact"):
+        X[k] = t[k].astype(float)
+    X["extra_tumours"] = (t["n_extra_tumours"] > 0).astype(float)
+    rows = []
+    for name, preds in predictions.items():
+        raw = undo_size_adjust(preds)
+        pat = pd.DataFrame({"pid": raw["patient_id"].astype(str).to_numpy(), "cohort": raw["cohort"].to_numpy(),
+                            "score": _logit(raw["prob"])}).groupby("pid", sort=False).agg(
+            cohort=("cohort", "first"), score=("score", "mean"))
+        pat = pat.join(X, how="inner")
+        for c in [c for c in COHORTS if c in set(pat["cohort"])]:
+            g = pat[pat["cohort"] == c]
+            terms = [k for k in LOADING_TERMS if g[k].std() > 0]
+            A = np.c_[np.ones(len(g)), g[terms].to_numpy(float)]
+            beta, *_ = np.linalg.lstsq(A, g["score"].to_numpy(float), rcond=None)
+            dof = len(g) - A.shape[1]
+            s2 = float(np.sum((g["score"].to_numpy(float) - A @ beta) ** 2) / dof) if dof > 0 else np.nan
+            se = np.sqrt(np.diag(np.linalg.pinv(A.T @ A)) * s2)
+            got = dict(zip(terms, zip(beta[1:], se[1:])))
+            for k, label in LOADING_TERMS.items():
+                b, e = got.get(k, (np.nan, np.nan))
+                twin, model = name if isinstance(name, tuple) else ("", name)
+                rows.append({"twin": twin, "model": model, "cohort": c, "term": label, "coef": float(b), "se": float(e),
+                             "n": len(g)})
     return pd.DataFrame(rows)

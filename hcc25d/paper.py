@@ -173,11 +173,10 @@ def side_by_side(comp: pd.DataFrame, table: str, tolerance: float = 0.05, wide: 
                         if m == "auc" else ("" if pd.isna(x) else f"{x:.3f}"))
                     if src == "ours" and pd.notna(x) and pd.notna(v.loc[m, "paper"]):
                         flags[(name, col)] = abs(x - v.loc[m, "paper"]) > tolerance
-            ref = v[(v.index == "auc")] if "reference AUC" in v else v.iloc[:0]
-            for _, r in ref[ref["reference AUC"].notna()].iterrows():
+            ref = v["reference AUC"].get("auc") if "reference AUC" in v else None
+            if ref is not None and pd.notna(ref):
                 name = (model, c, "reference (twin)") if not wide else (model, "reference (twin)")
-                rows.setdefault(name, {})["AUC (95% CI)" if not wide else (c, "AUC (95% CI)")] = \
-                    f"{r['reference AUC']:.3f}"
+                rows.setdefault(name, {})["AUC (95% CI)" if not wide else (c, "AUC (95% CI)")] = f"{ref:.3f}"
     if wide:
         cols = pd.MultiIndex.from_tuples([(c, label) for c in cohorts for label in labels], names=["cohort", ""])
         order = sorted(rows, key=lambda k: list(dict.fromkeys(n[0] for n in rows)).index(k[0]))

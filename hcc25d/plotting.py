@@ -33,6 +33,7 @@ __all__ = [
     "probe_heatmap",
     "ablation_plot",
     "planted_contrast_heatmap",
+    "trait_loadings_plot",
 ]
 
 SYNTHETIC_NOTE = "synthetic study twin — not patient data"
@@ -452,6 +453,39 @@ def ablation_plot(table: pd.DataFrame, cohorts=("training", "internal", "externa
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, y=1.02)
+    return fig
+
+
+def trait_loadings_plot(loadings: pd.DataFrame, terms=("peritumoral enhancement", "satellites", "heterogeneity"),
+                        title: str = ""):
+    """What a CNN's patient score reads (:func:`hcc25d.ablation.trait_loadings`): each trait's coefficient
+    (logit per SD, at equal size and appearance) with its 95 % CI, one panel per twin, one colour per
+    cohort, one marker per model."""
+    twins = list(dict.fromkeys(loadings["twin"]))
+    models = list(dict.fromkeys(loadings["model"]))
+    cohorts = [c for c in ("training", "internal", "external") if c in set(loadings["cohort"])]
+    fig, axes = plt.subplots(1, len(twins), figsize=(4.6 * len(twins), 0.75 * len(terms) + 1.8), sharey=True,
+                             sharex=True, squeeze=False)
+    ypos = np.arange(len(terms))[::-1].astype(float)
+    series = [(m, c) for m in models for c in cohorts]
+    colours = {c: f"C{i}" for i, c in enumerate(cohorts)}
+    markers = dict(zip(models, ["o", "s", "^", "D"]))
+    for ax, tw in zip(axes[0], twins):
+        for j, (m, c) in enumerate(series):
+            g = loadings[(loadings["twin"] == tw) & (loadings["model"] == m) & (loadings["cohort"] == c)]
+            g = g.set_index("term").reindex(list(terms))
+            off = (j - (len(series) - 1) / 2) * 0.7 / max(len(series), 1)
+            ax.errorbar(g["coef"], ypos + off, xerr=1.96 * g["se"], fmt=markers[m], ms=4, capsize=1.5, lw=0.9,
+                        color=colours[c], mfc=colours[c] if models.index(m) == 0 else "white",
+                        label=f"{m} · {c}" if len(models) > 1 else c)
+        ax.axvline(0, ls="--", c="0.6", lw=0.8)
+        ax.set(title=tw or None, xlabel="score per SD of the trait (logit, 95% CI)")
+    axes[0][0].set_yticks(ypos, list(terms))
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.1 if len(labels) <= 3 else 0.16, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=7.5, frameon=False)
+    if title:
+        fig.suptitle(title, y=1.03)
     return fig
 
 
