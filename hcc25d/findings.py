@@ -123,8 +123,11 @@ def ablation_summary(run_dir: str | Path) -> str:
     t = _read(Path(run_dir), "ablations", "tab-ablations.csv")
     if t is None:
         return "The ablation stage did not run (`ablations.enabled: false`)."
+    loadings = _read(Path(run_dir), "ablations", "tab-trait-loadings.csv")
+    if loadings is not None:
+        loadings["twin"] = loadings["twin"].fillna("")
     return summary(t, _read(Path(run_dir), "ablations", "tab-negative-control.csv"),
-                   _read(Path(run_dir), "ablations", "tab-ablations-cnn-patient-mean.csv"))
+                   _read(Path(run_dir), "ablations", "tab-ablations-cnn-patient-mean.csv"), loadings)
 
 
 def limits(run_dir: str | Path, twin: bool) -> list[str]:

@@ -464,7 +464,7 @@ def trait_loadings_plot(loadings: pd.DataFrame, terms=("peritumoral enhancement"
     twins = list(dict.fromkeys(loadings["twin"]))
     models = list(dict.fromkeys(loadings["model"]))
     cohorts = [c for c in ("training", "internal", "external") if c in set(loadings["cohort"])]
-    fig, axes = plt.subplots(1, len(twins), figsize=(4.6 * len(twins), 0.75 * len(terms) + 1.8), sharey=True,
+    fig, axes = plt.subplots(1, len(twins), figsize=(4.6 * len(twins), 1.0 * len(terms) + 1.6), sharey=True,
                              sharex=True, squeeze=False)
     ypos = np.arange(len(terms))[::-1].astype(float)
     series = [(m, c) for m in models for c in cohorts]
@@ -482,8 +482,8 @@ def trait_loadings_plot(loadings: pd.DataFrame, terms=("peritumoral enhancement"
         ax.set(title=tw or None, xlabel="score per SD of the trait (logit, 95% CI)")
     axes[0][0].set_yticks(ypos, list(terms))
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.1 if len(labels) <= 3 else 0.16, 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 if len(labels) <= 3 else 0.13, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8.5, frameon=False)
     if title:
         fig.suptitle(title, y=1.03)
     return fig

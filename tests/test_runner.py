@@ -103,6 +103,8 @@ def test_notebook_templates_follow_house_rules():
 
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(nb.read_text())["cells"]
+        ids = [c.get("id") for c in cells]  # nbformat 4.5: every cell has its own id
+        assert all(ids) and len(set(ids)) == len(ids), (nb.name, "cell ids missing or repeated", ids)
         code = [c for c in cells if c["cell_type"] == "code"]
         assert "parameters" in code[0]["metadata"].get("tags", []), nb
         for c in code:
