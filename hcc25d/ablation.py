@@ -640,6 +640,7 @@ def trait_loadings(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
     X["extra_tumours"] = (t["n_extra_tumours"] > 0).astype(float)
     rows = []
     for name, preds in predictions.items():
+        twin, model = name if isinstance(name, tuple) else ("", name)
         raw = undo_size_adjust(preds)
         pat = pd.DataFrame({"pid": raw["patient_id"].astype(str).to_numpy(), "cohort": raw["cohort"].to_numpy(),
                             "score": _logit(raw["prob"])}).groupby("pid", sort=False).agg(
@@ -656,7 +657,6 @@ def trait_loadings(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
             got = dict(zip(terms, zip(beta[1:], se[1:])))
             for k, label in LOADING_TERMS.items():
                 b, e = got.get(k, (np.nan, np.nan))
-                twin, model = name if isinstance(name, tuple) else ("", name)
-                rows.append({"twin": twin, "model": model, "cohort": c, "term": label, "coef": float(b), "se": float(e),
-                             "n": len(g)})
+                rows.append({"twin": twin, "model": model, "cohort": c, "term": label, "coef": float(b),
+                             "se": float(e), "n": len(g)})
     return pd.DataFrame(rows)
