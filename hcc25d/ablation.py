@@ -50,6 +50,11 @@ __all__ = [
     "shortcut_table",
     "LOADING_TERMS",
     "trait_loadings",
+    "raw_patient_scores",
+    "PROBE_TRAITS",
+    "PROBE_OUTCOME",
+    "probe_table",
+    "trait_probe",
 ]
 
 COHORTS = ("training", "internal", "external")
@@ -326,13 +331,44 @@ def _loading_lines(loadings: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _probe_lines(probe: pd.DataFrame, clear: float = 0.5) -> list[str]:
+    """:func:`trait_probe` in words: how well the network trained on each trait reads that trait, what the
+    network trained on the outcome reads, and which traits stay below ``clear`` (Spearman ρ) in a validation
+    cohort even with the clean label."""
+    cohorts = [c for c in COHORTS if c in set(probe["cohort"])]
+    lines = ["", "**What the network can see** — trained on the planted trait itself (above or below the training "
+             "median) instead of the outcome, the score's Spearman ρ with that trait (" + ", ".join(cohorts)
+             + "):", ""]
+    unseen = []
+    for target, g in probe.groupby("trained on", sort=False):
+        g = g.set_index("cohort").reindex(cohorts)
+        if target == PROBE_OUTCOME:
+            lines.append(f"* the method's network, trained on {target.split(' (')[0]}: " + "; ".join(
+                f"{c[2:]} " + " / ".join(f"{v:+.2f}" for v in g[c]) for c in g.columns if c.startswith("ρ "))
+                + " (plain correlations: they also pick a trait up through the outcome).")
+            continue
+        col = f"ρ {target}"
+        if col not in g:
+            continue
+        lines.append(f"* trained on {target}: " + " / ".join(f"{v:+.2f}" for v in g[col]) + ".")
+        val = g.loc[[c for c in cohorts if c != "training"], col]
+        if len(val) and (val < clear).any():
+            unseen.append(target)
+    if unseen:
+        lines += ["", "Below ρ " + f"{clear:.1f}" + " in a validation cohort even with the clean label: "
+                  + ", ".join(unseen) + ". What this network does not read from these crops when told the "
+                  "trait itself, it cannot learn from the outcome, which one trait explains only in part: for "
+                  "these traits the limit is what the network sees, not the label, the loss or the fusion."]
+    return lines
+
+
 def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None, cnn_auc: Optional[pd.DataFrame] = None,
-            loadings: Optional[pd.DataFrame] = None) -> str:
+            loadings: Optional[pd.DataFrame] = None, probe: Optional[pd.DataFrame] = None) -> str:
     """The ablation findings in words, generated from the tables (DL features alone against the full
     model, per validation cohort), beside what the twin's construction predicts. A difference counts only
     if it is larger than the seed replicate's (the noise of training alone) — the DeLong P values treat
     each trained model as fixed and do not know that noise. ``loadings`` (:func:`trait_loadings`) adds
-    which planted trait each model's score follows."""
+    which planted trait each model's score follows, ``probe`` (:func:`trait_probe`) which it can see."""
     dl = table[table["features"] == "DL alone"].set_index("variant")
     full = dl[dl["factor"] == "reference"].iloc[0]
     cohorts = [c for c in ("internal", "external") if f"AUC {c}" in dl]
@@ -370,6 +406,8 @@ def summary(table: pd.DataFrame, nc: Optional[pd.DataFrame] = None, cnn_auc: Opt
         lines += _cnn_lines(cnn_auc, full, cohorts, nc)
     if loadings is not None and len(loadings):
         lines += _loading_lines(loadings)
+    if probe is not None and len(probe):
+        lines += _probe_lines(probe)
     lines.append("")
     if noise is not None:
         lines.append("Differences larger than the training noise with P < 0.05: "
@@ -601,6 +639,17 @@ def shortcut_table(ctx: Context, patients: pd.DataFrame, traits: Optional[pd.Dat
     return pd.DataFrame(rows)
 
 
+def raw_patient_scores(preds: pd.DataFrame) -> pd.DataFrame:
+    """A CNN's raw patient score: the mean instance logit *before* the size adjustment, one row per patient
+    (index: patient id as text, in order of appearance) with its ``cohort`` and ``label``."""
+    from .cnn import _logit, undo_size_adjust
+
+    raw = undo_size_adjust(preds)
+    return pd.DataFrame({"pid": raw["patient_id"].astype(str).to_numpy(), "cohort": raw["cohort"].to_numpy(),
+                         "label": raw["label"].to_numpy(), "score": _logit(raw["prob"])}).groupby(
+        "pid", sort=False).agg(cohort=("cohort", "first"), label=("label", "first"), score=("score", "mean"))
+
+
 #: what :func:`trait_loadings` regresses a patient score on: the twin's three latent traits (standardised)
 #: and what else its images show that varies between patients (from the twin's trait table)
 LOADING_TERMS = {"u_pae": "peritumoral enhancement", "u_satellites": "satellites",
@@ -627,8 +676,6 @@ def trait_loadings(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
     plain name), ``model``, ``cohort``, ``term`` (the readable name), ``coef``, ``se``, ``n``; a term that
     does not vary within a cohort gets NaN.
     """
-    from .cnn import _logit, undo_size_adjust
-
     t = traits.copy()
     t.index = t.index.astype(str)
     X = pd.DataFrame(index=t.index)
@@ -641,11 +688,7 @@ def trait_loadings(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, preds in predictions.items():
         twin, model = name if isinstance(name, tuple) else ("", name)
-        raw = undo_size_adjust(preds)
-        pat = pd.DataFrame({"pid": raw["patient_id"].astype(str).to_numpy(), "cohort": raw["cohort"].to_numpy(),
-                            "score": _logit(raw["prob"])}).groupby("pid", sort=False).agg(
-            cohort=("cohort", "first"), score=("score", "mean"))
-        pat = pat.join(X, how="inner")
+        pat = raw_patient_scores(preds).join(X, how="inner")
         for c in [c for c in COHORTS if c in set(pat["cohort"])]:
             g = pat[pat["cohort"] == c]
             terms = [k for k in LOADING_TERMS if g[k].std() > 0]
@@ -660,3 +703,75 @@ def trait_loadings(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
                 rows.append({"twin": twin, "model": model, "cohort": c, "term": label, "coef": float(b),
                              "se": float(e), "n": len(g)})
     return pd.DataFrame(rows)
+
+
+#: the planted traits :func:`trait_probe` trains the network on, one at a time
+PROBE_TRAITS = ("u_pae", "u_satellites", "u_heterogeneity")
+#: the probe's row for the network trained on the outcome (the method itself)
+PROBE_OUTCOME = "recurrence (the method)"
+
+
+def probe_table(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
+    """:func:`trait_probe`'s table from its models' predictions: ``predictions`` maps what a model was
+    trained on (a :data:`LOADING_TERMS` name, or :data:`PROBE_OUTCOME`) to its instance predictions, whose
+    ``label`` column is the label it was trained on. One row per model and cohort: ``trained on``,
+    ``cohort``, ``n``, the Spearman ρ of the raw patient score (:func:`raw_patient_scores`) with each planted
+    trait (``ρ <trait>``), and ``AUC on its label`` (the score against the label it was trained on)."""
+    from scipy.stats import spearmanr
+
+    t = traits.copy()
+    t.index = t.index.astype(str)
+    rows = []
+    for target, preds in predictions.items():
+        pat = raw_patient_scores(preds).join(t[list(PROBE_TRAITS)], how="inner")
+        for c in [c for c in COHORTS if c in set(pat["cohort"])]:
+            g = pat[pat["cohort"] == c]
+            row = {"trained on": target, "cohort": c, "n": len(g)}
+            for k in PROBE_TRAITS:
+                row[f"ρ {LOADING_TERMS[k]}"] = float(spearmanr(g["score"], g[k])[0]) if len(g) > 2 else np.nan
+            ok = g["label"].notna()
+            row["AUC on its label"] = (auc_ci(g.loc[ok, "label"].astype(int), g.loc[ok, "score"]).auc
+                                       if g.loc[ok, "label"].nunique() == 2 else np.nan)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+    """Can the network see a planted trait at all? The full model's network, crops, intensity reference,
+    fold split, seed and training settings — but trained, one trait at a time, on the trait itself instead
+    of the outcome: a patient's label is whether its latent trait lies above the *training* patients'
+    median (a clean label, no outcome noise). Cross-fitted once, without the size adjustment (a correction
+    for the outcome) and without deconfounding weights. If a trait is not read even then, the method cannot
+    learn it from the far noisier outcome label; if it is, what stops the method is the outcome label (how
+    little of the outcome one trait explains, on how few patients), not what the network can see.
+
+    A description of the twin for the reader, used by no prediction. Compared with the full model as the
+    ablations retrain it (``ctx.predictions``, trained on the outcome) when :func:`run_variants` has run.
+    Returns :func:`probe_table`.
+    """
+    from . import cnn
+    from .crop25d import Bags
+
+    t = traits.copy()
+    t.index = t.index.astype(str)
+    train_ids = [i for i in map(str, ctx.meta.index[ctx.meta["cohort"] == "training"]) if i in t.index]
+    C = ctx.cfg.cnn.model_copy(update={"repeats": 1, "size_adjust": False, "deconfound": ()})
+    bags, _ = cnn.reference_shift(ctx.raw, C.intensity_reference)
+    pid = bags.index["patient_id"].astype(str)
+    make = lambda: cnn.build_model(ctx.backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
+    models = {}
+    full = ctx.predictions.get(("default", VARIANTS[0].name))
+    if full is not None:
+        models[PROBE_OUTCOME] = full
+    for k in PROBE_TRAITS:
+        label = (t[k] > float(t.loc[train_ids, k].median())).astype(int)
+        keep = pid.isin(label.index).to_numpy()
+        idx = bags.index[keep].assign(label=label.reindex(pid[keep]).to_numpy())
+        cache = ctx.cache / "trait-probe" if ctx.cache else None
+        preds, _, _, _ = cnn.crossfit_predict(Bags(bags.x[keep], idx.reset_index(drop=True)), make, C,
+                                              ctx.cfg.seed, folds=C.folds, prediction="crossfit",
+                                              device=cnn.torch_device(C.device), cache_dir=cache,
+                                              name=f"{ctx.backbone} [trained on {LOADING_TERMS[k]}]",
+                                              progress=progress, fold_of=ctx.fold_of, verbose=False)
+        models[LOADING_TERMS[k]] = preds
+    return probe_table(models, t)

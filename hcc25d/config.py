@@ -385,6 +385,9 @@ class AblationsCfg(Section):
     #: also regenerate the twin with its signal on the central slice and compare 2.5D with 2D there
     #: (twin runs only).
     negative_control: bool = True
+    #: also train the full model's network on each planted trait instead of the outcome (twin runs only):
+    #: what it can see with a clean label (three single cross-fittings).
+    trait_probe: bool = True
 
 
 class ComputeCfg(Section):

@@ -127,7 +127,8 @@ def ablation_summary(run_dir: str | Path) -> str:
     if loadings is not None:
         loadings["twin"] = loadings["twin"].fillna("")
     return summary(t, _read(Path(run_dir), "ablations", "tab-negative-control.csv"),
-                   _read(Path(run_dir), "ablations", "tab-ablations-cnn-patient-mean.csv"), loadings)
+                   _read(Path(run_dir), "ablations", "tab-ablations-cnn-patient-mean.csv"), loadings,
+                   _read(Path(run_dir), "ablations", "tab-trait-probe.csv"))
 
 
 def limits(run_dir: str | Path, twin: bool) -> list[str]:

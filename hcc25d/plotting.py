@@ -34,6 +34,7 @@ __all__ = [
     "ablation_plot",
     "planted_contrast_heatmap",
     "trait_loadings_plot",
+    "trait_probe_plot",
 ]
 
 SYNTHETIC_NOTE = "synthetic study twin — not patient data"
@@ -486,6 +487,33 @@ def trait_loadings_plot(loadings: pd.DataFrame, terms=("peritumoral enhancement"
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8.5, frameon=False)
     if title:
         fig.suptitle(title, y=1.03)
+    return fig
+
+
+def trait_probe_plot(probe: pd.DataFrame, title: str = ""):
+    """What the network can see (:func:`hcc25d.ablation.trait_probe`): one heatmap per cohort, rows = what
+    the network was trained on, columns = the planted trait its patient score is correlated with
+    (Spearman ρ, annotated); the diagonal of the trait rows is how well a clean label teaches each trait."""
+    cols = [c for c in probe.columns if c.startswith("ρ ")]
+    cohorts = [c for c in ("training", "internal", "external") if c in set(probe["cohort"])]
+    rows = list(dict.fromkeys(probe["trained on"]))
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(2.5 * len(cohorts) + 2.4, 0.45 * len(rows) + 2.0),
+                             sharey=True, squeeze=False)
+    for ax, c in zip(axes[0], cohorts):
+        m = probe[probe["cohort"] == c].set_index("trained on").reindex(rows)[cols].to_numpy(float)
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        for (i, j), v in np.ndenumerate(m):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=9.5,
+                        color="white" if abs(v) > 0.6 else "black")
+        ax.set_xticks(range(len(cols)), [c[2:] for c in cols], fontsize=9, rotation=30, ha="right")
+        ax.grid(False)
+        ax.set_title(c)
+    axes[0][0].set_yticks(range(len(rows)), [r.replace(" (", "\n(") for r in rows], fontsize=9)
+    axes[0][0].set_ylabel("network trained on")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="score's Spearman ρ\nwith the trait")
+    if title:
+        fig.suptitle(title, y=1.04)
     return fig
 
 

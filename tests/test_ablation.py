@@ -104,3 +104,57 @@ def test_trait_loadings_read_what_the_score_follows_at_equal_size():
     adjusted = preds.assign(prob=1 / (1 + np.exp(-logit)), size_shift=shift)
     L2 = ablation.trait_loadings({"plain": adjusted}, traits)
     assert np.allclose(L2["coef"], L[L["model"] == "plain"]["coef"], equal_nan=True, atol=1e-6)
+
+
+def test_trait_probe_trains_on_each_trait_split_at_the_training_median(monkeypatch):
+    """The probe relabels every patient by its trait against the *training* median, trains with the full
+    model's folds and seed but one cross-fitting, no size adjustment and no deconfounding, and reports how
+    each network's score follows each trait."""
+    import numpy as np
+
+    from hcc25d import cnn
+    from hcc25d.crop25d import Bags
+
+    rng = np.random.default_rng(1)
+    cohorts = ["training"] * 40 + ["internal"] * 30
+    pids = [f"p{i:02d}" for i in range(70)]
+    shift = np.array([0.0 if c == "training" else 2.0 for c in cohorts])  # validation traits run higher
+    traits = pd.DataFrame({k: rng.normal(shift, 1.0) for k in ablation.PROBE_TRAITS}, index=pids)
+    index = pd.DataFrame({"patient_id": np.repeat(pids, 2), "cohort": np.repeat(cohorts, 2),
+                          "label": np.repeat(rng.integers(0, 2, 70), 2)})
+    seen = {}
+
+    def fake_crossfit(bags, make, C, seed, **k):
+        trait = next(t for t in ablation.PROBE_TRAITS if ablation.LOADING_TERMS[t] in k["name"])
+        seen[trait] = dict(zip(bags.index["patient_id"], bags.index["label"]))
+        seen["settings"] = (C.repeats, C.size_adjust, tuple(C.deconfound), seed, k["fold_of"], k["prediction"])
+        u = traits.loc[bags.index["patient_id"], trait].to_numpy()
+        score = u if trait == "u_heterogeneity" else rng.normal(size=len(u))  # only one trait is "seen"
+        return bags.index.assign(prob=1 / (1 + np.exp(-score))), None, None, None
+
+    monkeypatch.setattr(cnn, "crossfit_predict", fake_crossfit)
+    monkeypatch.setattr(cnn, "reference_shift", lambda bags, how: (bags, None))
+    cfg = config.from_dict({"cnn": {"repeats": 3, "size_adjust": True, "deconfound": ["tumor_size"]}})
+    meta = pd.DataFrame({"cohort": cohorts}, index=pids)
+    full = index.assign(prob=0.5)
+    ctx = SimpleNamespace(cfg=cfg, raw=Bags(np.zeros((140, 1), np.float16), index), meta=meta, cache=None,
+                          backbone="litecnn", fold_of={"p00": 0}, predictions={("default", ablation.VARIANTS[0].name): full})
+    probe = ablation.trait_probe(ctx, traits)
+    assert seen["settings"] == (1, False, (), cfg.seed, {"p00": 0}, "crossfit")
+    train = traits.index[:40]
+    for t in ablation.PROBE_TRAITS:
+        med = traits.loc[train, t].median()
+        assert seen[t] == {p: int(traits.loc[p, t] > med) for p in pids}
+        assert sum(seen[t].values()) > 45  # most validation patients lie above the training median
+    P = probe.set_index(["trained on", "cohort"])
+    assert list(P.index.get_level_values(0).unique()) == [ablation.PROBE_OUTCOME] + [
+        ablation.LOADING_TERMS[t] for t in ablation.PROBE_TRAITS]
+    het = P.loc[("heterogeneity", "internal")]
+    assert het["ρ heterogeneity"] > 0.99 and abs(het["ρ peritumoral enhancement"]) < 0.5 and het["n"] == 30
+    assert abs(P.loc[("peritumoral enhancement", "training"), "ρ peritumoral enhancement"]) < 0.5
+    assert P.loc[("heterogeneity", "training"), "AUC on its label"] > 0.999  # the score is the trait itself
+    assert np.isnan(P.loc[(ablation.PROBE_OUTCOME, "internal"), "ρ satellites"])  # a constant score
+    words = ablation._probe_lines(probe)
+    assert any(line.startswith("* trained on heterogeneity: +1.00 / +1.00") for line in words)
+    unseen = next(line for line in words if line.startswith("Below ρ 0.5"))
+    assert "peritumoral enhancement" in unseen and "heterogeneity" not in unseen
