@@ -53,6 +53,8 @@ __all__ = [
     "raw_patient_scores",
     "PROBE_TRAITS",
     "PROBE_OUTCOME",
+    "PROBE_TWINS",
+    "NC_TRAITS",
     "probe_table",
     "trait_probe",
 ]
@@ -332,15 +334,18 @@ def _loading_lines(loadings: pd.DataFrame) -> list[str]:
 
 
 def _probe_lines(probe: pd.DataFrame, clear: float = 0.5) -> list[str]:
-    """:func:`trait_probe` in words: how well the network trained on each trait reads that trait, what the
-    network trained on the outcome reads, and which traits stay below ``clear`` (Spearman ρ) in a validation
-    cohort even with the clean label."""
+    """:func:`trait_probe` in words: how well the network trained on each trait reads that trait (on each
+    twin probed), what the network trained on the outcome reads, which traits stay below ``clear``
+    (Spearman ρ) in a validation cohort even with the clean label, and which the negative-control twin's
+    placement makes readable."""
     cohorts = [c for c in COHORTS if c in set(probe["cohort"])]
+    val = [c for c in cohorts if c != "training"]
+    P = probe.assign(twin=probe["twin"] if "twin" in probe else PROBE_TWINS[0])
     lines = ["", "**What the network can see** — trained on the planted trait itself (above or below the training "
              "median) instead of the outcome, the score's Spearman ρ with that trait (" + ", ".join(cohorts)
              + "):", ""]
-    unseen = []
-    for target, g in probe.groupby("trained on", sort=False):
+    unseen, placed = [], []
+    for target, g in P[P["twin"] == PROBE_TWINS[0]].groupby("trained on", sort=False):
         g = g.set_index("cohort").reindex(cohorts)
         if target == PROBE_OUTCOME:
             lines.append(f"* the method's network, trained on {target.split(' (')[0]}: " + "; ".join(
@@ -350,15 +355,27 @@ def _probe_lines(probe: pd.DataFrame, clear: float = 0.5) -> list[str]:
         col = f"ρ {target}"
         if col not in g:
             continue
-        lines.append(f"* trained on {target}: " + " / ".join(f"{v:+.2f}" for v in g[col]) + ".")
-        val = g.loc[[c for c in cohorts if c != "training"], col]
-        if len(val) and (val < clear).any():
+        text = f"* trained on {target}: " + " / ".join(f"{v:+.2f}" for v in g[col])
+        nc = P[(P["twin"] == PROBE_TWINS[1]) & (P["trained on"] == target)].set_index("cohort").reindex(cohorts)
+        if len(nc) and nc[col].notna().any():
+            text += "; on the negative-control twin, where it sits on the central slice: " + " / ".join(
+                f"{v:+.2f}" for v in nc[col])
+            if len(val) and (nc.loc[val, col] - g.loc[val, col]).mean() > 0.2:
+                placed.append(target)
+        lines.append(text + ".")
+        if len(val) and (g.loc[val, col] < clear).any():
             unseen.append(target)
     if unseen:
         lines += ["", "Below ρ " + f"{clear:.1f}" + " in a validation cohort even with the clean label: "
                   + ", ".join(unseen) + ". What this network does not read from these crops when told the "
                   "trait itself, it cannot learn from the outcome, which one trait explains only in part: for "
                   "these traits the limit is what the network sees, not the label, the loss or the fusion."]
+    if placed:
+        lines.append("The same network reads " + ", ".join(placed) + " clearly better (by more than 0.2 on "
+                     "average over the validation cohorts) when the twin puts it on the central slice, where it "
+                     "shows on several of a patient's instances, than 4–6 mm off it, where one or two instances "
+                     "show it: the off-centre trait is not invisible, it is too rare among the instances for "
+                     "this network to learn from the training patients.")
     return lines
 
 
@@ -471,6 +488,9 @@ class Context:
     #: the instance predictions of every model this stage scores, by (twin, variant name): filled by
     #: :func:`run_variants` (twin ``default``) and :func:`negative_control` (``negative control``)
     predictions: dict = field(default_factory=dict)
+    #: the negative-control twin's instances (before the intensity reference), kept by
+    #: :func:`negative_control` for :func:`trait_probe`
+    nc_raw: object = None
 
     @property
     def backbone(self) -> str:
@@ -573,6 +593,7 @@ def negative_control(ctx: Context, patients: pd.DataFrame, table: pd.DataFrame, 
     AUC) and on the negative-control twin (retrained here), deep-learning features alone; the columns
     ``CNN AUC <cohort>`` hold the CNN's patient-mean AUC before the fusion."""
     nc_raw = negative_control_bags(patients[patients["patient_id"].isin(ctx.meta.index)], ctx.cfg, progress)
+    ctx.nc_raw = nc_raw
     full_v, twod = VARIANTS[0], VARIANTS[1]
     rows, p_full = [], None
     for v in (full_v, twod):
@@ -709,12 +730,17 @@ def trait_loadings(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
 PROBE_TRAITS = ("u_pae", "u_satellites", "u_heterogeneity")
 #: the probe's row for the network trained on the outcome (the method itself)
 PROBE_OUTCOME = "recurrence (the method)"
+#: the twins :func:`trait_probe` trains on: the default one and the negative control
+PROBE_TWINS = ("default twin", "negative-control twin")
+#: the traits the negative-control twin moves onto the central slice (the others are identical there)
+NC_TRAITS = ("u_pae", "u_satellites")
 
 
 def probe_table(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
     """:func:`trait_probe`'s table from its models' predictions: ``predictions`` maps what a model was
-    trained on (a :data:`LOADING_TERMS` name, or :data:`PROBE_OUTCOME`) to its instance predictions, whose
-    ``label`` column is the label it was trained on. One row per model and cohort: ``trained on``,
+    trained on (a :data:`LOADING_TERMS` name, or :data:`PROBE_OUTCOME`), or ``(twin, that)``, to its instance
+    predictions, whose ``label`` column is the label it was trained on. One row per model and cohort:
+    ``twin`` (one of :data:`PROBE_TWINS`; the first for a plain key), ``trained on``,
     ``cohort``, ``n``, the Spearman ρ of the raw patient score (:func:`raw_patient_scores`) with each planted
     trait (``ρ <trait>``), and ``AUC on its label`` (the score against the label it was trained on)."""
     from scipy.stats import spearmanr
@@ -722,11 +748,12 @@ def probe_table(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
     t = traits.copy()
     t.index = t.index.astype(str)
     rows = []
-    for target, preds in predictions.items():
+    for key, preds in predictions.items():
+        twin, target = key if isinstance(key, tuple) else (PROBE_TWINS[0], key)
         pat = raw_patient_scores(preds).join(t[list(PROBE_TRAITS)], how="inner")
         for c in [c for c in COHORTS if c in set(pat["cohort"])]:
             g = pat[pat["cohort"] == c]
-            row = {"trained on": target, "cohort": c, "n": len(g)}
+            row = {"twin": twin, "trained on": target, "cohort": c, "n": len(g)}
             for k in PROBE_TRAITS:
                 row[f"ρ {LOADING_TERMS[k]}"] = float(spearmanr(g["score"], g[k])[0]) if len(g) > 2 else np.nan
             ok = g["label"].notna()
@@ -745,9 +772,11 @@ def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> p
     learn it from the far noisier outcome label; if it is, what stops the method is the outcome label (how
     little of the outcome one trait explains, on how few patients), not what the network can see.
 
-    A description of the twin for the reader, used by no prediction. Compared with the full model as the
-    ablations retrain it (``ctx.predictions``, trained on the outcome) when :func:`run_variants` has run.
-    Returns :func:`probe_table`.
+    Where :func:`negative_control` has run (``ctx.nc_raw``), the traits that the negative-control twin moves
+    onto the central slice (:data:`NC_TRAITS`) are probed there too: the same trait on most of a patient's
+    instances instead of one or two. A description of the twin for the reader, used by no prediction. The
+    full model as the ablations retrain it (trained on the outcome; ``ctx.predictions``) is the first row
+    when :func:`run_variants` has run. Returns :func:`probe_table`.
     """
     from . import cnn
     from .crop25d import Bags
@@ -756,22 +785,27 @@ def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> p
     t.index = t.index.astype(str)
     train_ids = [i for i in map(str, ctx.meta.index[ctx.meta["cohort"] == "training"]) if i in t.index]
     C = ctx.cfg.cnn.model_copy(update={"repeats": 1, "size_adjust": False, "deconfound": ()})
-    bags, _ = cnn.reference_shift(ctx.raw, C.intensity_reference)
-    pid = bags.index["patient_id"].astype(str)
     make = lambda: cnn.build_model(ctx.backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
+    twins = {PROBE_TWINS[0]: ctx.raw, PROBE_TWINS[1]: ctx.nc_raw}
+    shifted = {tw: cnn.reference_shift(raw, C.intensity_reference)[0] for tw, raw in twins.items() if raw is not None}
     models = {}
     full = ctx.predictions.get(("default", VARIANTS[0].name))
     if full is not None:
-        models[PROBE_OUTCOME] = full
+        models[(PROBE_TWINS[0], PROBE_OUTCOME)] = full
     for k in PROBE_TRAITS:
         label = (t[k] > float(t.loc[train_ids, k].median())).astype(int)
-        keep = pid.isin(label.index).to_numpy()
-        idx = bags.index[keep].assign(label=label.reindex(pid[keep]).to_numpy())
-        cache = ctx.cache / "trait-probe" if ctx.cache else None
-        preds, _, _, _ = cnn.crossfit_predict(Bags(bags.x[keep], idx.reset_index(drop=True)), make, C,
-                                              ctx.cfg.seed, folds=C.folds, prediction="crossfit",
-                                              device=cnn.torch_device(C.device), cache_dir=cache,
-                                              name=f"{ctx.backbone} [trained on {LOADING_TERMS[k]}]",
-                                              progress=progress, fold_of=ctx.fold_of, verbose=False)
-        models[LOADING_TERMS[k]] = preds
+        for tw, bags in shifted.items():
+            if tw != PROBE_TWINS[0] and k not in NC_TRAITS:
+                continue
+            pid = bags.index["patient_id"].astype(str)
+            keep = pid.isin(label.index).to_numpy()
+            idx = bags.index[keep].assign(label=label.reindex(pid[keep]).to_numpy())
+            tag = "" if tw == PROBE_TWINS[0] else "negative control, "
+            preds, _, _, _ = cnn.crossfit_predict(Bags(bags.x[keep], idx.reset_index(drop=True)), make, C,
+                                                  ctx.cfg.seed, folds=C.folds, prediction="crossfit",
+                                                  device=cnn.torch_device(C.device),
+                                                  cache_dir=ctx.cache / "trait-probe" if ctx.cache else None,
+                                                  name=f"{ctx.backbone} [{tag}trained on {LOADING_TERMS[k]}]",
+                                                  progress=progress, fold_of=ctx.fold_of, verbose=False)
+            models[(tw, LOADING_TERMS[k])] = preds
     return probe_table(models, t)

@@ -496,11 +496,14 @@ def trait_probe_plot(probe: pd.DataFrame, title: str = ""):
     (Spearman ρ, annotated); the diagonal of the trait rows is how well a clean label teaches each trait."""
     cols = [c for c in probe.columns if c.startswith("ρ ")]
     cohorts = [c for c in ("training", "internal", "external") if c in set(probe["cohort"])]
-    rows = list(dict.fromkeys(probe["trained on"]))
+    twin = probe["twin"] if "twin" in probe else pd.Series("default twin", index=probe.index)
+    first = twin.iloc[0]
+    probe = probe.assign(row=probe["trained on"].where(twin == first, probe["trained on"] + " (" + twin + ")"))
+    rows = list(dict.fromkeys(probe["row"]))
     fig, axes = plt.subplots(1, len(cohorts), figsize=(2.5 * len(cohorts) + 2.4, 0.45 * len(rows) + 2.0),
                              sharey=True, squeeze=False)
     for ax, c in zip(axes[0], cohorts):
-        m = probe[probe["cohort"] == c].set_index("trained on").reindex(rows)[cols].to_numpy(float)
+        m = probe[probe["cohort"] == c].set_index("row").reindex(rows)[cols].to_numpy(float)
         im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
         for (i, j), v in np.ndenumerate(m):
             if np.isfinite(v):

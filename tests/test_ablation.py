@@ -128,6 +128,7 @@ def test_trait_probe_trains_on_each_trait_split_at_the_training_median(monkeypat
         trait = next(t for t in ablation.PROBE_TRAITS if ablation.LOADING_TERMS[t] in k["name"])
         seen[trait] = dict(zip(bags.index["patient_id"], bags.index["label"]))
         seen["settings"] = (C.repeats, C.size_adjust, tuple(C.deconfound), seed, k["fold_of"], k["prediction"])
+        seen.setdefault("names", []).append(k["name"])
         u = traits.loc[bags.index["patient_id"], trait].to_numpy()
         score = u if trait == "u_heterogeneity" else rng.normal(size=len(u))  # only one trait is "seen"
         return bags.index.assign(prob=1 / (1 + np.exp(-score))), None, None, None
@@ -138,8 +139,17 @@ def test_trait_probe_trains_on_each_trait_split_at_the_training_median(monkeypat
     meta = pd.DataFrame({"cohort": cohorts}, index=pids)
     full = index.assign(prob=0.5)
     ctx = SimpleNamespace(cfg=cfg, raw=Bags(np.zeros((140, 1), np.float16), index), meta=meta, cache=None,
-                          backbone="litecnn", fold_of={"p00": 0}, predictions={("default", ablation.VARIANTS[0].name): full})
+                          backbone="litecnn", fold_of={"p00": 0}, predictions={("default", ablation.VARIANTS[0].name): full},
+                          nc_raw=Bags(np.zeros((140, 1), np.float16), index))
     probe = ablation.trait_probe(ctx, traits)
+    # the negative-control twin is probed for the traits it moves onto the central slice, and only those
+    assert sorted(n for n in seen["names"] if "negative control" in n) == [
+        "litecnn [negative control, trained on peritumoral enhancement]",
+        "litecnn [negative control, trained on satellites]"]
+    assert len(seen["names"]) == 5
+    nc = probe[probe["twin"] == "negative-control twin"]
+    assert set(nc["trained on"]) == {"peritumoral enhancement", "satellites"} and len(nc) == 4
+    probe = probe[probe["twin"] == "default twin"]
     assert seen["settings"] == (1, False, (), cfg.seed, {"p00": 0}, "crossfit")
     train = traits.index[:40]
     for t in ablation.PROBE_TRAITS:
@@ -158,3 +168,16 @@ def test_trait_probe_trains_on_each_trait_split_at_the_training_median(monkeypat
     assert any(line.startswith("* trained on heterogeneity: +1.00 / +1.00") for line in words)
     unseen = next(line for line in words if line.startswith("Below ρ 0.5"))
     assert "peritumoral enhancement" in unseen and "heterogeneity" not in unseen
+
+
+def test_probe_words_say_when_the_central_placement_makes_a_trait_readable():
+    rows = []
+    for twin, rho in (("default twin", 0.2), ("negative-control twin", 0.7)):
+        for c in ("training", "internal", "external"):
+            rows.append({"twin": twin, "trained on": "satellites", "cohort": c, "n": 50, "ρ satellites": rho})
+    words = "\n".join(ablation._probe_lines(pd.DataFrame(rows)))
+    assert "trained on satellites: +0.20 / +0.20 / +0.20; on the negative-control twin" in words
+    assert "reads satellites clearly better" in words and "Below ρ 0.5 in a validation cohort" in words
+    same = pd.DataFrame(rows).assign(**{"ρ satellites": 0.6})
+    words = "\n".join(ablation._probe_lines(same))
+    assert "clearly better" not in words and "Below ρ" not in words
