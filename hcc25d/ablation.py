@@ -342,8 +342,8 @@ def _probe_lines(probe: pd.DataFrame, clear: float = 0.5) -> list[str]:
     val = [c for c in cohorts if c != "training"]
     P = probe.assign(twin=probe["twin"] if "twin" in probe else PROBE_TWINS[0])
     lines = ["", "**What the network can see** — trained on the planted trait itself (above or below the training "
-             "median) instead of the outcome, the score's Spearman ρ with that trait (" + ", ".join(cohorts)
-             + "):", ""]
+             "median) instead of the outcome, the patient score's Spearman ρ with that trait ("
+             + ", ".join(cohorts) + "):", ""]
     unseen, placed = [], []
     for target, g in P[P["twin"] == PROBE_TWINS[0]].groupby("trained on", sort=False):
         g = g.set_index("cohort").reindex(cohorts)
@@ -367,15 +367,18 @@ def _probe_lines(probe: pd.DataFrame, clear: float = 0.5) -> list[str]:
             unseen.append(target)
     if unseen:
         lines += ["", "Below ρ " + f"{clear:.1f}" + " in a validation cohort even with the clean label: "
-                  + ", ".join(unseen) + ". What this network does not read from these crops when told the "
-                  "trait itself, it cannot learn from the outcome, which one trait explains only in part: for "
-                  "these traits the limit is what the network sees, not the label, the loss or the fusion."]
+                  + " and ".join(unseen) + ". What this network, trained for the run's budget, does not read "
+                  "from these crops when told the trait itself, it cannot learn from the outcome either, which "
+                  "one trait explains only in part: for these traits the first limit is what the network learns "
+                  "to see, not the outcome label or the fusion."]
     if placed:
-        lines.append("The same network reads " + ", ".join(placed) + " clearly better (by more than 0.2 on "
-                     "average over the validation cohorts) when the twin puts it on the central slice, where it "
-                     "shows on several of a patient's instances, than 4–6 mm off it, where one or two instances "
-                     "show it: the off-centre trait is not invisible, it is too rare among the instances for "
-                     "this network to learn from the training patients.")
+        many = len(placed) > 1
+        lines.append("The same network reads " + " and ".join(placed) + " clearly better (by more than 0.2 on "
+                     f"average over the validation cohorts) when the twin puts {'them' if many else 'it'} on the "
+                     "central slice, where several of a patient's instances show "
+                     f"{'them' if many else 'it'}, than 4–6 mm off it, where one or two do: the off-centre "
+                     f"trait{'s are' if many else ' is'} not invisible but too rare among the instances for this "
+                     "network to learn from the training patients.")
     return lines
 
 
@@ -660,15 +663,22 @@ def shortcut_table(ctx: Context, patients: pd.DataFrame, traits: Optional[pd.Dat
     return pd.DataFrame(rows)
 
 
-def raw_patient_scores(preds: pd.DataFrame) -> pd.DataFrame:
-    """A CNN's raw patient score: the mean instance logit *before* the size adjustment, one row per patient
-    (index: patient id as text, in order of appearance) with its ``cohort`` and ``label``."""
+def raw_patient_scores(preds: pd.DataFrame, pooling: str = "mean") -> pd.DataFrame:
+    """A CNN's raw patient score: its instance logits *before* the size adjustment, pooled per patient —
+    ``mean``, or ``lse`` (log-mean-exp, as :func:`hcc25d.cnn.pool_logits` pools them for the bag loss) —
+    one row per patient (index: patient id as text, in order of appearance) with its ``cohort`` and
+    ``label``."""
+    from scipy.special import logsumexp
+
     from .cnn import _logit, undo_size_adjust
 
+    if pooling not in ("mean", "lse"):
+        raise ValueError(f"pooling must be 'mean' or 'lse', not {pooling!r}")
     raw = undo_size_adjust(preds)
+    pool = "mean" if pooling == "mean" else (lambda z: float(logsumexp(z) - np.log(len(z))))
     return pd.DataFrame({"pid": raw["patient_id"].astype(str).to_numpy(), "cohort": raw["cohort"].to_numpy(),
                          "label": raw["label"].to_numpy(), "score": _logit(raw["prob"])}).groupby(
-        "pid", sort=False).agg(cohort=("cohort", "first"), label=("label", "first"), score=("score", "mean"))
+        "pid", sort=False).agg(cohort=("cohort", "first"), label=("label", "first"), score=("score", pool))
 
 
 #: what :func:`trait_loadings` regresses a patient score on: the twin's three latent traits (standardised)
@@ -736,13 +746,14 @@ PROBE_TWINS = ("default twin", "negative-control twin")
 NC_TRAITS = ("u_pae", "u_satellites")
 
 
-def probe_table(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
+def probe_table(predictions: dict, traits: pd.DataFrame, pooling: str = "mean") -> pd.DataFrame:
     """:func:`trait_probe`'s table from its models' predictions: ``predictions`` maps what a model was
     trained on (a :data:`LOADING_TERMS` name, or :data:`PROBE_OUTCOME`), or ``(twin, that)``, to its instance
     predictions, whose ``label`` column is the label it was trained on. One row per model and cohort:
     ``twin`` (one of :data:`PROBE_TWINS`; the first for a plain key), ``trained on``,
-    ``cohort``, ``n``, the Spearman ρ of the raw patient score (:func:`raw_patient_scores`) with each planted
-    trait (``ρ <trait>``), and ``AUC on its label`` (the score against the label it was trained on)."""
+    ``cohort``, ``n``, the Spearman ρ of the raw patient score (:func:`raw_patient_scores` with ``pooling``)
+    with each planted trait (``ρ <trait>``), and ``AUC on its label`` (the score against the label it was
+    trained on)."""
     from scipy.stats import spearmanr
 
     t = traits.copy()
@@ -750,7 +761,7 @@ def probe_table(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, preds in predictions.items():
         twin, target = key if isinstance(key, tuple) else (PROBE_TWINS[0], key)
-        pat = raw_patient_scores(preds).join(t[list(PROBE_TRAITS)], how="inner")
+        pat = raw_patient_scores(preds, pooling).join(t[list(PROBE_TRAITS)], how="inner")
         for c in [c for c in COHORTS if c in set(pat["cohort"])]:
             g = pat[pat["cohort"] == c]
             row = {"twin": twin, "trained on": target, "cohort": c, "n": len(g)}
@@ -776,7 +787,10 @@ def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> p
     onto the central slice (:data:`NC_TRAITS`) are probed there too: the same trait on most of a patient's
     instances instead of one or two. A description of the twin for the reader, used by no prediction. The
     full model as the ablations retrain it (trained on the outcome; ``ctx.predictions``) is the first row
-    when :func:`run_variants` has run. Returns :func:`probe_table`.
+    when :func:`run_variants` has run. A patient's score is the one the network is trained to give: its
+    instance logits pooled as the loss pools them (``cnn.bag_pooling`` for ``cnn.loss: bag``, where one
+    instance that shows a trait can carry the patient; the mean for the instance loss). Returns
+    :func:`probe_table`.
     """
     from . import cnn
     from .crop25d import Bags
@@ -808,4 +822,4 @@ def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> p
                                                   name=f"{ctx.backbone} [{tag}trained on {LOADING_TERMS[k]}]",
                                                   progress=progress, fold_of=ctx.fold_of, verbose=False)
             models[(tw, LOADING_TERMS[k])] = preds
-    return probe_table(models, t)
+    return probe_table(models, t, C.bag_pooling if C.loss == "bag" else "mean")

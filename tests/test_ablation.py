@@ -181,3 +181,31 @@ def test_probe_words_say_when_the_central_placement_makes_a_trait_readable():
     same = pd.DataFrame(rows).assign(**{"ρ satellites": 0.6})
     words = "\n".join(ablation._probe_lines(same))
     assert "clearly better" not in words and "Below ρ" not in words
+
+
+def test_patient_scores_pool_as_the_loss_does(monkeypatch):
+    import numpy as np
+
+    from hcc25d import cnn
+    from hcc25d.crop25d import Bags
+
+    preds = pd.DataFrame({"patient_id": ["a", "a", "b", "b"], "cohort": "internal", "label": [1, 1, 0, 0],
+                          "prob": 1 / (1 + np.exp(-np.array([0.0, 2.0, 1.0, 1.0])))})
+    mean = ablation.raw_patient_scores(preds)["score"]
+    lse = ablation.raw_patient_scores(preds, "lse")["score"]
+    assert np.allclose(mean, [1.0, 1.0]) and np.isclose(lse["a"], np.log((1 + np.exp(2)) / 2))
+    assert np.isclose(lse["b"], 1.0)  # all instances agree: the common value
+    # the probe scores a patient the way the network was trained to: pooled like the bag loss
+    got = []
+    monkeypatch.setattr(ablation, "probe_table", lambda models, t, pooling="mean": got.append(pooling))
+    monkeypatch.setattr(cnn, "crossfit_predict", lambda bags, *a, **k: (bags.index, None, None, None))
+    monkeypatch.setattr(cnn, "reference_shift", lambda bags, how: (bags, None))
+    index = pd.DataFrame({"patient_id": ["a", "b"], "cohort": "training", "label": [1, 0]})
+    traits = pd.DataFrame({k: [1.0, 0.0] for k in ablation.PROBE_TRAITS}, index=["a", "b"])
+    for loss, want in (("bag", "lse"), ("instance", "mean")):
+        cfg = config.from_dict({"cnn": {"loss": loss, "bag_pooling": "lse"}})
+        ctx = SimpleNamespace(cfg=cfg, raw=Bags(np.zeros((2, 1), np.float16), index), nc_raw=None, cache=None,
+                              meta=pd.DataFrame({"cohort": "training"}, index=["a", "b"]), backbone="litecnn",
+                              fold_of={"a": 0, "b": 1}, predictions={})
+        ablation.trait_probe(ctx, traits)
+        assert got[-1] == want
