@@ -778,16 +778,18 @@ def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> p
     """Can the network see a planted trait at all? The full model's network, crops, intensity reference,
     fold split, seed and training settings — but trained, one trait at a time, on the trait itself instead
     of the outcome: a patient's label is whether its latent trait lies above the *training* patients'
-    median (a clean label, no outcome noise). Cross-fitted once, without the size adjustment (a correction
-    for the outcome) and without deconfounding weights. If a trait is not read even then, the method cannot
+    median (a clean label, no outcome noise). One model per trait, trained on all training patients (the
+    question is what the network can learn, not a training-cohort estimate) and read on the internal and
+    external patients only, without the size adjustment (a correction for the outcome) and without
+    deconfounding weights. If a trait is not read even then, the method cannot
     learn it from the far noisier outcome label; if it is, what stops the method is the outcome label (how
     little of the outcome one trait explains, on how few patients), not what the network can see.
 
     Where :func:`negative_control` has run (``ctx.nc_raw``), the traits that the negative-control twin moves
     onto the central slice (:data:`NC_TRAITS`) are probed there too: the same trait on most of a patient's
     instances instead of one or two. A description of the twin for the reader, used by no prediction. The
-    full model as the ablations retrain it (trained on the outcome; ``ctx.predictions``) is the first row
-    when :func:`run_variants` has run. A patient's score is the one the network is trained to give: its
+    full model as the ablations retrain it (trained on the outcome; ``ctx.predictions``: the mean of its
+    fold models on these patients) is the first row when :func:`run_variants` has run. A patient's score is the one the network is trained to give: its
     instance logits pooled as the loss pools them (``cnn.bag_pooling`` for ``cnn.loss: bag``, where one
     instance that shows a trait can carry the patient; the mean for the instance loss). Returns
     :func:`probe_table`.
@@ -816,10 +818,11 @@ def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> p
             idx = bags.index[keep].assign(label=label.reindex(pid[keep]).to_numpy())
             tag = "" if tw == PROBE_TWINS[0] else "negative control, "
             preds, _, _, _ = cnn.crossfit_predict(Bags(bags.x[keep], idx.reset_index(drop=True)), make, C,
-                                                  ctx.cfg.seed, folds=C.folds, prediction="crossfit",
+                                                  ctx.cfg.seed, folds=C.folds, prediction="insample",
                                                   device=cnn.torch_device(C.device),
                                                   cache_dir=ctx.cache / "trait-probe" if ctx.cache else None,
                                                   name=f"{ctx.backbone} [{tag}trained on {LOADING_TERMS[k]}]",
                                                   progress=progress, fold_of=ctx.fold_of, verbose=False)
             models[(tw, LOADING_TERMS[k])] = preds
-    return probe_table(models, t, C.bag_pooling if C.loss == "bag" else "mean")
+    probe = probe_table(models, t, C.bag_pooling if C.loss == "bag" else "mean")
+    return probe[probe["cohort"] != "training"].reset_index(drop=True)

@@ -386,8 +386,8 @@ class AblationsCfg(Section):
     #: (twin runs only).
     negative_control: bool = True
     #: also train the full model's network on each planted trait instead of the outcome (twin runs only):
-    #: what it can see with a clean label (three single cross-fittings, and two more on the negative-control
-    #: twin when it runs).
+    #: what it can see with a clean label (three models, and two more on the negative-control twin when it
+    #: runs).
     trait_probe: bool = True
 
 
