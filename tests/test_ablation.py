@@ -169,6 +169,7 @@ def test_trait_probe_trains_on_each_trait_split_at_the_training_median(monkeypat
     assert any(line.startswith("* trained on heterogeneity: +1.00.") for line in words)
     unseen = next(line for line in words if line.startswith("Below ρ 0.5"))
     assert "peritumoral enhancement" in unseen and "heterogeneity" not in unseen
+    assert not any(line.startswith("The clean label teaches") for line in words)  # constant score: no ρ
 
 
 def test_probe_words_say_when_the_central_placement_makes_a_trait_readable():
@@ -178,10 +179,16 @@ def test_probe_words_say_when_the_central_placement_makes_a_trait_readable():
             rows.append({"twin": twin, "trained on": "satellites", "cohort": c, "n": 50, "ρ satellites": rho})
     words = "\n".join(ablation._probe_lines(pd.DataFrame(rows)))
     assert "trained on satellites: +0.20 / +0.20 / +0.20; on the negative-control twin" in words
-    assert "reads satellites clearly better" in words and "Below ρ 0.5 in a validation cohort" in words
+    assert "reads satellites clearly better" in words and "Below ρ 0.5 in every validation cohort" in words
     same = pd.DataFrame(rows).assign(**{"ρ satellites": 0.6})
     words = "\n".join(ablation._probe_lines(same))
-    assert "clearly better" not in words and "Below ρ" not in words
+    assert "clearly better" not in words and "Below ρ" not in words and "one validation cohort" not in words
+    split = pd.DataFrame(rows).assign(**{"ρ satellites": [0.2, 0.7, 0.3] * 2})  # internal 0.7, external 0.3
+    words = "\n".join(ablation._probe_lines(split))
+    assert "in one validation cohort but below ρ 0.5 in another: satellites" in words and "every" not in words
+    method = pd.DataFrame(rows[:3]).assign(**{"trained on": ablation.PROBE_OUTCOME, "ρ satellites": 0.1})
+    words = "\n".join(ablation._probe_lines(pd.concat([method, split])))
+    assert "The clean label teaches satellites far better" in words
 
 
 def test_patient_scores_pool_as_the_loss_does(monkeypatch):
