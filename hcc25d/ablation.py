@@ -163,23 +163,35 @@ def full_reference(ctx) -> pd.DataFrame:
 
 def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, cache_dir=None,
                 progress: bool = True, name: Optional[str] = None,
-                confounders: Optional[pd.DataFrame] = None, size: Optional[pd.Series] = None) -> pd.DataFrame:
+                confounders: Optional[pd.DataFrame] = None, size: Optional[pd.Series] = None,
+                labels: Optional[pd.Series] = None, prediction: Optional[str] = None,
+                settings: Optional[dict] = None) -> pd.DataFrame:
     """Cross-fit the selected backbone on a variant's instances, with the CNN stage's folds and settings.
 
     ``raw_bags``: the cropping stage's bags *before* the intensity reference (the variant decides).
+    ``labels`` (patient id → 0/1): train on this label instead of the outcome, on the patients it names
+    (:func:`trait_probe`); ``prediction``: instead of ``cnn.prediction``; ``settings``: further ``cnn``
+    settings, applied after the variant's (e.g. ``{"repeats": 1}``).
     Returns the instance probabilities (as the CNN stage's ``instance_probs``).
     """
     from . import cnn
+    from .crop25d import Bags
 
     update = {"repeats": ablation_repeats(cfg)}
     if variant.loss is not None:
         update["loss"] = variant.loss
-    C = cfg.cnn.model_copy(update=update)
+    C = cfg.cnn.model_copy(update={**update, **(settings or {})})
     bags, _ = cnn.reference_shift(raw_bags, variant.reference or C.intensity_reference)
     sub = subset_bags(bags, variant, cfg.crop.channels)
+    if labels is not None:
+        pid = sub.index["patient_id"].astype(str)
+        keep = pid.isin(labels.index.astype(str)).to_numpy()
+        lab = labels.set_axis(labels.index.astype(str)).reindex(pid[keep]).to_numpy()
+        sub = Bags(sub.x[keep], sub.index[keep].assign(label=lab).reset_index(drop=True))
     make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
     preds, _, _, _ = cnn.crossfit_predict(sub, make, C, cfg.seed + 7919 * variant.reseed, folds=C.folds,
-                                          prediction=C.prediction, device=cnn.torch_device(C.device),
+                                          prediction=prediction or C.prediction,
+                                          device=cnn.torch_device(C.device),
                                           cache_dir=cache_dir, name=name or f"{backbone} [{variant.name}]",
                                           progress=progress, fold_of=fold_of, confounders=confounders,
                                           verbose=False, size=size)
@@ -813,35 +825,26 @@ def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> p
     instance that shows a trait can carry the patient; the mean for the instance loss). Returns
     :func:`probe_table`.
     """
-    from . import cnn
-    from .crop25d import Bags
-
     t = traits.copy()
     t.index = t.index.astype(str)
     train_ids = [i for i in map(str, ctx.meta.index[ctx.meta["cohort"] == "training"]) if i in t.index]
-    C = ctx.cfg.cnn.model_copy(update={"repeats": 1, "size_adjust": False, "deconfound": ()})
-    make = lambda: cnn.build_model(ctx.backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
+    settings = {"repeats": 1, "size_adjust": False, "deconfound": ()}
+    C = ctx.cfg.cnn.model_copy(update=settings)
     twins = {PROBE_TWINS[0]: ctx.raw, PROBE_TWINS[1]: ctx.nc_raw}
-    shifted = {tw: cnn.reference_shift(raw, C.intensity_reference)[0] for tw, raw in twins.items() if raw is not None}
     models = {}
     full = ctx.predictions.get(("default", VARIANTS[0].name))
     if full is not None:
         models[(PROBE_TWINS[0], PROBE_OUTCOME)] = full
     for k in PROBE_TRAITS:
         label = (t[k] > float(t.loc[train_ids, k].median())).astype(int)
-        for tw, bags in shifted.items():
-            if tw != PROBE_TWINS[0] and k not in NC_TRAITS:
+        for tw, raw in twins.items():
+            if raw is None or (tw != PROBE_TWINS[0] and k not in NC_TRAITS):
                 continue
-            pid = bags.index["patient_id"].astype(str)
-            keep = pid.isin(label.index).to_numpy()
-            idx = bags.index[keep].assign(label=label.reindex(pid[keep]).to_numpy())
             tag = "" if tw == PROBE_TWINS[0] else "negative control, "
-            preds, _, _, _ = cnn.crossfit_predict(Bags(bags.x[keep], idx.reset_index(drop=True)), make, C,
-                                                  ctx.cfg.seed, folds=C.folds, prediction="insample",
-                                                  device=cnn.torch_device(C.device),
-                                                  cache_dir=ctx.cache / "trait-probe" if ctx.cache else None,
-                                                  name=f"{ctx.backbone} [{tag}trained on {LOADING_TERMS[k]}]",
-                                                  progress=progress, fold_of=ctx.fold_of, verbose=False)
-            models[(tw, LOADING_TERMS[k])] = preds
+            models[(tw, LOADING_TERMS[k])] = retrain_cnn(
+                raw, VARIANTS[0], ctx.cfg, ctx.fold_of, ctx.backbone,
+                ctx.cache / "trait-probe" if ctx.cache else None, progress,
+                name=f"{ctx.backbone} [{tag}trained on {LOADING_TERMS[k]}]",
+                labels=label, prediction="insample", settings=settings)
     probe = probe_table(models, t, C.bag_pooling if C.loss == "bag" else "mean")
     return probe[probe["cohort"] != "training"].reset_index(drop=True)
