@@ -36,3 +36,29 @@ def test_broken_image_console_error_and_plumbing(tmp_path):
     found = "\n".join(check_book.check(html, tmp_path / "shots")["index.html"])
     assert "broken image: nope.png" in found and "console error: boom" in found
     assert "broken link: missing.html" in found and "'.tmp-'" in found
+
+
+def test_a_refused_screenshot_is_retried_then_taken_of_the_visible_part(tmp_path, capsys):
+    from playwright.sync_api import Error
+
+    class Page:
+        def __init__(self, fails_full):
+            self.fails_full, self.calls = fails_full, []
+
+        def screenshot(self, path, full_page=False):
+            self.calls.append(full_page)
+            if full_page and self.fails_full > 0:
+                self.fails_full -= 1
+                raise Error("Page.screenshot: Unable to capture screenshot")
+            (tmp_path / "shot.png").write_bytes(b"png")
+
+        def wait_for_timeout(self, ms):
+            pass
+
+    flaky = Page(fails_full=2)  # refused twice under load, then taken in full
+    check_book._screenshot(flaky, tmp_path / "shot.png", "a.html")
+    assert flaky.calls == [True, True, True] and "note" not in capsys.readouterr().err
+    stuck = Page(fails_full=99)  # never in full: the visible part, and a note that says so
+    check_book._screenshot(stuck, tmp_path / "shot.png", "b.html")
+    assert stuck.calls == [True, True, True, False]
+    assert "b.html: full-page screenshot failed (Page.screenshot: Unable" in capsys.readouterr().err

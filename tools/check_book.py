@@ -103,8 +103,7 @@ def check(html: Path, shots: Path, executable: str | None = None) -> dict:
             offline.update(remote)
             text = page.inner_text("body")
             found += [f"plumbing in the text: {t!r}" for t in FORBIDDEN_TEXT if t in text]
-            page.screenshot(path=str(shots / (rel.replace("/", "__").removesuffix(".html") + ".png")),
-                            full_page=True)
+            _screenshot(page, shots / (rel.replace("/", "__").removesuffix(".html") + ".png"), rel)
             page.close()
             if found:
                 problems[rel] = found
@@ -113,6 +112,26 @@ def check(html: Path, shots: Path, executable: str | None = None) -> dict:
         print(f"note: {len(offline)} remote resource(s) could not load here (offline?), not counted: "
               + ", ".join(sorted(offline)[:3]), file=sys.stderr)
     return problems
+
+
+def _screenshot(page, path: Path, rel: str, tries: int = 3) -> None:
+    """A full-page screenshot for the reader of the check. The browser now and then refuses one under load
+    ("Unable to capture screenshot"): try again, then fall back to the visible part. A screenshot is a
+    record, not a test of the page (the checks above are), so its failure is said, not counted."""
+    from playwright.sync_api import Error
+
+    for k in range(tries):
+        try:
+            page.screenshot(path=str(path), full_page=True)
+            return
+        except Error as e:
+            last = str(e).splitlines()[0]
+            page.wait_for_timeout(1000 * (k + 1))
+    try:
+        page.screenshot(path=str(path))
+        print(f"note: {rel}: full-page screenshot failed ({last}); saved the visible part", file=sys.stderr)
+    except Error as e:
+        print(f"note: {rel}: no screenshot ({str(e).splitlines()[0]})", file=sys.stderr)
 
 
 def main(argv=None) -> int:
