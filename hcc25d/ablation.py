@@ -93,6 +93,8 @@ VARIANTS = (
     Variant("arterial", "one phase: arterial", "phases", phases=("arterial",)),
     Variant("portal", "one phase: portal", "phases", phases=("portal",)),
     Variant("no-reference", "no intensity reference", "intensity reference", reference="none"),
+    Variant("two-point", "two-point intensity reference (parenchyma and tumour)", "intensity reference",
+            reference="two-point"),
     Variant("instance-loss", "instance labels (the paper's training)", "training loss", loss="instance"),
     Variant("no-size-adjust", "no size adjustment", "size adjustment", size_adjust=False),
     Variant("seed", "full, retrained with another seed", "training noise", reseed=1),
@@ -244,17 +246,17 @@ def evaluate_variant(name: str, X: pd.DataFrame, meta: pd.DataFrame, inst_cols, 
 # --------------------------------------------------------------------------------------------------
 def _nc_worker(args):
     row, seed, twin_prm, crop_prm = args
-    from .crop25d import crop_arrays, parenchyma_reference, resample_and_window
+    from .crop25d import crop_arrays, reference_levels, resample_and_window
     from .twin_imaging import make_patient, to_images
 
     vol = make_patient(row, seed, twin_prm)
     imgs, mask = to_images(vol)
     v, m, names, _ = resample_and_window(imgs, mask, crop_prm)
     x, idx, _ = crop_arrays(v, m, crop_prm, crop_prm.spacing_mm)[0]
-    ref = parenchyma_reference(v, m, crop_prm.spacing_mm)
+    refs = reference_levels(v, m, crop_prm)
     pid = str(row["patient_id"])
     rows = [{"patient_id": pid, "bag": pid, "instance": i, **r, "cohort": row["cohort"], "label": int(row["label"]),
-             **{f"ref_{c}": float(rv) for c, rv in zip(crop_prm.channels, ref)}} for i, r in enumerate(idx)]
+             **refs} for i, r in enumerate(idx)]
     return x.astype(np.float16), rows
 
 
@@ -282,6 +284,9 @@ EXPECTED = {
                            "heterogeneity",
     "one phase: portal": "lower: the portal phase carries only the heterogeneity",
     "no intensity reference": "similar internally, lower externally: centre 2's HU offset and bolus timing",
+    "two-point intensity reference (parenchyma and tumour)": "similar internally; externally similar or higher: "
+        "it undoes centre 2's lower arterial contrast of the tumour against the liver, which matters for a "
+        "trait the network reads next to the tumour",
     "no size adjustment": "similar internally, lower externally: the score's size component goes with the "
                           "outcome in the training cohort and against it in the external one",
     "instance labels (the paper's training)": "lower: where one or two of nine slices show the enhancement, "
@@ -356,7 +361,7 @@ def _probe_lines(probe: pd.DataFrame, clear: float = 0.5) -> list[str]:
     lines = ["", "**What the network can see** — trained on the planted trait itself (above or below the training "
              "median) instead of the outcome, the patient score's Spearman ρ with that trait ("
              + ", ".join(cohorts) + "):", ""]
-    unseen, partly, taught, placed = [], [], [], []
+    unseen, partly, taught, placed, referenced = [], [], [], [], []
     method = P[(P["twin"] == PROBE_TWINS[0]) & (P["trained on"] == PROBE_OUTCOME)].set_index("cohort").reindex(cohorts)
     for target, g in P[P["twin"] == PROBE_TWINS[0]].groupby("trained on", sort=False):
         g = g.set_index("cohort").reindex(cohorts)
@@ -375,6 +380,13 @@ def _probe_lines(probe: pd.DataFrame, clear: float = 0.5) -> list[str]:
                 f"{v:+.2f}" for v in nc[col])
             if len(val) and (nc.loc[val, col] - g.loc[val, col]).mean() > 0.2:
                 placed.append(target)
+            tp = P[(P["twin"] == PROBE_TWINS[2]) & (P["trained on"] == target)].set_index("cohort").reindex(cohorts)
+            if len(tp) and tp[col].notna().any():
+                text += "; there with the two-point intensity reference: " + " / ".join(f"{v:+.2f}" for v in tp[col])
+                moved = (tp.loc[val, col] - nc.loc[val, col]).dropna()
+                if len(moved) and moved.abs().max() > 0.2:
+                    c = moved.abs().idxmax()
+                    referenced.append(f"{target} in the {c} cohort ({nc.loc[c, col]:+.2f} → {tp.loc[c, col]:+.2f})")
         lines.append(text + ".")
         if not len(val):
             continue
@@ -410,6 +422,12 @@ def _probe_lines(probe: pd.DataFrame, clear: float = 0.5) -> list[str]:
                      f"{'them' if many else 'it'}, than 4–6 mm off it, where one or two do: the off-centre "
                      f"trait{'s are' if many else ' is'} harder for this network to learn from the training "
                      "patients.")
+    if referenced:
+        lines.append("")
+        lines.append("Referencing the tumour as well as the parenchyma (the two-point intensity reference, "
+                     "which undoes a change of the tumour's enhancement against the liver between centres) "
+                     "moves what the network trained on the negative-control twin reads by more than 0.2: "
+                     + "; ".join(referenced) + ".")
     return lines
 
 
@@ -593,6 +611,8 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
     rows, probs, inst_auc, full = [], {}, [], {}
     reference = full_reference(ctx)
     for v in variants:
+        if v.reference is not None and v.reference == ctx.cfg.cnn.intensity_reference:
+            continue  # the full model itself
         if v.factor == "reference":
             preds = reference
         elif v.size_adjust is False:
@@ -771,10 +791,14 @@ def trait_loadings(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:
 PROBE_TRAITS = ("u_pae", "u_satellites", "u_heterogeneity")
 #: the probe's row for the network trained on the outcome (the method itself)
 PROBE_OUTCOME = "recurrence (the method)"
-#: the twins :func:`trait_probe` trains on: the default one and the negative control
-PROBE_TWINS = ("default twin", "negative-control twin")
+#: the twins :func:`trait_probe` trains on: the default one, the negative control, and the negative control
+#: with the two-point intensity reference
+PROBE_TWINS = ("default twin", "negative-control twin", "negative-control twin, two-point reference")
 #: the traits the negative-control twin moves onto the central slice (the others are identical there)
 NC_TRAITS = ("u_pae", "u_satellites")
+#: the traits probed once more on the negative-control twin with the two-point intensity reference (where
+#: the run does not use it already): does referencing the tumour too carry them over to the other centre?
+TWO_POINT_TRAITS = ("u_pae",)
 
 
 def probe_table(predictions: dict, traits: pd.DataFrame, pooling: str = "mean") -> pd.DataFrame:
@@ -805,6 +829,12 @@ def probe_table(predictions: dict, traits: pd.DataFrame, pooling: str = "mean") 
     return pd.DataFrame(rows)
 
 
+def _has_tumour_levels(bags) -> bool:
+    """Whether the cropping stage measured the tumour's level per phase (``tum_<phase>``), which the
+    two-point intensity reference needs (crops of an older run lack it)."""
+    return any(str(c).startswith("tum_") for c in bags.index.columns)
+
+
 def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
     """Can the network see a planted trait at all? The full model's network, crops, intensity reference,
     fold split, seed and training settings — but trained, one trait at a time, on the trait itself instead
@@ -831,6 +861,8 @@ def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> p
     settings = {"repeats": 1, "size_adjust": False, "deconfound": ()}
     C = ctx.cfg.cnn.model_copy(update=settings)
     twins = {PROBE_TWINS[0]: ctx.raw, PROBE_TWINS[1]: ctx.nc_raw}
+    if C.intensity_reference != "two-point" and ctx.nc_raw is not None and _has_tumour_levels(ctx.nc_raw):
+        twins[PROBE_TWINS[2]] = ctx.nc_raw
     models = {}
     full = ctx.predictions.get(("default", VARIANTS[0].name))
     if full is not None:
@@ -838,13 +870,16 @@ def trait_probe(ctx: Context, traits: pd.DataFrame, progress: bool = False) -> p
     for k in PROBE_TRAITS:
         label = (t[k] > float(t.loc[train_ids, k].median())).astype(int)
         for tw, raw in twins.items():
-            if raw is None or (tw != PROBE_TWINS[0] and k not in NC_TRAITS):
+            if raw is None or (tw != PROBE_TWINS[0] and k not in NC_TRAITS) or (
+                    tw == PROBE_TWINS[2] and k not in TWO_POINT_TRAITS):
                 continue
-            tag = "" if tw == PROBE_TWINS[0] else "negative control, "
+            tag = {PROBE_TWINS[0]: "", PROBE_TWINS[1]: "negative control, ",
+                   PROBE_TWINS[2]: "negative control, two-point reference, "}[tw]
+            extra = {"intensity_reference": "two-point"} if tw == PROBE_TWINS[2] else {}
             models[(tw, LOADING_TERMS[k])] = retrain_cnn(
                 raw, VARIANTS[0], ctx.cfg, ctx.fold_of, ctx.backbone,
                 ctx.cache / "trait-probe" if ctx.cache else None, progress,
                 name=f"{ctx.backbone} [{tag}trained on {LOADING_TERMS[k]}]",
-                labels=label, prediction="insample", settings=settings)
+                labels=label, prediction="insample", settings={**settings, **extra})
     probe = probe_table(models, t, C.bag_pooling if C.loss == "bag" else "mean")
     return probe[probe["cohort"] != "training"].reset_index(drop=True)

@@ -234,17 +234,37 @@ def target_layer(model):
 # --------------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------------
+#: ``intensity_reference: two-point``: a phase whose tumour stands less than this far from the parenchyma
+#: (window units; 0.02 = 5 HU at the default window), in the patient or in the training cohort, is only
+#: shifted, not rescaled; and the range the rescaling factor is held to.
+TWO_POINT_MIN_CONTRAST = 0.02
+TWO_POINT_GAIN_RANGE = (0.5, 2.0)
+
+
 def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.DataFrame]:
-    """Shift each patient's channels so that its peritumoral parenchyma sits at the training cohort's level.
+    """Reference each patient's channels to the training cohort's levels.
 
-    The cropping stage measured every patient's parenchyma per phase (``ref_<phase>`` columns of the
-    index, window units; see :func:`hcc25d.crop25d.parenchyma_reference`). The target of each phase is
-    the median over the *training* patients (so nothing is fitted on the validation cohorts); every
-    patient's channel is moved by ``target − ref``. A scanner's HU offset or a contrast bolus that
-    reaches the liver earlier or later then no longer moves the whole image, while the tumour's and the
-    peritumoral contrast *relative to the liver* stays. ``method="none"`` returns the bags unchanged.
+    ``parenchyma``: shift each channel so that the patient's peritumoral parenchyma sits at the training
+    cohort's level. The cropping stage measured every patient's parenchyma per phase (``ref_<phase>``
+    columns of the index, window units; see :func:`hcc25d.crop25d.parenchyma_reference`). The target of
+    each phase is the median over the *training* patients (so nothing is fitted on the validation
+    cohorts); every patient's channel is moved by ``target − ref``. A scanner's HU offset or a contrast
+    bolus that reaches the liver earlier or later then no longer moves the whole image, while the tumour's
+    and the peritumoral contrast *relative to the liver* stays.
 
-    Returns ``(bags, shifts)``, ``shifts`` one row per patient with each channel's shift (window units).
+    ``two-point``: also rescale each channel about the parenchyma so that the patient's tumour
+    (``tum_<phase>``, :func:`hcc25d.crop25d.tumour_reference`) sits at the training cohort's median tumour
+    level too: ``x' = L + g (x − l)`` with ``g = (T − L) / (t − l)`` (``l``, ``t``: the patient's parenchyma
+    and tumour; ``L``, ``T``: their training medians), ``g`` held to :data:`TWO_POINT_GAIN_RANGE` and 1 where
+    either contrast is below :data:`TWO_POINT_MIN_CONTRAST` or the two differ in sign. A later arterial
+    phase lowers the tumour's enhancement *against the liver*, which a shift cannot undo; the rescaling
+    does, and scales every contrast to the liver (a peritumoral enhancement too) by the same factor. It
+    also removes each patient's own tumour–liver contrast: use it where that contrast differs between
+    scanners by protocol, not where it is a finding.
+
+    ``none`` returns the bags unchanged. Returns ``(bags, shifts)``, ``shifts`` one row per patient with
+    each channel's shift of the parenchyma (window units); for ``two-point`` its ``attrs["gain"]`` holds
+    each patient's factor per channel.
     """
     idx = bags.index
     cols = [c for c in idx.columns if c.startswith("ref_")]  # one per channel, in channel order
@@ -252,17 +272,38 @@ def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.Da
     pats = idx.drop_duplicates("patient_id").set_index("patient_id")
     if method == "none":
         return bags, pd.DataFrame(0.0, index=pats.index, columns=channels)
+    if method not in ("parenchyma", "two-point"):
+        raise ValueError(f"intensity_reference must be parenchyma, two-point or none, not {method!r}")
     if len(cols) != bags.x.shape[1]:
-        raise ValueError(f"cnn.intensity_reference: parenchyma needs the cropping stage's ref_<phase> "
+        raise ValueError(f"cnn.intensity_reference: {method} needs the cropping stage's ref_<phase> "
                          f"columns, one per channel (found {cols}): rerun the crop25d stage, or set it to none")
     ref = pats[cols].astype(float)
+    ref.columns = channels
     train = pats["cohort"] == "training"
     target = ref[train].median()
     shifts = (target - ref).fillna(0.0)
-    shifts.columns = channels
-    per_row = shifts.reindex(idx["patient_id"]).to_numpy(np.float32)
+    gain = pd.DataFrame(1.0, index=pats.index, columns=channels)
+    if method == "two-point":
+        tcols = [f"tum_{c}" for c in channels]
+        if not set(tcols) <= set(idx.columns):
+            raise ValueError("cnn.intensity_reference: two-point needs the cropping stage's tum_<phase> columns "
+                             "(the tumour's level per phase): rerun the crop25d stage, or use parenchyma")
+        tum = pats[tcols].astype(float)
+        tum.columns = channels
+        own, typical = tum - ref, tum[train].median() - target
+        g = typical / own
+        ok = (own.abs() >= TWO_POINT_MIN_CONTRAST) & (typical.abs() >= TWO_POINT_MIN_CONTRAST) & (g > 0)
+        gain = g.where(ok, 1.0).clip(*TWO_POINT_GAIN_RANGE).fillna(1.0)
     shape = (len(idx), len(channels)) + (1,) * (bags.x.ndim - 2)
-    x = (bags.x.astype(np.float32) + per_row.reshape(shape)).astype(np.float16)
+    k = gain.reindex(idx["patient_id"]).to_numpy(np.float32).reshape(shape)
+    lvl = ref.fillna(target).reindex(idx["patient_id"]).to_numpy(np.float32).reshape(shape)
+    # x' = L + g (x - l): with g = 1 exactly the parenchyma shift x + (L - l)
+    x = (target.to_numpy(np.float32).reshape((1, -1) + (1,) * (bags.x.ndim - 2))
+         + k * (bags.x.astype(np.float32) - lvl)).astype(np.float16)
+    if method == "parenchyma":  # the shift alone, as before: x + (L - l)
+        per_row = shifts.reindex(idx["patient_id"]).to_numpy(np.float32).reshape(shape)
+        x = (bags.x.astype(np.float32) + per_row).astype(np.float16)
+    shifts.attrs["gain"] = gain
     return Bags(x, idx), shifts
 
 

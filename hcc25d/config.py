@@ -243,8 +243,11 @@ class TrainCfg(Section):
     prediction: Literal["crossfit", "insample"] = "crossfit"
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
     #: ``parenchyma``: shift each patient's phases so that the peritumoral parenchyma sits at the training
-    #: cohort's median (removes scanner HU offsets and bolus-timing shifts of the liver); ``none``.
-    intensity_reference: Literal["parenchyma", "none"] = "parenchyma"
+    #: cohort's median (removes scanner HU offsets and bolus-timing shifts of the liver); ``two-point``: also
+    #: rescale about the parenchyma so that the tumour sits at the training cohort's median (undoes a later or
+    #: earlier arterial phase's change of the tumour's enhancement against the liver, and with it each
+    #: patient's own tumour–liver contrast); ``none``.
+    intensity_reference: Literal["parenchyma", "two-point", "none"] = "parenchyma"
     #: clinical variables the image models must not learn as a shortcut (e.g. ``[tumor_size]``, which the
     #: images show and the clinical signature already has): training instances are weighted so that each
     #: combination of outcome and these variables carries the same weight. Empty = the paper's way.
@@ -370,14 +373,15 @@ class AblationsCfg(Section):
     #: run the ablation stage at all.
     enabled: bool = True
     #: the variants beside the full model: ``2d`` (central axial slice), ``axial`` (no sagittal/coronal
-    #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference), ``seed``
+    #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference),
+    #: ``two-point`` (the intensity reference of the tumour as well as the parenchyma), ``seed``
     #: (the full model retrained with another seed: the noise of training alone), ``instance-loss`` (every
     #: instance trained on its patient's label, the paper's way, where ``cnn.loss`` is ``bag``),
     #: ``no-size-adjust`` (the full model's scores without ``cnn.size_adjust``, and the radiomics features
     #: without ``signatures.size_adjust``: no retraining).
-    variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "no-size-adjust",
-                             "seed"], ...] = (
-        "2d", "axial", "arterial", "portal", "no-reference", "instance-loss", "no-size-adjust", "seed")
+    variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "two-point", "instance-loss",
+                             "no-size-adjust", "seed"], ...] = (
+        "2d", "axial", "arterial", "portal", "no-reference", "two-point", "instance-loss", "no-size-adjust", "seed")
     #: cross-fitting repeats of each retrained variant (``null`` = ``cnn.repeats``). Fewer than the CNN
     #: stage's keeps the stage within a CPU budget; the full row is then retrained the same way, so every
     #: row differs from it in one factor only (its AUCs are those of a single cross-fitting).
@@ -386,8 +390,8 @@ class AblationsCfg(Section):
     #: (twin runs only).
     negative_control: bool = True
     #: also train the full model's network on each planted trait instead of the outcome (twin runs only):
-    #: what it can see with a clean label (three models, and two more on the negative-control twin when it
-    #: runs).
+    #: what it can see with a clean label (three models, and three more on the negative-control twin when it
+    #: runs: its two moved traits, and the peritumoral enhancement again with the two-point reference).
     trait_probe: bool = True
 
 

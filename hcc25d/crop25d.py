@@ -54,6 +54,8 @@ __all__ = [
     "extract_square",
     "crop_arrays",
     "parenchyma_reference",
+    "tumour_reference",
+    "reference_levels",
     "trait_readout",
     "crop_patient",
     "crop_all",
@@ -299,6 +301,27 @@ def parenchyma_reference(vol: np.ndarray, m: np.ndarray, spacing, shell_mm=(15.0
     return out
 
 
+def tumour_reference(vol: np.ndarray, m: np.ndarray, erode_mm: float = 2.0, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Each channel's intensity of the tumour itself, in window units: the median of the voxels inside the
+    mask, eroded by ``erode_mm`` where enough remains (so the edge's partial volume with the liver is left
+    out), whose value lies strictly inside the window. The second point of the ``two-point`` intensity
+    reference (:func:`hcc25d.cnn.reference_shift`): with the parenchyma it fixes how far the tumour's
+    enhancement stands from the liver's, which a later or earlier contrast bolus changes. NaN where the
+    mask holds no such voxel.
+    """
+    m2, vol2 = m[::2, ::2, ::2].astype(bool), vol[:, ::2, ::2, ::2]
+    r = max(1, int(round(erode_mm / (2 * float(min(spacing))))))
+    core = ndimage.binary_erosion(m2, iterations=r)
+    inside = core if core.sum() >= 50 else m2
+    out = np.full(vol.shape[0], np.nan, np.float32)
+    for c in range(vol.shape[0]):
+        v = vol2[c][inside]
+        v = v[(v > 0.0) & (v < 1.0)]
+        if len(v):
+            out[c] = float(np.median(v))
+    return out
+
+
 def trait_readout(vol: np.ndarray, m: np.ndarray, spacing, channels=("arterial", "plain", "portal")) -> dict:
     """A knowledge-driven reading of the three kinds of trait the twin plants, from one patient's
     resampled, windowed volume — not part of the method: a yardstick of what the images hold.
@@ -342,16 +365,25 @@ def trait_readout(vol: np.ndarray, m: np.ndarray, spacing, channels=("arterial",
 def crop_patient(row: pd.Series, prm: CropCfg, phases: Sequence[str], mask_label: Optional[int] = None):
     """Load one patient (see :func:`hcc25d.manifest.load_patient`), resample, window and crop.
 
-    Returns ``(bags, channel names, parenchyma reference per channel, trait readout)`` (see
-    :func:`crop_arrays`, :func:`parenchyma_reference` and :func:`trait_readout`).
+    Returns ``(bags, channel names, reference levels, trait readout)`` (see :func:`crop_arrays`,
+    :func:`reference_levels` and :func:`trait_readout`).
     """
     from .manifest import load_patient
 
     imgs, mask = load_patient(row, phases, mask_label)
     vol, m, names, _ = resample_and_window(imgs, mask, prm)
     real = [c if c in imgs else None for c in prm.channels]  # copied channels are not read as phases
-    return (crop_arrays(vol, m, prm, prm.spacing_mm), names, parenchyma_reference(vol, m, prm.spacing_mm),
+    return (crop_arrays(vol, m, prm, prm.spacing_mm), names, reference_levels(vol, m, prm),
             trait_readout(vol, m, prm.spacing_mm, real))
+
+
+def reference_levels(vol: np.ndarray, m: np.ndarray, prm: CropCfg) -> dict:
+    """A patient's index columns for the intensity reference: ``ref_<phase>`` (the parenchyma,
+    :func:`parenchyma_reference`) and ``tum_<phase>`` (the tumour, :func:`tumour_reference`)."""
+    ref = parenchyma_reference(vol, m, prm.spacing_mm)
+    tum = tumour_reference(vol, m, spacing=prm.spacing_mm)
+    return {**{f"ref_{c}": float(r) for c, r in zip(prm.channels, ref)},
+            **{f"tum_{c}": float(t) for c, t in zip(prm.channels, tum)}}
 
 
 def _worker(args):
@@ -359,8 +391,7 @@ def _worker(args):
     from .io import write_npz
 
     pid = str(row["patient_id"])
-    bags, names, ref, readout = crop_patient(row, prm, phases, mask_label)
-    refs = {f"ref_{c}": float(r) for c, r in zip(prm.channels, ref)}
+    bags, names, refs, readout = crop_patient(row, prm, phases, mask_label)
     readout = {"patient_id": pid, **readout}
     rows = []
     for b, (inst, idx, cube) in enumerate(bags):
@@ -436,7 +467,7 @@ def load_bags(crop_dir: str | Path, kind: str = "instances") -> Bags:
     for f in first["file"]:
         with np.load(crop_dir / "cubes" / f) as z:
             arrays.append(z["x"])
-    keep = ["patient_id", "bag", "file", "cohort", "label"] + [c for c in first if c.startswith("ref_")]
+    keep = ["patient_id", "bag", "file", "cohort", "label"] + [c for c in first if c.startswith(("ref_", "tum_"))]
     return Bags(np.stack(arrays), first[keep].copy())
 
 

@@ -134,22 +134,32 @@ def test_trait_probe_trains_on_each_trait_split_at_the_training_median(monkeypat
         return bags.index.assign(prob=1 / (1 + np.exp(-score))), None, None, None
 
     monkeypatch.setattr(cnn, "crossfit_predict", fake_crossfit)
-    monkeypatch.setattr(cnn, "reference_shift", lambda bags, how: (bags, None))
+    refs = []
+    monkeypatch.setattr(cnn, "reference_shift", lambda bags, how: refs.append(how) or (bags, None))
     cfg = config.from_dict({"cnn": {"repeats": 3, "size_adjust": True, "deconfound": ["tumor_size"]}})
     meta = pd.DataFrame({"cohort": cohorts}, index=pids)
     full = index.assign(prob=0.5)
     ctx = SimpleNamespace(cfg=cfg, raw=Bags(np.zeros((140, 1), np.float16), index), meta=meta, cache=None,
                           backbone="litecnn", fold_of={"p00": 0}, predictions={("default", ablation.VARIANTS[0].name): full},
-                          nc_raw=Bags(np.zeros((140, 1), np.float16), index))
+                          nc_raw=Bags(np.zeros((140, 1), np.float16), index.assign(tum_plain=0.5)))
     probe = ablation.trait_probe(ctx, traits)
-    # the negative-control twin is probed for the traits it moves onto the central slice, and only those
+    # the negative-control twin is probed for the traits it moves onto the central slice, and only those;
+    # the peritumoral enhancement once more with the two-point intensity reference
     assert sorted(n for n in seen["names"] if "negative control" in n) == [
         "litecnn [negative control, trained on peritumoral enhancement]",
-        "litecnn [negative control, trained on satellites]"]
-    assert len(seen["names"]) == 5
+        "litecnn [negative control, trained on satellites]",
+        "litecnn [negative control, two-point reference, trained on peritumoral enhancement]"]
+    assert len(seen["names"]) == 6 and refs.count("two-point") == 1 and refs.count("parenchyma") == 5
     assert set(probe["cohort"]) == {"internal"}  # the models were trained on every training patient
     nc = probe[probe["twin"] == "negative-control twin"]
     assert set(nc["trained on"]) == {"peritumoral enhancement", "satellites"} and len(nc) == 2
+    tp = probe[probe["twin"] == ablation.PROBE_TWINS[2]]
+    assert tp["trained on"].tolist() == ["peritumoral enhancement"]
+    # a run that already references the tumour (or whose crops lack its level) is not probed again
+    ctx.nc_raw = Bags(ctx.nc_raw.x, index)
+    seen["names"].clear()
+    ablation.trait_probe(ctx, traits)
+    assert len(seen["names"]) == 5
     probe = probe[probe["twin"] == "default twin"]
     assert seen["settings"] == (1, False, (), cfg.seed, {"p00": 0}, "insample")
     train = traits.index[:40]
@@ -218,3 +228,17 @@ def test_patient_scores_pool_as_the_loss_does(monkeypatch):
                               fold_of={"a": 0, "b": 1}, predictions={})
         ablation.trait_probe(ctx, traits)
         assert got[-1] == want
+
+
+def test_probe_words_say_what_the_two_point_reference_moves():
+    rows = []
+    for twin, rho in (("default twin", (0.2, 0.6, 0.1)), ("negative-control twin", (0.9, 0.9, 0.4)),
+                      (ablation.PROBE_TWINS[2], (0.9, 0.85, 0.8))):
+        for c, r in zip(("training", "internal", "external"), rho):
+            rows.append({"twin": twin, "trained on": "peritumoral enhancement", "cohort": c, "n": 50,
+                         "ρ peritumoral enhancement": r})
+    words = "\n".join(ablation._probe_lines(pd.DataFrame(rows)))
+    assert "there with the two-point intensity reference: +0.90 / +0.85 / +0.80" in words
+    assert "peritumoral enhancement in the external cohort (+0.40 → +0.80)" in words
+    same = pd.DataFrame(rows).assign(**{"ρ peritumoral enhancement": 0.5})
+    assert "Referencing the tumour" not in "\n".join(ablation._probe_lines(same))

@@ -317,6 +317,39 @@ def test_reference_shift_moves_parenchyma_to_the_training_median():
         cnn.reference_shift(make_bags())
 
 
+def test_two_point_reference_puts_liver_and_tumour_at_the_training_levels():
+    """A later arterial phase (the external patients) lowers the tumour's enhancement against the liver: the
+    shift alone keeps that difference, the two-point reference removes it; a phase whose tumour does not
+    stand out from the liver is only shifted; without the tumour levels it says what to rerun."""
+    bags = make_bags(signal=0.0)
+    pats = bags.index["patient_id"]
+    ext = pats.str.startswith("ext").to_numpy()
+    x = np.full(bags.x.shape, 0.5, np.float32)  # liver 0.5 in every phase
+    x[:, 0, 4:12, 4:12] = np.where(ext, 0.62, 0.70)[:, None, None]  # arterial tumour: +0.2, externally +0.12
+    x[:, 1, 4:12, 4:12] = 0.51  # plain: the tumour barely stands out (below the threshold)
+    x[:, 2, 4:12, 4:12] = np.where(ext, 0.44, 0.40)[:, None, None]  # portal wash-out
+    x[ext] += 0.03  # and a scanner offset
+    bags = crop25d.Bags(x.astype(np.float16), bags.index)
+    for ch, c in enumerate(("arterial", "plain", "portal")):
+        bags.index[f"ref_{c}"] = x[:, ch, 0, 0]
+        bags.index[f"tum_{c}"] = x[:, ch, 8, 8]
+    shifted, _ = cnn.reference_shift(bags, "parenchyma")
+    tp, shifts = cnn.reference_shift(bags, "two-point")
+    inside = lambda b, ch: b.x[:, ch, 8, 8].astype(float) - b.x[:, ch, 0, 0].astype(float)  # noqa: E731
+    assert np.allclose(inside(shifted, 0)[ext], 0.12, atol=4e-3)  # the shift keeps the timing's difference
+    assert np.allclose(inside(tp, 0), 0.2, atol=4e-3)  # the two-point reference removes it
+    assert np.allclose(tp.x[:, :, 0, 0].astype(float), 0.5, atol=2e-3)  # the liver at the training level
+    assert np.allclose(inside(tp, 2), -0.1, atol=4e-3)
+    gain = shifts.attrs["gain"]
+    assert np.allclose(gain.loc["ext000", "arterial"], 0.2 / 0.12) and np.allclose(gain.loc["tra000"], 1.0)
+    assert np.allclose(gain["plain"], 1.0)  # 0.01 of contrast: shifted only
+    assert np.allclose(tp.x[:, 1].astype(float), shifted.x[:, 1].astype(float), atol=1e-3)
+    wide = crop25d.Bags(bags.x, bags.index.assign(tum_arterial=np.where(ext, 0.51, 0.70)))
+    assert cnn.reference_shift(wide, "two-point")[1].attrs["gain"].loc["ext000", "arterial"] == 1.0
+    with pytest.raises(ValueError, match="tum_"):
+        cnn.reference_shift(crop25d.Bags(bags.x, bags.index.drop(columns=["tum_plain"])), "two-point")
+
+
 def test_checkpoint_resume(tmp_path, monkeypatch):
     bags = make_bags()
     y = bags.index["label"].to_numpy()

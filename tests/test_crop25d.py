@@ -151,8 +151,11 @@ def test_twin_patient_channels_in_paper_order(tmp_path):
     (bags, names, ref, readout) = crop25d.crop_patient(case, P(image_size=64), ("plain", "arterial", "portal"))
     inst, idx, cube = bags[0]
     assert names == ["arterial", "plain", "portal"]
-    # the parenchyma reference is the twin's liver: 70 / 55 / 110 HU at centre 1 (window floor -75 HU)
-    assert np.allclose(ref * 250 - 75, (70, 55, 110), atol=6)
+    # the parenchyma reference is the twin's liver: 70 / 55 / 110 HU at centre 1 (window floor -75 HU), the
+    # tumour reference the twin's tumour: 118 / 40 / 80 HU (no necrosis; the capsule eroded away)
+    hu = lambda k: np.array([ref[f"{k}_{c}"] for c in names]) * 250 - 75  # noqa: E731
+    assert np.allclose(hu("ref"), (70, 55, 110), atol=6)
+    assert np.allclose(hu("tum"), (118, 40, 80), atol=6)
     assert inst.shape == (9, 3, 64, 64) and cube.shape == (3, 48, 48, 48)
     c = inst[0, :, 28:36, 28:36].mean(axis=(1, 2))
     assert c[0] > c[2] > c[1]  # tumour: arterial > portal > plain
