@@ -277,6 +277,18 @@ def crop_arrays(vol: np.ndarray, m: np.ndarray, prm: CropCfg, spacing=(1.0, 1.0,
     return bags
 
 
+def _median_in_window(vol: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Each channel's median over ``region`` of the voxels strictly inside the window (so fat, air, bone
+    and padding beyond the image are left out); NaN where the region holds none."""
+    out = np.full(vol.shape[0], np.nan, np.float32)
+    for c in range(vol.shape[0]):
+        v = vol[c][region]
+        v = v[(v > 0.0) & (v < 1.0)]
+        if len(v):
+            out[c] = float(np.median(v))
+    return out
+
+
 def parenchyma_reference(vol: np.ndarray, m: np.ndarray, spacing, shell_mm=(15.0, 30.0)) -> np.ndarray:
     """Each channel's intensity of the parenchyma around the tumour, in window units: the median of the
     voxels in a shell ``shell_mm`` (from, to) outside the tumour mask whose value lies strictly inside the
@@ -292,13 +304,7 @@ def parenchyma_reference(vol: np.ndarray, m: np.ndarray, spacing, shell_mm=(15.0
     m2, vol2 = m[::2, ::2, ::2].astype(bool), vol[:, ::2, ::2, ::2]
     d = ndimage.distance_transform_edt(~m2, sampling=tuple(2 * np.asarray(spacing, float)[::-1]))
     shell = (d > shell_mm[0]) & (d <= shell_mm[1])
-    out = np.full(vol.shape[0], np.nan, np.float32)
-    for c in range(vol.shape[0]):
-        v = vol2[c][shell]
-        v = v[(v > 0.0) & (v < 1.0)]
-        if len(v):
-            out[c] = float(np.median(v))
-    return out
+    return _median_in_window(vol2, shell)
 
 
 def tumour_reference(vol: np.ndarray, m: np.ndarray, erode_mm: float = 2.0, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -313,13 +319,7 @@ def tumour_reference(vol: np.ndarray, m: np.ndarray, erode_mm: float = 2.0, spac
     r = max(1, int(round(erode_mm / (2 * float(min(spacing))))))
     core = ndimage.binary_erosion(m2, iterations=r)
     inside = core if core.sum() >= 50 else m2
-    out = np.full(vol.shape[0], np.nan, np.float32)
-    for c in range(vol.shape[0]):
-        v = vol2[c][inside]
-        v = v[(v > 0.0) & (v < 1.0)]
-        if len(v):
-            out[c] = float(np.median(v))
-    return out
+    return _median_in_window(vol2, inside)
 
 
 def trait_readout(vol: np.ndarray, m: np.ndarray, spacing, channels=("arterial", "plain", "portal")) -> dict:
