@@ -86,7 +86,8 @@ def check(params_file: str | Path, overrides: Optional[dict] = None, full: bool 
         report.problems += _problem_lines(exc)
         return report
     try:
-        spec = load_spec(cfg.cohort.spec if cfg.cohort.spec == "default" else resolve(cfg.cohort.spec))
+        spec = load_spec(cfg.cohort.spec if cfg.cohort.spec == "default" else resolve(cfg.cohort.spec),
+                         cfg.cohort.training_scale)
     except CohortSpecError as exc:
         report.problems += _problem_lines(exc)
         return report

@@ -32,6 +32,7 @@ __all__ = [
     "CohortSpecError",
     "CohortSpec",
     "load_spec",
+    "scale_training",
     "validate_spec",
     "format_p",
     "continuous_test",
@@ -93,8 +94,13 @@ class CohortSpec:
         return sum(self.n(c) for c in self.cohorts)
 
 
-def load_spec(path: str | Path | None = None) -> CohortSpec:
-    """Read and validate a cohort specification (YAML). ``None`` or ``"default"``: the paper's Table 1."""
+def load_spec(path: str | Path | None = None, training_scale: int = 1) -> CohortSpec:
+    """Read and validate a cohort specification (YAML). ``None`` or ``"default"``: the paper's Table 1.
+
+    ``training_scale`` (``cohort.training_scale``): multiply every count of the training cohort (its size
+    per outcome and each level's count per outcome) by this integer; means and SDs are unchanged, so the
+    twin draws the same kind of patients, only more of them, and the validation cohorts are untouched.
+    """
     if path in (None, "default"):
         path = DEFAULT_SPEC
     path = Path(path)
@@ -104,7 +110,24 @@ def load_spec(path: str | Path | None = None) -> CohortSpec:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise CohortSpecError(f"{path}: not valid YAML ({exc})") from None
-    return validate_spec(raw, source=str(path))
+    spec = validate_spec(raw, source=str(path))
+    return spec if training_scale == 1 else scale_training(spec, training_scale)
+
+
+def scale_training(spec: CohortSpec, factor: int) -> CohortSpec:
+    """The specification with the training cohort's counts multiplied by ``factor`` (an integer ≥ 1)."""
+    if not isinstance(factor, (int, np.integer)) or isinstance(factor, bool) or factor < 1:
+        raise CohortSpecError(f"training_scale: expected an integer >= 1, got {factor!r}")
+    k = int(factor)
+    cohorts = {c: dict(d) for c, d in spec.cohorts.items()}
+    cohorts["training"]["n"] = {o: n * k for o, n in spec.cohorts["training"]["n"].items()}
+    categorical = {}
+    for var, d in spec.categorical.items():
+        counts = dict(d["counts"])
+        counts["training"] = {o: [x * k for x in v] for o, v in d["counts"]["training"].items()}
+        categorical[var] = {**d, "counts": counts}
+    return CohortSpec(cohorts=cohorts, continuous=spec.continuous, categorical=categorical,
+                      source=f"{spec.source} (training cohort × {k})")
 
 
 def _as_outcome_map(value, where, errors) -> Optional[dict]:

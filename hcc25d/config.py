@@ -129,6 +129,11 @@ class CohortCfg(Section):
     #: number of outcome-stratified patients kept for the imaging stages (``null`` = all); the cohort
     #: chapter always shows the full Table 1.
     n_imaging: Optional[int] = Field(None, ge=4)
+    #: multiply the training cohort's counts in the specification by this factor (every cell of Table 1's
+    #: training column; means and SDs unchanged; the validation cohorts keep their size): how the method's
+    #: AUCs grow with the number of training patients (``params/training-x3.yaml``). Twin runs only; above 1
+    #: the run's Table 1 no longer matches the paper's training column.
+    training_scale: int = Field(1, ge=1)
 
 
 class CropCfg(Section):
@@ -517,6 +522,10 @@ def cross_field_problems(d: dict) -> list[str]:
         return v if isinstance(v, dict) else {}
 
     data, cnn, sig, abl, comp = sec("data"), sec("cnn"), sec("signatures"), sec("ablations"), sec("compute")
+    scale = sec("cohort").get("training_scale")
+    if data.get("source") == "manifest" and isinstance(scale, int) and scale != 1:
+        errors.append("cohort.training_scale: only for the synthetic twin (data.source: twin); own data has the "
+                      "patients it has")
     if data.get("source") == "manifest" and not data.get("manifest"):
         errors.append("data.manifest: required when data.source is manifest (the path to your manifest CSV)")
     if data.get("pseudonymise") is True and not str(data.get("salt") or "").strip():

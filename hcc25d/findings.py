@@ -131,13 +131,25 @@ def ablation_summary(run_dir: str | Path) -> str:
                    _read(Path(run_dir), "ablations", "tab-trait-probe.csv"))
 
 
-def limits(run_dir: str | Path, twin: bool) -> list[str]:
-    """What this run cannot reproduce, and why — each point computed from the run's records."""
+def limits(run_dir: str | Path, twin: bool, training_scale: int = 1) -> list[str]:
+    """What this run cannot reproduce, and why — each point computed from the run's records.
+    ``training_scale``: the run's ``cohort.training_scale``."""
     run_dir = Path(run_dir)
     out = []
     if twin:
         out.append("The images are a synthetic study twin, not the paper's patients: Tables 3–5 test whether "
                    "the method recovers a known, planted signal, not the paper's clinical result.")
+        m = _read(run_dir, "data", "manifest.csv")
+        n = int((m["cohort"] == "training").sum()) if m is not None and "cohort" in m else None
+        if n and training_scale == 1:
+            out.append(f"The networks learn from {n} training patients' outcomes, the paper's number: "
+                       "`make book RUN=training-x3` reruns the twin with three times as many (the validation "
+                       "cohorts unchanged) to show how much of the shortfall against the reference is the "
+                       "training cohort's size.")
+        elif n:
+            out.append(f"The training cohort here is the paper's × {training_scale} ({n} patients; "
+                       "`cohort.training_scale`), so its AUCs show the method with more data to learn from than "
+                       "the paper had; the default run has the paper's number.")
     weights = run_dir / "cnn" / "weights.json"
     if weights.exists():
         w = read_json(weights)

@@ -28,6 +28,30 @@ def test_default_spec_sizes(spec):
     assert len(spec.categorical) == 20 and list(spec.continuous) == ["TBIL"]
 
 
+def test_training_scale_multiplies_the_training_counts_only(spec):
+    big = cohort.load_spec("default", 3)
+    assert {c: (big.n(c, 0), big.n(c, 1)) for c in cohort.COHORTS} == {
+        "training": (171, 315), "internal": (14, 56), "external": (38, 53)}
+    for var, d in spec.categorical.items():
+        for o in (0, 1):
+            assert big.categorical[var]["counts"]["training"][o] == [3 * k for k in d["counts"]["training"][o]]
+            for c in ("internal", "external"):
+                assert big.categorical[var]["counts"][c][o] == d["counts"][c][o]
+    assert big.continuous == spec.continuous and spec.n("training") == 162  # the original is untouched
+    # the scaled specification is itself valid, and the twin draws exactly its counts
+    patients = twin_clinical.generate_clinical(big, 20240601)
+    assert (patients["cohort"].value_counts().to_dict()
+            == {"training": 486, "external": 91, "internal": 70})
+    t1 = cohort.table1(patients, big).set_index(["variable", "level", "cohort"])
+    assert int(t1.loc[("mvi", "Yes", "training"), "n1"]) == 3 * spec.categorical["mvi"]["counts"]["training"][1][1]
+    # percentages stay the paper's
+    assert float(t1.loc[("mvi", "Yes", "training"), "pct1"]) == pytest.approx(
+        100 * spec.categorical["mvi"]["counts"]["training"][1][1] / 105, abs=0.01)
+    for bad in (0, 1.5, True):
+        with pytest.raises(cohort.CohortSpecError, match="training_scale"):
+            cohort.scale_training(spec, bad)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda s: s["categorical"].__setitem__("shoe_size", copy.deepcopy(s["categorical"]["age"])), "shoe_size: unknown variable"),
     (lambda s: s["categorical"]["age"]["counts"]["training"].__setitem__(0, [-1, 58]), "counts must be integers >= 0"),

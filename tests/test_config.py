@@ -8,10 +8,18 @@ from hcc25d import config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["synthetic", "smoke", "gpu"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "params").glob("*.yaml")))
 def test_shipped_params_validate(name):
     p = config.load(ROOT / "params" / f"{name}.yaml")
     assert p.run == name
+
+
+def test_the_training_x3_profile_differs_from_the_default_run_in_its_cohort_and_ablations_only():
+    base = config.to_dict(config.load(ROOT / "params" / "synthetic.yaml"))
+    x3 = config.to_dict(config.load(ROOT / "params" / "training-x3.yaml"))
+    changed = {k for k in base if base[k] != x3[k]}
+    assert changed == {"run", "description", "cohort", "ablations"}
+    assert x3["cohort"] == {**base["cohort"], "training_scale": 3}
 
 
 def test_unknown_key_and_wrong_type_reported_together():
@@ -71,6 +79,9 @@ def test_acceptance_four_bad_fields_fail_at_load_before_any_stage(tmp_path):
     ({"signatures": {"models": ["svm"]}}, "signatures.models[0]: 'svm' is not one of"),
     ({"data": {"phases": ["portal"]}}, "ablations.variants: 'arterial' (one phase) needs the arterial phase"),
     ({"data": {"source": "manifest"}}, "data.manifest: required"),
+    ({"data": {"source": "manifest", "manifest": "m.csv"}, "cohort": {"training_scale": 3}},
+     "cohort.training_scale: only for the synthetic twin"),
+    ({"cohort": {"training_scale": 0}}, "cohort.training_scale: must be ≥ 1"),
     ({"cnn": {"val_fraction": 1.0}}, "cnn.val_fraction: must be < 1"),
     ({"cnn3d": {"folds": 1}}, "cnn3d.folds: must be ≥ 2"),
     ({"cnn": {"lr": "1e-3"}}, "write 1.0e-3"),
