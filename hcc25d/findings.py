@@ -64,17 +64,23 @@ def reproduced_from(c1: Optional[pd.DataFrame], c2: Optional[pd.DataFrame],
     return pd.DataFrame(rows, columns=["table", "numbers", "reproduced", "not computed"])
 
 
-def reproduction_summary(table: pd.DataFrame, twin: bool) -> str:
-    """The reproduction counts in words."""
+def reproduction_summary(table: pd.DataFrame, twin: bool, training_scale: int = 1) -> str:
+    """The reproduction counts in words (``training_scale``: the run's ``cohort.training_scale``)."""
     if table.empty:
         return "The comparison with the paper has not run."
     total, ok = int(table["numbers"].sum()), int(table["reproduced"].sum())
     parts = [f"**{ok} of the paper's {total} numbers** compared here are reproduced."]
     t1 = table[table["table"].str.startswith("Table 1")]
     if twin and len(t1):
-        parts.append(f"Table 1 ({int(t1['reproduced'].iloc[0])} of {int(t1['numbers'].iloc[0])}) agrees by "
-                     "construction: the synthetic twin is drawn to match it, so it tests this code, not the "
-                     "paper's cohort.")
+        counts = f"Table 1 ({int(t1['reproduced'].iloc[0])} of {int(t1['numbers'].iloc[0])})"
+        if training_scale == 1:
+            parts.append(f"{counts} agrees by construction: the synthetic twin is drawn to match it, so it "
+                         "tests this code, not the paper's cohort.")
+        else:
+            parts.append(f"{counts} and Table 2 differ from the paper by design: the twin is drawn to match "
+                         f"Table 1 with the training cohort's counts × {training_scale} "
+                         "(`cohort.training_scale`), so the training counts and every P value that depends "
+                         "on them are not the paper's; the percentages are.")
     later = table[table["table"].str.contains("Table [345]")]
     if len(later):
         parts.append(f"Of the {int(later['numbers'].sum())} AUCs of Tables 3–5, "

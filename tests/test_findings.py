@@ -24,3 +24,14 @@ def test_limits_state_the_training_cohort_size_and_point_to_the_larger_twin(tmp_
     assert not [x for x in findings.limits(run, twin=False) if "training patients" in x or "× " in x]
     # a run whose data stage has not written its manifest says nothing about it rather than fail
     assert not [x for x in findings.limits(tmp_path / "nowhere", twin=True) if "training patients" in x]
+
+
+def test_reproduction_summary_does_not_claim_table1_for_a_scaled_training_cohort():
+    table = pd.DataFrame({"table": ["Table 1 (baseline characteristics)", "Table 5 (AUCs)"],
+                          "numbers": [567, 12], "reproduced": [463, 3], "not computed": [0, 0]})
+    default = findings.reproduction_summary(table, twin=True)
+    assert "**466 of the paper's 579 numbers**" in default and "agrees by construction" in default
+    scaled = findings.reproduction_summary(table, twin=True, training_scale=3)
+    assert "agrees by construction" not in scaled and "× 3" in scaled and "463 of 567" in scaled
+    assert "Of the 12 AUCs of Tables 3–5, 3 lie within" in scaled
+    assert "Table 1" not in findings.reproduction_summary(table, twin=False)
