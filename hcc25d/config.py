@@ -130,9 +130,10 @@ class CohortCfg(Section):
     #: chapter always shows the full Table 1.
     n_imaging: Optional[int] = Field(None, ge=4)
     #: multiply the training cohort's counts in the specification by this factor (every cell of Table 1's
-    #: training column; means and SDs unchanged; the validation cohorts keep their size): how the method's
-    #: AUCs grow with the number of training patients (``params/training-x3.yaml``). Twin runs only; above 1
-    #: the run's Table 1 no longer matches the paper's training column.
+    #: training column; means and SDs unchanged; the validation cohorts keep their size, but as patients are
+    #: numbered in order they are new draws from the same cells): how the method's AUCs grow with the number
+    #: of training patients (``params/training-x3.yaml``). Twin runs only; above 1 the run's Table 1 no
+    #: longer matches the paper's training column.
     training_scale: int = Field(1, ge=1)
 
 

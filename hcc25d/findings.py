@@ -149,9 +149,9 @@ def limits(run_dir: str | Path, twin: bool, training_scale: int = 1) -> list[str
         n = int((m["cohort"] == "training").sum()) if m is not None and "cohort" in m else None
         if n and training_scale == 1:
             out.append(f"The networks learn from {n} training patients' outcomes, the paper's number: "
-                       "`make book RUN=training-x3` reruns the twin with three times as many (the validation "
-                       "cohorts unchanged) to show how much of the shortfall against the reference is the "
-                       "training cohort's size.")
+                       "`make book RUN=training-x3` reruns the twin with three times as many (validation "
+                       "cohorts of the same size) to show how much of the shortfall against the reference is "
+                       "the training cohort's size.")
         elif n:
             out.append(f"The training cohort here is the paper's × {training_scale} ({n} patients; "
                        "`cohort.training_scale`), so its AUCs show the method with more data to learn from than "
