@@ -148,7 +148,7 @@ def limits(run_dir: str | Path, twin: bool, training_scale: int = 1) -> list[str
         m = _read(run_dir, "data", "manifest.csv")
         n = int((m["cohort"] == "training").sum()) if m is not None and "cohort" in m else None
         if n and training_scale == 1:
-            out.append(f"The networks learn from {n} training patients' outcomes, the paper's number: "
+            out.append(f"The networks learn from {n} training patients' outcomes: "
                        "`make book RUN=training-x3` reruns the twin with three times as many (validation "
                        "cohorts of the same size) to show how much of the shortfall against the reference is "
                        "the training cohort's size.")
