@@ -19,8 +19,12 @@ __all__ = [
     "ceiling_table",
     "ceiling_summary",
     "ablation_summary",
+    "fusion_input_summary",
     "limits",
 ]
+
+#: a training AUC this far below the lower validation AUC is called out on the findings page
+GAP_NOTE = 0.05
 
 #: an AUC of Tables 3–5 counts as reproduced within this distance of the paper's
 AUC_TOLERANCE = 0.05
@@ -120,6 +124,46 @@ def ceiling_summary(table: pd.DataFrame) -> str:
                          f"{r['reference AUC']:.3f} ({100 * r['margin over chance recovered']:.0f} % of the "
                          "reference's margin over chance)")
     return ("; ".join(parts) + ".") if parts else ""
+
+
+def fusion_input_summary(run_dir: str | Path) -> str:
+    """What the fusion learns from: the selected CNN's patient-level AUC on the training patients (out of
+    fold, the scores the multi-instance fusion and the signatures are fitted on) against the validation
+    cohorts (the same fold models), and the spread of the fusion families' cross-validated AUCs."""
+    run_dir = Path(run_dir)
+    pl = _read(run_dir, "cnn", "tab-patient-level.csv")
+    prov = run_dir / "cnn" / "stage_provenance.json"
+    if pl is None or not prov.exists():
+        return ""
+    chosen = read_json(prov).get("selected_backbone")
+    a = pl[pl["backbone"] == chosen].set_index("cohort")["auc"]
+    if "training" not in a.index:  # an in-sample run has no out-of-fold training row
+        return ""
+    val = [c for c in ("internal", "external") if c in a.index and pd.notna(a[c])]
+    text = (f"The multi-instance fusion and every signature are fitted on the training patients' out-of-fold "
+            f"CNN scores: {chosen}'s patient score (mean instance probability) has AUC {a['training']:.3f} on "
+            "them" + (", against " + " and ".join(f"{a[c]:.3f} {c}" for c in val)
+                      + " from the same fold models" if val else "") + ".")
+    if val:
+        gap = min(a[c] for c in val) - a["training"]
+        if gap > GAP_NOTE:
+            text += (f" The training AUC is {gap:.3f} below the lower validation AUC, so the fusion learns a "
+                     "weaker relation than the networks show on new patients, and DL_2.5D can fall below the CNN's "
+                     "own score (`tools/oof_diagnostics.py` asks why; on the twin, compare other draws before "
+                     "calling it a rule).")
+        elif max(abs(a[c] - a["training"]) for c in val) <= GAP_NOTE:
+            text += f" The training and validation AUCs agree within {GAP_NOTE:.2f}."
+        else:
+            text += f" The training AUC is not more than {GAP_NOTE:.2f} below either validation AUC."
+    t4 = _read(run_dir, "signatures", "tab-table4.csv")
+    if t4 is not None and "cv_auc" in t4:
+        cv = t4.drop_duplicates("model").set_index("model")["cv_auc"].dropna()
+        if len(cv):
+            text += (f" The {len(cv)} fusion families' cross-validated training AUCs span {cv.min():.3f}–"
+                     f"{cv.max():.3f}")
+            text += (": all within 0.1 of chance, so the rule that picks the highest picks "
+                     "among near-chance scores." if (cv - 0.5).abs().max() < 0.1 else ".")
+    return text
 
 
 def ablation_summary(run_dir: str | Path) -> str:

@@ -35,3 +35,37 @@ def test_reproduction_summary_does_not_claim_table1_for_a_scaled_training_cohort
     assert "agrees by construction" not in scaled and "× 3" in scaled and "463 of 567" in scaled
     assert "Of the 12 AUCs of Tables 3–5, 3 lie within" in scaled
     assert "Table 1" not in findings.reproduction_summary(table, twin=False)
+
+
+def _fusion_run(tmp_path, aucs, cv_aucs):
+    import json
+
+    (tmp_path / "cnn").mkdir(parents=True)
+    (tmp_path / "signatures").mkdir()
+    pd.DataFrame({"backbone": "net", "cohort": list(aucs), "auc": list(aucs.values())}).to_csv(
+        tmp_path / "cnn" / "tab-patient-level.csv", index=False)
+    (tmp_path / "cnn" / "stage_provenance.json").write_text(json.dumps({"selected_backbone": "net"}))
+    rows = [{"model": m, "cohort": c, "auc": 0.6, "cv_auc": v} for m, v in cv_aucs.items()
+            for c in ("training", "internal")]
+    pd.DataFrame(rows).to_csv(tmp_path / "signatures" / "tab-table4.csv", index=False)
+    return tmp_path
+
+
+def test_fusion_input_summary_calls_out_a_low_training_row_and_near_chance_families(tmp_path):
+    low = findings.fusion_input_summary(_fusion_run(tmp_path / "a", {"training": 0.56, "internal": 0.68,
+                                                                     "external": 0.67},
+                                                    {"LR": 0.51, "RF": 0.55}))
+    assert "AUC 0.560 on them, against 0.680 internal and 0.670 external" in low
+    assert "0.110 below the lower validation AUC" in low and "oof_diagnostics" in low
+    assert "span 0.510–0.550: all within 0.1 of chance" in low
+    same = findings.fusion_input_summary(_fusion_run(tmp_path / "b", {"training": 0.66, "internal": 0.68,
+                                                                      "external": 0.63},
+                                                     {"LR": 0.51, "RF": 0.71}))
+    assert "agree within 0.05" in same and "below the lower" not in same
+    assert "span 0.510–0.710." in same and "near-chance" not in same
+    higher = findings.fusion_input_summary(_fusion_run(tmp_path / "c", {"training": 0.70, "internal": 0.68,
+                                                                        "external": 0.59}, {"LR": 0.6}))
+    assert "not more than 0.05 below either" in higher and "agree" not in higher
+    # an in-sample run (no out-of-fold training row) or a run without the CNN stage: nothing to say
+    assert findings.fusion_input_summary(_fusion_run(tmp_path / "d", {"internal": 0.7}, {"LR": 0.6})) == ""
+    assert findings.fusion_input_summary(tmp_path / "nowhere") == ""
