@@ -58,9 +58,9 @@ def pool_cohorts(bags: crop25d.Bags, join: str = "internal") -> crop25d.Bags:
 
 
 def patient_scores(preds: pd.DataFrame) -> pd.DataFrame:
-    """Mean instance logit per patient, with its cohort and label."""
-    lg = np.log(preds["prob"] / (1 - preds["prob"]))
-    return (preds.assign(logit=lg).groupby("patient_id")
+    """Mean instance logit per patient (the probabilities as given, e.g. size-adjusted), with its cohort and
+    label."""
+    return (preds.assign(logit=cnn._logit(preds["prob"])).groupby("patient_id")
             .agg(cohort=("cohort", "first"), label=("label", "first"), score=("logit", "mean")))
 
 
