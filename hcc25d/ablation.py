@@ -3,8 +3,8 @@
 family as the full signature.
 
 Variants (:data:`VARIANTS`): the full model (three views, three phases), 2D (the central axial slice
-only), axial 2.5D (the seven axial slices, no sagittal or coronal view), one phase (arterial; portal), and
-no intensity reference. Each is reported with its DL features alone and with the same radiomics set as the
+only), axial 2.5D (the seven axial slices, no sagittal or coronal view), one phase (arterial; portal), no
+arterial-excess channel, and no intensity reference. Each is reported with its DL features alone and with the same radiomics set as the
 full model (for a one-phase variant: that phase's features plus the shape features, which describe the
 mask and not a phase), with the paired DeLong test against the full model on the same patients.
 
@@ -34,6 +34,7 @@ __all__ = [
     "subset_bags",
     "ablation_repeats",
     "full_reference",
+    "uses_excess",
     "retrain_cnn",
     "mil_features",
     "radiomics_columns",
@@ -49,6 +50,8 @@ __all__ = [
     "yardstick_table",
     "shortcut_table",
     "LOADING_TERMS",
+    "LOADING_MODELS",
+    "loading_model_names",
     "trait_loadings",
     "raw_patient_scores",
     "PROBE_TRAITS",
@@ -84,6 +87,9 @@ class Variant:
     #: ``False``: the full model's scores without the size adjustments, of the CNN score and of the
     #: radiomics features (no retraining)
     size_adjust: Optional[bool] = None
+    #: ``None`` = the CNN stage's ``cnn.arterial_excess``; ``False``: the three phases alone (the paper's
+    #: input). A one-phase variant never has it (the excess needs all three phases).
+    excess: Optional[bool] = None
 
 
 VARIANTS = (
@@ -92,6 +98,7 @@ VARIANTS = (
     Variant("axial", "axial 2.5D: no sagittal/coronal view", "views", slots="axial"),
     Variant("arterial", "one phase: arterial", "phases", phases=("arterial",)),
     Variant("portal", "one phase: portal", "phases", phases=("portal",)),
+    Variant("no-excess", "no arterial excess (the paper's three phases)", "arterial excess", excess=False),
     Variant("no-reference", "no intensity reference", "intensity reference", reference="none"),
     Variant("two-point", "two-point intensity reference (parenchyma and tumour)", "intensity reference",
             reference="two-point"),
@@ -163,6 +170,12 @@ def full_reference(ctx) -> pd.DataFrame:
                        confounders=ctx.confounders, size=ctx.size)
 
 
+def uses_excess(variant: Variant, C) -> bool:
+    """Whether a variant's CNN gets the arterial-excess channel: the CNN stage's setting, unless the variant
+    turns it off or sees one phase (the excess is made of all three)."""
+    return bool(C.arterial_excess) and variant.excess is not False and not variant.phases
+
+
 def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, cache_dir=None,
                 progress: bool = True, name: Optional[str] = None,
                 confounders: Optional[pd.DataFrame] = None, size: Optional[pd.Series] = None,
@@ -184,13 +197,16 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
         update["loss"] = variant.loss
     C = cfg.cnn.model_copy(update={**update, **(settings or {})})
     bags, _ = cnn.reference_shift(raw_bags, variant.reference or C.intensity_reference)
+    if uses_excess(variant, C):  # fitted on every training instance, then the variant's slots are taken
+        bags, _ = cnn.add_arterial_excess(bags, cfg.crop.channels)
     sub = subset_bags(bags, variant, cfg.crop.channels)
     if labels is not None:
         pid = sub.index["patient_id"].astype(str)
         keep = pid.isin(labels.index.astype(str)).to_numpy()
         lab = labels.set_axis(labels.index.astype(str)).reindex(pid[keep]).to_numpy()
         sub = Bags(sub.x[keep], sub.index[keep].assign(label=lab).reset_index(drop=True))
-    make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
+    make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width,  # noqa: E731
+                                   in_channels=sub.x.shape[1])[0]
     preds, _, _, _ = cnn.crossfit_predict(sub, make, C, cfg.seed + 7919 * variant.reseed, folds=C.folds,
                                           prediction=prediction or C.prediction,
                                           device=cnn.torch_device(C.device),
@@ -280,9 +296,11 @@ EXPECTED = {
     "2D: central axial slice": "lower: the peritumoral enhancement is 4–6 mm off the central slice",
     "axial 2.5D: no sagittal/coronal view": "similar or slightly lower: the views show the off-centre traits "
                                             "only as thin bands",
-    "one phase: arterial": "similar: the arterial phase carries the enhancement, the satellites and the "
-                           "heterogeneity",
+    "one phase: arterial": "similar or lower: the arterial phase carries the enhancement, the satellites and "
+                           "the heterogeneity, but without the other phases there is no arterial excess",
     "one phase: portal": "lower: the portal phase carries only the heterogeneity",
+    "no arterial excess (the paper's three phases)": "lower: without the excess the network reads mostly the "
+        "heterogeneity, the weakest trait, and little of the arterial-only enhancement and satellites",
     "no intensity reference": "similar internally, lower externally: centre 2's HU offset and bolus timing",
     "two-point intensity reference (parenchyma and tumour)": "similar internally; externally similar or higher: "
         "it undoes centre 2's lower arterial contrast of the tumour against the liver, which matters for a "
@@ -613,6 +631,8 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
     for v in variants:
         if v.reference is not None and v.reference == ctx.cfg.cnn.intensity_reference:
             continue  # the full model itself
+        if v.excess is False and not ctx.cfg.cnn.arterial_excess:
+            continue  # the full model itself
         if v.factor == "reference":
             preds = reference
         elif v.size_adjust is False:
@@ -738,6 +758,15 @@ LOADING_TERMS = {"u_pae": "peritumoral enhancement", "u_satellites": "satellites
                  "u_heterogeneity": "heterogeneity", "ln_diameter": "ln diameter",
                  "irregular_margin": "irregular margin", "necrosis": "necrosis",
                  "vessel_contact": "vessel contact", "extra_tumours": "more than one tumour"}
+
+
+#: the ablation models whose trait loadings the chapter shows (variant key → short name)
+LOADING_MODELS = {"full": "2.5D (full)", "no-excess": "2.5D, no arterial excess", "2d": "2D"}
+
+
+def loading_model_names() -> dict:
+    """Variant name → short name of the models of :data:`LOADING_MODELS`, for :func:`trait_loadings`."""
+    return {v.name: LOADING_MODELS[v.key] for v in VARIANTS if v.key in LOADING_MODELS}
 
 
 def trait_loadings(predictions: dict, traits: pd.DataFrame) -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """The 3D baseline: a 3D ResNet-18-style network trained from scratch on the 3D crops (three phases as
-channels), with the same discipline as the 2.5D models (class weighting, early stopping on training
+channels, by default with their arterial excess as a fourth: :class:`hcc25d.cnn.ArterialExcess`), with the same discipline as the 2.5D models (class weighting, early stopping on training
 patients, cross-fitted training predictions). Its patient probabilities are the DL_3D signature.
 
 The network follows ResNet-18's layout (torchvision's ``r3d_18`` without its video-specific stem) — a

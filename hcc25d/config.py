@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "ConfigError",
@@ -254,6 +254,12 @@ class TrainCfg(Section):
     #: earlier arterial phase's change of the tumour's enhancement against the liver, and with it each
     #: patient's own tumour–liver contrast); ``none``.
     intensity_reference: Literal["parenchyma", "two-point", "none"] = "parenchyma"
+    #: add the *arterial excess* as a fourth input channel: each pixel's arterial value minus the arterial
+    #: value that its plain and portal values usually go with (a table fitted on the training cohort's
+    #: images, without labels; :class:`hcc25d.cnn.ArterialExcess`) — arterial enhancement that the other
+    #: phases do not explain. Needs the three phases; this package's own networks only (torchvision
+    #: backbones take three channels). Off = the paper's input, the three phases alone.
+    arterial_excess: bool = False
     #: clinical variables the image models must not learn as a shortcut (e.g. ``[tumor_size]``, which the
     #: images show and the clinical signature already has): training instances are weighted so that each
     #: combination of outcome and these variables carries the same weight. Empty = the paper's way.
@@ -319,7 +325,18 @@ class CnnCfg(TrainCfg):
     #: of the ROI's extent (from the mask) and the outcome, and subtract the size slope alone from every
     #: patient's instance logits in every cohort. ``false`` = the paper's scores (the ``gpu`` profile).
     size_adjust: bool = True
+    #: the CPU default: the three phases plus their arterial excess (see :class:`TrainCfg`); ``false`` = the
+    #: paper's three phases (the ``gpu`` profile, whose torchvision backbones take three channels).
+    arterial_excess: bool = True
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
+
+    @model_validator(mode="after")
+    def _excess_needs_own_network(self):
+        other = [b for b in self.backbones if b != "litecnn"]
+        if self.arterial_excess and other:
+            raise ValueError(f"cnn.arterial_excess adds a fourth input channel, which {other} do not take "
+                             f"(torchvision backbones have three): set cnn.arterial_excess: false, or use litecnn")
+        return self
 
 
 class Cnn3dCfg(TrainCfg):
@@ -331,6 +348,9 @@ class Cnn3dCfg(TrainCfg):
     #: adjust the 3D score for the tumour's size as ``cnn.size_adjust`` does (the CPU default, so that
     #: DL_2.5D and DL_3D are compared on equal terms; ``false`` in the ``gpu`` profile).
     size_adjust: bool = True
+    #: the arterial-excess channel as ``cnn.arterial_excess`` (the CPU default, so that DL_2.5D and DL_3D
+    #: see the same input; ``false`` in the ``gpu`` profile).
+    arterial_excess: bool = True
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
 
 
@@ -379,15 +399,17 @@ class AblationsCfg(Section):
     #: run the ablation stage at all.
     enabled: bool = True
     #: the variants beside the full model: ``2d`` (central axial slice), ``axial`` (no sagittal/coronal
-    #: view), ``arterial`` and ``portal`` (one phase), ``no-reference`` (no intensity reference),
+    #: view), ``arterial`` and ``portal`` (one phase), ``no-excess`` (the three phases without the
+    #: ``cnn.arterial_excess`` channel), ``no-reference`` (no intensity reference),
     #: ``two-point`` (the intensity reference of the tumour as well as the parenchyma), ``seed``
     #: (the full model retrained with another seed: the noise of training alone), ``instance-loss`` (every
     #: instance trained on its patient's label, the paper's way, where ``cnn.loss`` is ``bag``),
     #: ``no-size-adjust`` (the full model's scores without ``cnn.size_adjust``, and the radiomics features
     #: without ``signatures.size_adjust``: no retraining).
-    variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-reference", "two-point", "instance-loss",
-                             "no-size-adjust", "seed"], ...] = (
-        "2d", "axial", "arterial", "portal", "no-reference", "two-point", "instance-loss", "no-size-adjust", "seed")
+    variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-excess", "no-reference", "two-point",
+                             "instance-loss", "no-size-adjust", "seed"], ...] = (
+        "2d", "axial", "arterial", "portal", "no-excess", "no-reference", "two-point", "instance-loss",
+        "no-size-adjust", "seed")
     #: cross-fitting repeats of each retrained variant (``null`` = ``cnn.repeats``). Fewer than the CNN
     #: stage's keeps the stage within a CPU budget; the full row is then retrained the same way, so every
     #: row differs from it in one factor only (its AUCs are those of a single cross-fitting).
@@ -559,6 +581,15 @@ def cross_field_problems(d: dict) -> list[str]:
             errors.append(f"signatures.grids: unknown family {', '.join(map(repr, stray))} "
                           f"(lr, rf, et, xgb, lgbm)")
     phases = data.get("phases")
+    channels = sec("crop").get("channels")
+    for sec_name, train in (("cnn", cnn), ("cnn3d", sec("cnn3d"))):
+        if train.get("arterial_excess") is not True:
+            continue
+        for what, have in (("data.phases", phases), ("crop.channels", channels)):
+            if isinstance(have, (list, tuple)) and not {"plain", "arterial", "portal"} <= set(have):
+                errors.append(f"{sec_name}.arterial_excess: the arterial excess is made of the plain, arterial "
+                              f"and portal phases, and {what} lists {list(have)}: set "
+                              f"{sec_name}.arterial_excess: false")
     variants = abl.get("variants")
     if isinstance(phases, (list, tuple)) and isinstance(variants, (list, tuple)) and abl.get("enabled", True):
         for ph in ("arterial", "portal"):

@@ -181,9 +181,10 @@ def ablation_summary(run_dir: str | Path) -> str:
                    _read(Path(run_dir), "ablations", "tab-trait-probe.csv"))
 
 
-def limits(run_dir: str | Path, twin: bool, training_scale: int = 1) -> list[str]:
+def limits(run_dir: str | Path, twin: bool, training_scale: int = 1, arterial_excess: bool = False) -> list[str]:
     """What this run cannot reproduce, and why — each point computed from the run's records.
-    ``training_scale``: the run's ``cohort.training_scale``."""
+    ``training_scale``: the run's ``cohort.training_scale``; ``arterial_excess``: its
+    ``cnn.arterial_excess``."""
     run_dir = Path(run_dir)
     out = []
     if twin:
@@ -210,6 +211,10 @@ def limits(run_dir: str | Path, twin: bool, training_scale: int = 1) -> list[str
         if missing:
             out.append(f"The paper's backbones {', '.join(missing)} were not trained in this run (the `gpu` "
                        "profile trains all four at 224 px).")
+    if arterial_excess:
+        out.append("The slice-level networks here see a fourth input channel that the paper's did not, the "
+                   "arterial excess (`cnn.arterial_excess`, explained in the CNN chapter); the ablation chapter's "
+                   "*no arterial excess* row retrains the network on the paper's three phases alone.")
     c35 = _read(run_dir, "compare", "tab-compare-tables3-5.csv")
     if c35 is not None:
         auc = c35[(c35["metric"] == "auc") & c35["reference AUC"].notna()]

@@ -25,6 +25,7 @@ __all__ = [
     "roc_panels",
     "learning_curves",
     "gradcam_figure",
+    "arterial_excess_figure",
     "grid_search_plot",
     "calibration_panels",
     "delong_heatmaps",
@@ -299,6 +300,41 @@ def gradcam_figure(panels: list, channels=("arterial", "plain", "portal"), title
     return fig
 
 
+def arterial_excess_figure(excess, bags, patient_ids, offsets=(-4, -2, 0, 2, 4), title: str = ""):
+    """The arterial excess (:class:`hcc25d.cnn.ArterialExcess`): its table (mean arterial value per
+    (plain, portal) cell, fitted on the training cohort) and, for each patient of ``patient_ids``, the arterial
+    channel above its excess channel on the axial instances at ``offsets``."""
+    ix = bags.index.reset_index(drop=True)
+    n = len(patient_ids)
+    fig = plt.figure(figsize=(2.9 + 1.55 * len(offsets), 1.6 * 2 * n + 0.4))
+    gs = fig.add_gridspec(2 * n, len(offsets) + 2, width_ratios=[2.6, 0.25] + [1.0] * len(offsets))
+    ax = fig.add_subplot(gs[:, 0])
+    t = np.where(excess.counts_ >= excess.min_count, excess.table_, np.nan)
+    im = ax.imshow(t.T, origin="lower", extent=(0, 1, 0, 1), cmap="magma", vmin=0, vmax=1)
+    ax.set_xlabel("plain (window units)")
+    ax.set_ylabel("portal (window units)")
+    ax.set_title("mean arterial value\n(training cohort)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    a_ch = excess.channels.index("arterial")
+    for k, pid in enumerate(patient_ids):
+        for j, off in enumerate(offsets):
+            hit = ix.index[(ix["patient_id"] == pid) & (ix["view"] == "axial") & (ix["offset"] == off)]
+            for r, (ch, cmap, lim) in enumerate(((a_ch, "gray", (0, 1)), (-1, "RdBu_r", (0.2, 0.8)))):
+                a = fig.add_subplot(gs[2 * k + r, j + 2])
+                if len(hit):
+                    a.imshow(np.asarray(bags.x[hit[0], ch], np.float32), cmap=cmap, vmin=lim[0], vmax=lim[1])
+                a.set_xticks([])
+                a.set_yticks([])
+                if k == 0 and r == 0:
+                    a.set_title(f"axial {off:+d}", fontsize=8)
+                if j == 0:
+                    a.set_ylabel(f"{pid}\n{'arterial' if r == 0 else 'excess'}", fontsize=7)
+    if title:
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return fig
+
+
 def grid_search_plot(results: dict):
     """Mean cross-validated AUC (± SD over folds) of every grid point, one panel per model family."""
     n = len(results)
@@ -483,7 +519,7 @@ def trait_loadings_plot(loadings: pd.DataFrame, terms=("peritumoral enhancement"
         ax.set(title=tw or None, xlabel="score per SD of the trait (logit, 95% CI)")
     axes[0][0].set_yticks(ypos, list(terms))
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.08 if len(labels) <= 3 else 0.13, 1, 1))
+    fig.tight_layout(rect=(0, 0.035 + 0.045 * -(-len(labels) // 3), 1, 1))  # room for the legend's rows
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8.5, frameon=False)
     if title:
         fig.suptitle(title, y=1.03)

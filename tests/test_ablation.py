@@ -49,10 +49,23 @@ def test_retrained_variants_use_the_ablation_repeats(monkeypatch):
     monkeypatch.setattr(cnn, "crossfit_predict", fake_crossfit)
     monkeypatch.setattr(cnn, "reference_shift", lambda bags, how: (bags, None))
     monkeypatch.setattr(ablation, "subset_bags", lambda bags, v, ch: bags)
+    monkeypatch.setattr(cnn, "add_arterial_excess", lambda bags, ch: seen.update(excess=True) or (bags, None))
     cfg = config.from_dict({"cnn": {"repeats": 3, "loss": "bag"}, "ablations": {"cnn_repeats": 1}})
     v = next(v for v in ablation.VARIANTS if v.key == "instance-loss")
     assert ablation.retrain_cnn(None, v, cfg, {"a": 0}, "litecnn", progress=False) == "preds"
-    assert seen == {"repeats": 1, "loss": "instance", "fold_of": {"a": 0}}
+    assert seen == {"repeats": 1, "loss": "instance", "fold_of": {"a": 0}, "excess": True}
+
+
+def test_the_arterial_excess_follows_the_cnn_stage_except_where_a_variant_cannot_or_must_not_have_it():
+    on = config.from_dict({}).cnn
+    off = config.from_dict({"cnn": {"arterial_excess": False}}).cnn
+    by_key = {v.key: v for v in ablation.VARIANTS}
+    assert ablation.uses_excess(by_key["full"], on) and ablation.uses_excess(by_key["2d"], on)
+    assert not ablation.uses_excess(by_key["no-excess"], on)  # the factor the variant isolates
+    assert not ablation.uses_excess(by_key["arterial"], on)  # one phase: nothing to set it against
+    assert not ablation.uses_excess(by_key["full"], off)
+    names = ablation.loading_model_names()
+    assert names[by_key["no-excess"].name] == "2.5D, no arterial excess" and len(names) == 3
 
 
 def _twin_scores(seed=0, n=300):
@@ -136,6 +149,7 @@ def test_trait_probe_trains_on_each_trait_split_at_the_training_median(monkeypat
     monkeypatch.setattr(cnn, "crossfit_predict", fake_crossfit)
     refs = []
     monkeypatch.setattr(cnn, "reference_shift", lambda bags, how: refs.append(how) or (bags, None))
+    monkeypatch.setattr(cnn, "add_arterial_excess", lambda bags, ch: (bags, None))
     cfg = config.from_dict({"cnn": {"repeats": 3, "size_adjust": True, "deconfound": ["tumor_size"]}})
     meta = pd.DataFrame({"cohort": cohorts}, index=pids)
     full = index.assign(prob=0.5)
@@ -219,6 +233,7 @@ def test_patient_scores_pool_as_the_loss_does(monkeypatch):
                         lambda models, t, pooling="mean": got.append(pooling) or pd.DataFrame({"cohort": []}))
     monkeypatch.setattr(cnn, "crossfit_predict", lambda bags, *a, **k: (bags.index, None, None, None))
     monkeypatch.setattr(cnn, "reference_shift", lambda bags, how: (bags, None))
+    monkeypatch.setattr(cnn, "add_arterial_excess", lambda bags, ch: (bags, None))
     index = pd.DataFrame({"patient_id": ["a", "b"], "cohort": "training", "label": [1, 0]})
     traits = pd.DataFrame({k: [1.0, 0.0] for k in ablation.PROBE_TRAITS}, index=["a", "b"])
     for loss, want in (("bag", "lse"), ("instance", "mean")):

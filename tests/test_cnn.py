@@ -481,3 +481,76 @@ def test_deconfounded_training_receives_the_weights():
     a, _, _, _ = cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=3, progress=False)
     b, _, _, _ = cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=3, progress=False, confounders=conf)
     assert not np.allclose(a["prob"], b["prob"])  # the weighted loss trains other models
+
+
+# --------------------------------------------------------------------------------------------------
+# the arterial excess
+# --------------------------------------------------------------------------------------------------
+def _tissue_bags(n_train=12, n_val=6, size=24, blob=0.12, seed=0):
+    """Two tissues with their own (arterial, plain, portal) levels, image noise, and in every patient a
+    spot that brightens in the arterial phase only (``blob`` window units)."""
+    rng = np.random.default_rng(seed)
+    levels = {"liver": (0.48, 0.42, 0.62), "tumour": (0.66, 0.36, 0.50)}
+    xs, rows = [], []
+    for cohort, n in (("training", n_train), ("internal", n_val)):
+        for i in range(n):
+            x = np.empty((3, size, size), np.float32)
+            for c in range(3):
+                x[c] = levels["liver"][c]
+                x[c, :, size // 2:] = levels["tumour"][c]
+            x += rng.normal(0, 0.03, x.shape).astype(np.float32)
+            x[0, 4:10, 4:10] += blob  # liver that enhances in the arterial phase only
+            xs.append(x)
+            pid = f"{cohort[:3]}{i:03d}"
+            rows.append({"patient_id": pid, "bag": pid, "instance": 0, "cohort": cohort, "label": i % 2,
+                         "view": "axial", "offset": 0})
+    return crop25d.Bags(np.stack(xs).astype(np.float16), pd.DataFrame(rows))
+
+
+def test_arterial_excess_marks_arterial_only_enhancement_and_keeps_the_phases():
+    bags = _tissue_bags()
+    out, ae = cnn.add_arterial_excess(bags, ("arterial", "plain", "portal"))
+    assert out.x.shape == (len(bags.x), 4) + bags.x.shape[2:]
+    np.testing.assert_array_equal(out.x[:, :3], bags.x)  # the three phases are unchanged
+    exc = out.x[:, 3].astype(np.float32)
+    spot = exc[:, 5:9, 5:9].mean() - 0.5
+    liver = exc[:, 14:20, 2:8].mean() - 0.5  # liver without the spot: what the table predicts
+    tumour = exc[:, 4:20, 16:22].mean() - 0.5  # the tumour is bright in the arterial phase, and expected so
+    # scale 2 × about 0.12 (less at the smoothed edges); the liver's cells hold the spot's pixels too, so the
+    # table sits a little above the plain liver and the liver's own excess a little below zero
+    assert spot - liver > 0.15, (spot, liver)
+    assert abs(liver) < 0.05 and abs(tumour) < 0.03, (liver, tumour)
+    # the table: the liver's cell predicts the liver's arterial level
+    pl, po = int(0.42 * ae.bins), int(0.62 * ae.bins)
+    assert abs(ae.table_[pl, po] - 0.48) < 0.03
+
+
+def test_arterial_excess_uses_no_label_and_no_validation_image():
+    bags = _tissue_bags()
+    _, ae = cnn.add_arterial_excess(bags, ("arterial", "plain", "portal"))
+    flipped = crop25d.Bags(bags.x, bags.index.assign(label=1 - bags.index["label"]))
+    _, ae_flipped = cnn.add_arterial_excess(flipped, ("arterial", "plain", "portal"))
+    np.testing.assert_array_equal(ae.table_, ae_flipped.table_)
+    x = bags.x.copy()
+    val = (bags.index["cohort"] != "training").to_numpy()
+    x[val] = np.float16(0.9)  # validation images changed beyond recognition
+    _, ae_val = cnn.add_arterial_excess(crop25d.Bags(x, bags.index), ("arterial", "plain", "portal"))
+    np.testing.assert_array_equal(ae.table_, ae_val.table_)
+
+
+def test_arterial_excess_needs_the_three_phases_and_works_on_cubes():
+    with pytest.raises(ValueError, match="needs the arterial, plain and portal"):
+        cnn.ArterialExcess(("arterial", "portal"))
+    rng = np.random.default_rng(1)
+    cubes = rng.uniform(0.3, 0.7, (4, 3, 5, 12, 12)).astype(np.float16)
+    out = cnn.ArterialExcess(("arterial", "plain", "portal"), bins=8, min_count=1).fit(cubes).transform(cubes)
+    assert out.shape == (4, 4, 5, 12, 12) and np.isfinite(out.astype(np.float32)).all()
+    with pytest.raises(RuntimeError, match="fit first"):
+        cnn.ArterialExcess(("arterial", "plain", "portal")).transform(cubes)
+
+
+def test_four_input_channels_for_the_own_network_only():
+    model, _ = cnn.build_model("litecnn", "none", width=4, in_channels=4)
+    assert model(torch.zeros(2, 4, 32, 32)).shape == (2, 1)
+    with pytest.raises(ValueError, match="three input channels"):
+        cnn.build_model("resnet18", "none", in_channels=4)

@@ -111,3 +111,22 @@ def test_defaults_print_round_trips_and_documents_every_field():
     undocumented = [r["parameter"] for r in rows if not r["meaning"]]
     assert not undocumented, undocumented
     assert "| `cnn.epochs` | `16` | integer; ≥ 1 |" in config.reference_markdown()
+
+
+def test_arterial_excess_is_refused_for_torchvision_backbones():
+    with pytest.raises(config.ConfigError, match="arterial_excess"):
+        config.from_dict({"cnn": {"backbones": ["litecnn", "resnet50"], "arterial_excess": True}})
+    p = config.from_dict({"cnn": {"backbones": ["resnet50"], "arterial_excess": False}})
+    assert p.cnn.arterial_excess is False
+    assert config.load(ROOT / "params" / "gpu.yaml").cnn.arterial_excess is False  # the paper's input
+    assert config.load(ROOT / "params" / "synthetic.yaml").cnn.arterial_excess is True
+
+
+def test_arterial_excess_needs_the_three_phases():
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"data": {"phases": ["arterial", "portal"]}})
+    assert "cnn.arterial_excess" in str(err.value) and "cnn3d.arterial_excess" in str(err.value)
+    ok = config.from_dict({"data": {"phases": ["arterial", "portal"]}, "crop": {"channels": ["arterial", "portal"]},
+                           "cnn": {"arterial_excess": False}, "cnn3d": {"arterial_excess": False},
+                           "ablations": {"variants": ["2d"]}})
+    assert ok.cnn.arterial_excess is False

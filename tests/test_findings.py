@@ -24,6 +24,9 @@ def test_limits_state_the_training_cohort_size_and_point_to_the_larger_twin(tmp_
     assert not [x for x in findings.limits(run, twin=False) if "training patients" in x or "× " in x]
     # a run whose data stage has not written its manifest says nothing about it rather than fail
     assert not [x for x in findings.limits(tmp_path / "nowhere", twin=True) if "training patients" in x]
+    # the departure from the paper's input is said where the run made it, and only there
+    assert not [x for x in default if "arterial excess" in x]
+    assert len([x for x in findings.limits(run, twin=True, arterial_excess=True) if "arterial excess" in x]) == 1
 
 
 def test_reproduction_summary_does_not_claim_table1_for_a_scaled_training_cohort():

@@ -93,9 +93,12 @@ def main(argv=None) -> int:
     C = cfg.cnn
     raw = crop25d.load_bags(paths.stage_dir("crop25d"))
     bags, _ = cnn.reference_shift(raw, C.intensity_reference)
+    if C.arterial_excess:
+        bags, _ = cnn.add_arterial_excess(bags, cfg.crop.channels)
     size = crop25d.roi_extent_mm(raw.index, cfg.crop.spacing_mm)
     name = C.backbones[0]
-    make = lambda: cnn.build_model(name, C.weights, C.on_missing_weights, C.dropout, width=C.width)[0]  # noqa: E731
+    make = lambda: cnn.build_model(name, C.weights, C.on_missing_weights, C.dropout, width=C.width,  # noqa: E731
+                                   in_channels=bags.x.shape[1])[0]
 
     def crossfit(b, prm, seed):
         return cnn.crossfit_predict(b, make, prm, seed, folds=prm.folds, progress=False, verbose=False,
