@@ -154,7 +154,9 @@ def fusion_input_summary(run_dir: str | Path) -> str:
         elif max(abs(a[c] - a["training"]) for c in val) <= GAP_NOTE:
             text += f" The training and validation AUCs agree within {GAP_NOTE:.2f}."
         else:
-            text += f" The training AUC is not more than {GAP_NOTE:.2f} below either validation AUC."
+            text += (" The validation AUCs differ from the training AUC by "
+                     + " and ".join(f"{a[c] - a['training']:+.3f} ({c})" for c in val)
+                     + f": the training AUC is not more than {GAP_NOTE:.2f} below the lower of them.")
     t4 = _read(run_dir, "signatures", "tab-table4.csv")
     if t4 is not None and "cv_auc" in t4:
         cv = t4.drop_duplicates("model").set_index("model")["cv_auc"].dropna()

@@ -328,7 +328,9 @@ def arterial_excess_figure(excess, bags, patient_ids, offsets=(-4, -2, 0, 2, 4),
                 if k == 0 and r == 0:
                     a.set_title(f"axial {off:+d}", fontsize=8)
                 if j == 0:
-                    a.set_ylabel(f"{pid}\n{'arterial' if r == 0 else 'excess'}", fontsize=7)
+                    lab = ix.loc[ix["patient_id"] == pid, "label"]
+                    outcome = ("recurrence" if int(lab.iloc[0]) else "no recurrence") if len(lab) else ""
+                    a.set_ylabel(f"{pid}, {outcome}\n{'arterial' if r == 0 else 'excess'}", fontsize=7)
     if title:
         fig.suptitle(title, y=1.0)
     fig.tight_layout()
@@ -519,8 +521,11 @@ def trait_loadings_plot(loadings: pd.DataFrame, terms=("peritumoral enhancement"
         ax.set(title=tw or None, xlabel="score per SD of the trait (logit, 95% CI)")
     axes[0][0].set_yticks(ypos, list(terms))
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.035 + 0.045 * -(-len(labels) // 3), 1, 1))  # room for the legend's rows
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8.5, frameon=False)
+    rows = -(-len(labels) // 3)
+    fig.tight_layout(rect=(0, 0.04 + 0.05 * rows, 1, 1))  # room for the legend's rows
+    # the legend above the figure's bottom edge, where savefig writes the synthetic-data note
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.035), ncol=min(len(labels), 3),
+               fontsize=8.5, frameon=False)
     if title:
         fig.suptitle(title, y=1.03)
     return fig

@@ -68,7 +68,12 @@ def test_fusion_input_summary_calls_out_a_low_training_row_and_near_chance_famil
     assert "span 0.510–0.710." in same and "near-chance" not in same
     higher = findings.fusion_input_summary(_fusion_run(tmp_path / "c", {"training": 0.70, "internal": 0.68,
                                                                         "external": 0.59}, {"LR": 0.6}))
-    assert "not more than 0.05 below either" in higher and "agree" not in higher
+    assert "not more than 0.05 below the lower of them" in higher and "agree" not in higher
+    assert "by -0.020 (internal) and -0.110 (external)" in higher
+    # above one validation AUC by more than the margin, within it of the other: both differences are given
+    mixed = findings.fusion_input_summary(_fusion_run(tmp_path / "e", {"training": 0.67, "internal": 0.76,
+                                                                       "external": 0.72}, {"LR": 0.6}))
+    assert "by +0.090 (internal) and +0.050 (external)" in mixed and "below the lower of them" in mixed
     # an in-sample run (no out-of-fold training row) or a run without the CNN stage: nothing to say
     assert findings.fusion_input_summary(_fusion_run(tmp_path / "d", {"internal": 0.7}, {"LR": 0.6})) == ""
     assert findings.fusion_input_summary(tmp_path / "nowhere") == ""
