@@ -48,6 +48,28 @@ def throughput(model, x, y, steps: int, amp: bool, device: str, lr: float = 1e-3
     return rate, (torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"))
 
 
+def stem_timing(device: str, cube: int, batch: int = 8, reps: int = 5) -> None:
+    """The 3D baseline's 7³ stem with the arterial-excess channel: one 4-channel convolution against
+    :class:`hcc25d.cnn3d.SplitConv3d` (three phases + one channel, summed) and a 3-channel one."""
+    from hcc25d import cnn3d
+
+    for label, conv, ch in (("Conv3d, 3 channels (the paper's input)", torch.nn.Conv3d(3, 16, 7, 2, 3, bias=False), 3),
+                            ("Conv3d, 4 channels", torch.nn.Conv3d(4, 16, 7, 2, 3, bias=False), 4),
+                            ("SplitConv3d, 3 + 1 channels", cnn3d.SplitConv3d(4, 16, 7, 2, 3), 4)):
+        conv = conv.to(device)
+        x = torch.rand(batch, ch, cube, cube, cube, device=device)
+        conv(x).sum().backward()  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            conv(x).sum().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        print(f"3D stem, {label}: {1000 * (time.perf_counter() - t0) / reps:7.1f} ms forward+backward "
+              f"(batch {batch}, {cube}³)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params/synthetic.yaml")
@@ -89,6 +111,7 @@ def main() -> None:
     if device == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     print(f"wall time of the pipeline epoch: {time.perf_counter() - t0:.1f} s")
+    stem_timing(device, cfg.crop.cube_size)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ CPU default uses fewer channels.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 __all__ = [
+    "SplitConv3d",
     "BasicBlock3d",
     "ResNet3D",
     "make_resnet3d",
@@ -40,6 +42,28 @@ class BasicBlock3d(nn.Module):
         return self.relu(out + idt)
 
 
+class SplitConv3d(nn.Module):
+    """A 3D convolution over ``in_channels`` computed as two: the first ``split`` channels and the rest,
+    summed — the same function as one ``nn.Conv3d`` (its weights are initialised from one, split along the
+    input channels). On a CPU, PyTorch's 3D convolution with more than three input channels takes a path
+    about four times slower than with three (7³ stem at 48³: about 86 ms against 20 ms forward and backward
+    on 2 cores), so the three phases and the arterial-excess channel are convolved apart."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int,
+                 split: int = 3):
+        super().__init__()
+        full = nn.Conv3d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        self.split = int(split)
+        self.head = nn.Conv3d(self.split, out_channels, kernel_size, stride, padding, bias=False)
+        self.rest = nn.Conv3d(in_channels - self.split, out_channels, kernel_size, stride, padding, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(full.weight[:, :self.split])
+            self.rest.weight.copy_(full.weight[:, self.split:])
+
+    def forward(self, x):
+        return self.head(x[:, :self.split]) + self.rest(x[:, self.split:])
+
+
 class ResNet3D(nn.Module):
     """A ResNet-18-style 3D network with one output logit: ``stem`` (7³ convolution, stride 2, max
     pooling), ``layer1``–``layer4`` (two :class:`BasicBlock3d` each; widths ``width`` × 1, 2, 4, 8) and
@@ -48,8 +72,9 @@ class ResNet3D(nn.Module):
     def __init__(self, in_channels: int = 3, width: int = 64, dropout: float = 0.2):
         super().__init__()
         w = [width, 2 * width, 4 * width, 8 * width]
-        self.stem = nn.Sequential(nn.Conv3d(in_channels, w[0], 7, 2, 3, bias=False), nn.BatchNorm3d(w[0]),
-                                  nn.ReLU(inplace=True), nn.MaxPool3d(3, 2, 1))
+        conv = (SplitConv3d(in_channels, w[0], 7, 2, 3) if in_channels > 3
+                else nn.Conv3d(in_channels, w[0], 7, 2, 3, bias=False))
+        self.stem = nn.Sequential(conv, nn.BatchNorm3d(w[0]), nn.ReLU(inplace=True), nn.MaxPool3d(3, 2, 1))
         cin = w[0]
         for i, c in enumerate(w):
             setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock3d(cin, c, 1 if i == 0 else 2),

@@ -554,3 +554,16 @@ def test_four_input_channels_for_the_own_network_only():
     assert model(torch.zeros(2, 4, 32, 32)).shape == (2, 1)
     with pytest.raises(ValueError, match="three input channels"):
         cnn.build_model("resnet18", "none", in_channels=4)
+
+
+def test_split_stem_is_one_convolution_computed_in_two():
+    torch.manual_seed(0)
+    split = cnn3d.SplitConv3d(4, 5, 3, 2, 1)
+    one = torch.nn.Conv3d(4, 5, 3, 2, 1, bias=False)
+    with torch.no_grad():
+        one.weight.copy_(torch.cat([split.head.weight, split.rest.weight], 1))
+    x = torch.randn(2, 4, 9, 9, 9)
+    torch.testing.assert_close(split(x), one(x), rtol=1e-5, atol=1e-5)
+    m = cnn3d.ResNet3D(4, width=4)
+    assert isinstance(m.stem[0], cnn3d.SplitConv3d) and m(torch.zeros(2, 4, 16, 16, 16)).shape == (2, 1)
+    assert isinstance(cnn3d.ResNet3D(3, width=4).stem[0], torch.nn.Conv3d)  # three channels: as before
