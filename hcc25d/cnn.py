@@ -488,6 +488,19 @@ def predict(model, x: np.ndarray, batch_size: int = 128, device: str = "cpu", di
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def _architecture_hash(model) -> str:
+    """The network's parameter names and shapes and the source of the module that defines it: a checkpoint
+    of another architecture is never resumed (its state dict would not load, or would mean something else)."""
+    import inspect
+
+    h = hashlib.sha1(repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()]).encode())
+    try:
+        h.update(Path(inspect.getsourcefile(type(model))).read_bytes())
+    except (TypeError, OSError):  # a class defined interactively: its parameters alone
+        pass
+    return h.hexdigest()
+
+
 def _fingerprint(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -597,7 +610,9 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     log, best, best_state, start, bad_epochs, steps = [], -np.inf, None, 0, 0, 0
     data_hash = hashlib.sha1(np.ascontiguousarray(x).view(np.uint8)).hexdigest()
     code_hash = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()  # a changed training loop retrains
+    arch_hash = _architecture_hash(model)  # so does a changed network (its parameters or its module's code)
     fp = _fingerprint(to_dict(prm), seed, len(tr_idx), len(va_idx), float(y.sum()), desc, data_hash, code_hash,
+                      arch_hash,
                       sorted(map(str, set(groups[va_idx]))),
                       None if weights is None else hashlib.sha1(np.asarray(weights, np.float64).tobytes()).hexdigest())
     if checkpoint is not None and checkpoint.exists():

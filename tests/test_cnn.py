@@ -382,6 +382,11 @@ def test_checkpoint_resume(tmp_path, monkeypatch):
     other, log_other = cnn.train_model(tiny_model, bags.x, y, g, prm.model_copy(update={"lr": 0.001}), seed=5, checkpoint=ck, progress=False)
     assert log_other["steps"].tolist() == log_full["steps"].tolist()
     assert not np.allclose(cnn.predict(full, bags.x), cnn.predict(other, bags.x))
+    # nor a checkpoint of another network with the same settings (a changed architecture trains anew)
+    wider = lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(),  # noqa: E731
+                                        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 1))
+    _, log_wide = cnn.train_model(wider, bags.x, y, g, prm, seed=5, checkpoint=tmp_path / "full.pt", progress=False)
+    assert log_wide["epoch"].tolist() == [1, 2, 3]  # all three epochs trained, none loaded
 
 
 def test_weights_fallback_is_explicit(monkeypatch):
