@@ -67,6 +67,8 @@ __all__ = [
     "pool_probabilities",
     "train_model",
     "crossfit_predict",
+    "fold_scales",
+    "align_scale",
     "size_adjust",
     "undo_size_adjust",
     "score_size_outcome",
@@ -793,24 +795,39 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
         n_rep = int(prm.repeats)
         splits = [fold_of] + [{pid: f for f, held in enumerate(patient_folds(train, k, seed + REPEAT_SEED * r))
                                for pid in held} for r in range(1, n_rep)]
-        per_fold = np.zeros((k, len(bags.index)))
-        oof_sum = np.zeros(len(bags.index))
-        ins_sum, ins_n = np.zeros(len(bags.index)), np.zeros(len(bags.index))
+        fitted = []  # per model: (repeat, fold, held rows, seen rows, its probabilities of held/others/seen)
         for r, split in enumerate(splits):
             for f in range(k):
                 held = np.array([p for p in train["patient_id"] if split[p] == f], dtype=object)
                 tag = f"fold{f + 1}" if r == 0 else f"rep{r + 1}-fold{f + 1}"
                 model = fit(np.setdiff1d(train["patient_id"], held), tag, seed + 101 * (f + 1) + REPEAT_SEED * r)
-                rows = bags.rows(held)
-                oof_sum[rows] += predict(model, bags.x[rows], device=device, dims=dims)
-                if r == 0:
-                    source[rows] = f"fold{f + 1}"
-                per_fold[f, others] += predict(model, bags.x[others], device=device, dims=dims)
+                h_rows = bags.rows(held)
                 seen = bags.rows(np.setdiff1d(train["patient_id"], held))
-                ins_sum[seen] += predict(model, bags.x[seen], device=device, dims=dims)
+                if r == 0:
+                    source[h_rows] = f"fold{f + 1}"
+                fitted.append((r, f, tag, h_rows, seen, *(predict(model, bags.x[i], device=device, dims=dims)
+                                                         for i in (h_rows, others, seen))))
+        scale = fold_scales([(t, ph) for _, _, t, _, _, ph, _, _ in fitted])
+
+        def accumulate(reps):
+            per_fold = np.zeros((k, len(bags.index)))
+            oof_sum = np.zeros(len(bags.index))
+            ins_sum, ins_n = np.zeros(len(bags.index)), np.zeros(len(bags.index))
+            sub = scale[scale["repeat"].isin(reps)] if "repeat" in scale else scale
+            for r, f, tag, h_rows, seen, ph, po, ps in fitted:
+                if r not in reps:
+                    continue
+                a = (lambda p: align_scale(p, scale.loc[tag], sub)) if prm.fold_scale == "align" else (lambda p: p)
+                oof_sum[h_rows] += a(ph)
+                per_fold[f, others] += a(po)
+                ins_sum[seen] += a(ps)
                 ins_n[seen] += 1
-            if r == 0 and n_rep > 1:  # what a single cross-fitting gives (the ablations compare with it)
-                first = (oof_sum.copy(), per_fold.copy(), ins_sum.copy(), ins_n.copy())
+            return oof_sum, per_fold, ins_sum, ins_n
+
+        scale["repeat"] = [r for r, *_ in fitted]
+        oof_sum, per_fold, ins_sum, ins_n = accumulate(set(range(n_rep)))
+        if n_rep > 1:  # what a single cross-fitting gives (the ablations compare with it)
+            first = accumulate({0})
         rows = bags.rows(train["patient_id"])
         assignment = {p: fold_of[p] for p in train["patient_id"]}
 
@@ -851,6 +868,8 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
 
     out, adj = table(pred, insample, source, per_fold if prediction == "crossfit" else None)
     meta = {"fold": assignment, "trained_on": trained_on}
+    if prediction == "crossfit":
+        meta["fold_scale"] = scale
     if adj is not None:
         meta["size_adjust"] = adj
         if verbose:
@@ -860,6 +879,31 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
         meta["repeat_folds"] = [{p: sp[p] for p in train["patient_id"]} for sp in splits]
         meta["first_repeat"] = table(*combine(*first, 1))[0]
     return out, pd.concat(logs, ignore_index=True), models, meta
+
+
+def fold_scales(held: list) -> pd.DataFrame:
+    """Each cross-fitted model's logit scale on the training patients it did not see.
+
+    ``held``: ``[(tag, probabilities of that model's held-out training instances), ...]``. Returns one row
+    per model (index ``tag``): ``mu`` and ``sd`` of its logits there, and ``n`` instances. No label is
+    used, and no validation patient: the folds are stratified by outcome, so every held-out fold has the
+    same case mix and a difference between the models' ``mu``/``sd`` is a difference of scale, not of
+    patients.
+    """
+    rows = []
+    for tag, p in held:
+        lg = _logit(p)
+        rows.append({"tag": tag, "mu": float(np.mean(lg)), "sd": float(max(np.std(lg), 1e-6)), "n": int(len(lg))})
+    return pd.DataFrame(rows).set_index("tag")
+
+
+def align_scale(p, own: pd.Series, target: pd.DataFrame) -> np.ndarray:
+    """Probabilities ``p`` of one model put on the common scale of a model set (``fold_scale: align``):
+    its logits standardised by its own held-out ``mu``/``sd`` (a row of :func:`fold_scales`), then given
+    the set's mean ``mu`` and mean ``sd`` (``target``: the set's rows). The order of one model's
+    probabilities is unchanged; what changes is how two models' probabilities compare."""
+    z = (_logit(p) - own["mu"]) / own["sd"]
+    return 1.0 / (1.0 + np.exp(-(target["mu"].mean() + target["sd"].mean() * z)))
 
 
 def _logit(p):
@@ -1069,7 +1113,8 @@ def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Op
 
     Returns ``(preds, logs, models, metas)``: instance predictions of all backbones (column
     ``backbone``), training logs, ``{backbone: {fit tag: model}}`` and each backbone's fold record. With
-    ``model_dir`` every backbone's fold models are saved there as ``<backbone>.pt``.
+    ``model_dir`` every backbone's fold models are saved there as ``<backbone>.pt``, with their
+    :func:`fold_scales` as ``<backbone>-fold-scale.csv``.
     """
     import torch
 
@@ -1086,6 +1131,8 @@ def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Op
         if model_dir is not None:
             Path(model_dir).mkdir(parents=True, exist_ok=True)
             torch.save({tag: m.state_dict() for tag, m in fitted.items()}, Path(model_dir) / f"{name}.pt")
+            if "fold_scale" in meta:  # what align_scale needs to put a saved model's scores on the set's scale
+                meta["fold_scale"].to_csv(Path(model_dir) / f"{name}-fold-scale.csv")
     return pd.concat(all_preds, ignore_index=True), pd.concat(all_logs, ignore_index=True), models, metas
 
 

@@ -240,6 +240,12 @@ class TrainCfg(Section):
     patience: int = Field(3, ge=1)
     #: cross-fitting folds: k models, each trained on k − 1 folds of the training patients.
     folds: int = Field(5, ge=2)
+    #: with ``crossfit``: ``align`` puts every cross-fitted model's probabilities on one scale before they are
+    #: pooled or averaged (each model's logits standardised by their mean and SD on its own held-out
+    #: training fold, then given the models' mean mean and SD; no label used), so that a training patient's
+    #: out-of-fold probability and a validation patient's mean are comparable across fold models; ``none``:
+    #: as each model gives them.
+    fold_scale: Literal["align", "none"] = "align"
     #: with ``crossfit``: repeat the cross-fitting on this many different fold splits and average, so that a
     #: training patient's out-of-fold score is the mean of several models (as a validation patient's is)
     #: instead of one model's; costs ``repeats`` × the training time.

@@ -63,7 +63,7 @@ def test_crossfit_never_trains_on_a_patient_it_predicts():
         codes[pid] = 100 + i  # a code per patient, written into channel 2 of all its instances
         bags.x[bags.rows([pid]), 2] = codes[pid] / 1000
     Recorder.seen = []
-    prm = P(val_fraction=0.0, augment={"flip": True})
+    prm = P(val_fraction=0.0, augment={"flip": True}, fold_scale="none")
     preds, logs, models, meta = cnn.crossfit_predict(bags, Recorder, prm, seed=1, folds=3, progress=False)
     train = preds[preds["cohort"] == "training"]
     assert len(Recorder.seen) == 3 and set(models) == {"fold1", "fold2", "fold3"}
@@ -95,7 +95,7 @@ def test_repeated_crossfit_averages_models_that_never_saw_the_patient():
         codes[pid] = 100 + i
         bags.x[bags.rows([pid]), 2] = codes[pid] / 1000
     Recorder.seen = []
-    prm = P(val_fraction=0.0, augment={"flip": True}, repeats=2)
+    prm = P(val_fraction=0.0, augment={"flip": True}, repeats=2, fold_scale="none")
     preds, logs, models, meta = cnn.crossfit_predict(bags, Recorder, prm, seed=1, folds=3, progress=False)
     assert list(models) == ["fold1", "fold2", "fold3", "rep2-fold1", "rep2-fold2", "rep2-fold3"]
     splits = meta["repeat_folds"]
@@ -130,8 +130,8 @@ def test_repeated_crossfit_averages_models_that_never_saw_the_patient():
     # the first split alone: exactly what repeats: 1 gives with the same seeds (the ablations' reference)
     first = meta["first_repeat"]
     Recorder.seen = []
-    single, _, m1, _ = cnn.crossfit_predict(bags, Recorder, P(val_fraction=0.0, augment={"flip": True}), seed=1,
-                                            folds=3, progress=False)
+    single, _, m1, _ = cnn.crossfit_predict(bags, Recorder, P(val_fraction=0.0, augment={"flip": True},
+                                                              fold_scale="none"), seed=1, folds=3, progress=False)
     cols = ["prob", "prob_insample", "source", "fold", "prob_fold1", "prob_fold2", "prob_fold3"]
     pd.testing.assert_frame_equal(first[cols], single[cols])
     assert not np.allclose(first["prob"], preds["prob"])
@@ -147,10 +147,52 @@ def test_out_of_fold_and_held_out_probabilities_share_one_scale():
     oof = preds.loc[preds["cohort"] == "training", "prob"]
     others = preds[preds["cohort"] != "training"]
     held = pd.concat([others[f"prob_fold{k}"] for k in (1, 2, 3)])  # every fold model's view
-    assert oof.std() > 0.05  # the models learned something (else every scale is a constant)
+    assert oof.std() > 0.02  # the models learned something (else every scale is a constant)
+    assert stats.auc(preds.loc[oof.index, "label"], oof) > 0.8
     assert abs(oof.mean() - held.mean()) < 0.03
     assert 0.85 < held.std() / oof.std() < 1.18
     assert np.allclose(others[["prob_fold1", "prob_fold2", "prob_fold3"]].mean(axis=1), others["prob"])
+
+
+def test_align_scale_puts_two_models_on_one_scale():
+    # two "models" that rank the same instances identically but on different logit scales
+    z = np.random.default_rng(0).normal(size=4000)
+    p1, p2 = 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(-(3 * z - 2)))
+    sc = cnn.fold_scales([("a", p1[:2000]), ("b", p2[2000:])])
+    assert sc.loc["b", "sd"] > 2 * sc.loc["a", "sd"] and sc.loc["b", "mu"] < sc.loc["a", "mu"] - 1
+    a1, a2 = cnn.align_scale(p1, sc.loc["a"], sc), cnn.align_scale(p2, sc.loc["b"], sc)
+    assert np.allclose(a1, a2, atol=0.02)  # the same instance gets (nearly) the same probability
+    assert (np.argsort(a2) == np.argsort(p2)).all()  # one model's order is unchanged
+    # pooling the two halves, each scored by a different model: the scale difference costs AUC
+    y = (z + np.random.default_rng(1).normal(size=4000) > 0).astype(int)
+    mixed = np.r_[p1[:2000], p2[2000:]]
+    aligned = np.r_[a1[:2000], a2[2000:]]
+    assert stats.auc(y, aligned) > stats.auc(y, mixed) + 0.02
+
+
+def test_crossfit_aligns_each_fold_model_on_its_held_out_fold():
+    bags = make_bags(n_train=30, n_int=10, n_ext=10, inst=2, signal=1.0, seed=4)
+    preds, _, models, meta = cnn.crossfit_predict(bags, tiny_model, P(epochs=3, lr=0.01, val_fraction=0.0),
+                                                  seed=2, folds=3, progress=False)
+    sc = meta["fold_scale"]
+    assert list(sc.index) == ["fold1", "fold2", "fold3"] and (sc["sd"] > 0).all()
+    train = preds[preds["cohort"] == "training"]
+    others = preds[preds["cohort"] != "training"]
+    xo = bags.x[others.index.to_numpy()]
+    for k in (1, 2, 3):
+        m = models[f"fold{k}"]
+        held = train[train["source"] == f"fold{k}"]
+        raw = cnn.predict(m, bags.x[held.index.to_numpy()])
+        lg = np.log(raw / (1 - raw))
+        assert np.isclose(sc.loc[f"fold{k}", "mu"], lg.mean(), atol=1e-5)  # measured on its held-out fold
+        assert np.allclose(held["prob"], cnn.align_scale(raw, sc.loc[f"fold{k}"], sc), atol=1e-6)
+        assert np.allclose(others[f"prob_fold{k}"], cnn.align_scale(cnn.predict(m, xo), sc.loc[f"fold{k}"], sc),
+                           atol=1e-6)
+    # aligned: every fold model's held-out logits have the set's mean and SD
+    lo = np.log(train["prob"] / (1 - train["prob"]))
+    by = lo.groupby(train["source"]).agg(["mean", "std"])
+    assert np.allclose(by["mean"], sc["mu"].mean(), atol=1e-4)
+    assert np.allclose(by["std"], sc["sd"].mean(), rtol=0.05)
 
 
 def test_training_is_deterministic_and_learns():
