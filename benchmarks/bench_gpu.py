@@ -36,9 +36,7 @@ def stage(cfg, device: str, repeats) -> None:
     if repeats is not None:
         C = C.model_copy(update={"repeats": repeats})
     raw = crop25d.load_bags(PROJECT_ROOT / "results" / cfg.run / "crop25d")
-    bags, _ = cnn.reference_shift(raw, C.intensity_reference)
-    if C.arterial_excess:
-        bags, _ = cnn.add_arterial_excess(bags, cfg.crop.channels)
+    bags, _, _ = cnn.prepare_input(raw, C, cfg.crop.channels)
     size = crop25d.roi_extent_mm(raw.index, cfg.crop.spacing_mm)
     print(f"[stage] {len(bags.index)} instances of {bags.index['patient_id'].nunique()} patients, "
           f"{C.backbones}, {C.folds} folds x {C.repeats} repeats, {C.epochs} epochs, loss {C.loss}")

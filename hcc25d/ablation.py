@@ -196,9 +196,9 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
     if variant.loss is not None:
         update["loss"] = variant.loss
     C = cfg.cnn.model_copy(update={**update, **(settings or {})})
-    bags, _ = cnn.reference_shift(raw_bags, variant.reference or C.intensity_reference)
-    if uses_excess(variant, C):  # fitted on every training instance, then the variant's slots are taken
-        bags, _ = cnn.add_arterial_excess(bags, cfg.crop.channels)
+    # the excess is fitted on every training instance, then the variant's slots are taken
+    C_in = C.model_copy(update={"arterial_excess": uses_excess(variant, C)})
+    bags, _, _ = cnn.prepare_input(raw_bags, C_in, cfg.crop.channels, variant.reference)
     sub = subset_bags(bags, variant, cfg.crop.channels)
     if labels is not None:
         pid = sub.index["patient_id"].astype(str)

@@ -61,6 +61,7 @@ __all__ = [
     "reference_shift",
     "ArterialExcess",
     "add_arterial_excess",
+    "prepare_input",
     "patient_folds",
     "predict",
     "pool_logits",
@@ -394,6 +395,20 @@ def add_arterial_excess(bags: Bags, channels: Sequence[str], fit_cohort: str = "
         raise ValueError(f"the arterial excess is fitted on the {fit_cohort} cohort, which has no instances")
     ae = ArterialExcess(channels, **kwargs).fit(bags.x[train])
     return Bags(ae.transform(bags.x), bags.index), ae
+
+
+def prepare_input(raw: Bags, C, channels, reference: Optional[str] = None):
+    """The networks' input from the cropped instances (or cubes) ``raw``: the intensity reference
+    (:func:`reference_shift`, ``C.intensity_reference`` unless ``reference`` is given), then, with
+    ``C.arterial_excess``, the arterial-excess channel (:func:`add_arterial_excess`). One place for the
+    CNN and 3D chapters, the ablations, the diagnostics and the benchmarks, so that they feed their networks
+    the same way. ``C``: a :class:`hcc25d.config.TrainCfg` section. Returns ``(bags, shifts, excess)``;
+    ``excess`` is the fitted :class:`ArterialExcess`, or None when it is off."""
+    bags, shifts = reference_shift(raw, reference or C.intensity_reference)
+    excess = None
+    if C.arterial_excess:
+        bags, excess = add_arterial_excess(bags, channels)
+    return bags, shifts, excess
 
 
 def patient_folds(patients: pd.DataFrame, k: int, seed: int) -> list[np.ndarray]:
@@ -873,8 +888,8 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     if adj is not None:
         meta["size_adjust"] = adj
         if verbose:
-            print(f"{name}: size adjustment, slope {adj['slope']:+.3f} logit per unit of "
-                  f"ln(ROI extent / mm) (fitted on {adj['n_training']} training patients)")
+            print(f"{name}: size slope {adj['slope']:+.3f} logit per ln(ROI extent in mm), "
+                  f"{adj['n_training']} training patients")
     if prediction == "crossfit" and n_rep > 1:
         meta["repeat_folds"] = [{p: sp[p] for p in train["patient_id"]} for sp in splits]
         meta["first_repeat"] = table(*combine(*first, 1))[0]

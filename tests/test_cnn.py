@@ -585,6 +585,24 @@ def test_arterial_excess_uses_no_label_and_no_validation_image():
     np.testing.assert_array_equal(ae.table_, ae_val.table_)
 
 
+def test_prepare_input_is_the_reference_shift_then_the_excess():
+    bags = _tissue_bags()
+    ch = ("arterial", "plain", "portal")
+    rng = np.random.default_rng(3)  # each patient's measured parenchyma, as the cropping stage writes it
+    idx = bags.index.assign(**{f"ref_{c}": 0.5 + rng.normal(0, 0.02, len(bags.index)) for c in ch})
+    bags = crop25d.Bags(bags.x, idx)
+    shifted, shifts = cnn.reference_shift(bags, "parenchyma")
+    assert shifts.abs().to_numpy().max() > 0.005  # the reference does move the patients
+    want, _ = cnn.add_arterial_excess(shifted, ch)
+    got, got_shifts, ae = cnn.prepare_input(bags, P(arterial_excess=True), ch)
+    np.testing.assert_array_equal(got.x, want.x)
+    pd.testing.assert_frame_equal(got_shifts, shifts)
+    assert isinstance(ae, cnn.ArterialExcess) and got.x.shape[1] == 4
+    plain, _, none = cnn.prepare_input(bags, P(arterial_excess=False), ch, reference="none")
+    assert none is None and plain.x.shape[1] == 3
+    np.testing.assert_array_equal(plain.x, cnn.reference_shift(bags, "none")[0].x)
+
+
 def test_arterial_excess_needs_the_three_phases_and_works_on_cubes():
     with pytest.raises(ValueError, match="needs the arterial, plain and portal"):
         cnn.ArterialExcess(("arterial", "portal"))

@@ -92,9 +92,7 @@ def main(argv=None) -> int:
     paths = RunPaths(cfg.run)
     C = cfg.cnn
     raw = crop25d.load_bags(paths.stage_dir("crop25d"))
-    bags, _ = cnn.reference_shift(raw, C.intensity_reference)
-    if C.arterial_excess:
-        bags, _ = cnn.add_arterial_excess(bags, cfg.crop.channels)
+    bags, _, _ = cnn.prepare_input(raw, C, cfg.crop.channels)
     size = crop25d.roi_extent_mm(raw.index, cfg.crop.spacing_mm)
     name = C.backbones[0]
     make = lambda: cnn.build_model(name, C.weights, C.on_missing_weights, C.dropout, width=C.width,  # noqa: E731
