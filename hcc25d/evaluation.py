@@ -19,6 +19,7 @@ from . import stats
 __all__ = [
     "COHORTS",
     "metrics_table",
+    "slot_auc",
     "table5",
     "ROC",
     "roc",
@@ -69,6 +70,24 @@ def metrics_table(frame: pd.DataFrame, prob: str = "prob", by: Optional[str] = N
         col = stats.REFERENCE_COLUMNS.get(which, f"reference AUC ({which})")
         out[col] = out["cohort"].str.split(" ").str[0].map(reference[which])
     return out
+
+
+def slot_auc(preds: pd.DataFrame, prob: str = "prob") -> pd.DataFrame:
+    """Instance AUC per slot and cohort: which of the 2.5D instances (``view`` and ``offset``) carry what a
+    slice-level model reads. Rows: cohorts (training = the column ``prob`` holds, out of fold for a
+    cross-fitted model); columns: slots (``axial+0``, ``axial-1``, …, ``sagittal+0``, ``coronal+0``),
+    central axial first; NaN where a cohort lacks a class."""
+    from .mil import bag_matrix
+    from .stats import auc
+
+    out = {}
+    for cohort, g in preds.groupby("cohort", sort=False):
+        B = bag_matrix(g, prob=prob)
+        y = g.groupby("patient_id")["label"].first().reindex(B.index).to_numpy()
+        out[cohort] = {slot: (auc(y[B[slot].notna()], B[slot].dropna()) if len(set(y[B[slot].notna()])) == 2
+                              else np.nan) for slot in B.columns}
+    t = pd.DataFrame(out).T
+    return t.reindex([c for c in COHORTS if c in t.index] + [c for c in t.index if c not in COHORTS])
 
 
 def table5(sigs: pd.DataFrame, names: Sequence[str], reference: Optional[dict] = None) -> pd.DataFrame:

@@ -73,3 +73,22 @@ def test_in_pipeline():
     y = np.r_[np.zeros(30), np.ones(30)]
     p = make_pipeline(mil.LikelihoodHistogram(), LogisticRegression()).fit(X, y)
     assert p.score(X, y) > 0.8
+
+
+def test_slot_auc_tells_which_slot_carries_the_signal():
+    from hcc25d import evaluation
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for cohort in ("external", "training"):
+        for i in range(40):
+            y = i % 2
+            for view, off in (("axial", 0), ("axial", 2), ("sagittal", 0)):
+                p = (0.2 + 0.6 * y) if (view, off) == ("axial", 2) else rng.uniform()
+                rows.append({"patient_id": f"{cohort}{i}", "cohort": cohort, "label": y, "view": view,
+                             "offset": off, "prob": p})
+    t = evaluation.slot_auc(pd.DataFrame(rows))
+    assert list(t.index) == ["training", "external"]  # the package's cohort order
+    assert list(t.columns) == ["axial+0", "axial+2", "sagittal+0"]  # central axial first
+    assert (t["axial+2"] == 1.0).all()
+    assert (t[["axial+0", "sagittal+0"]] < 0.8).all().all()
