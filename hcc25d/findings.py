@@ -26,6 +26,9 @@ __all__ = [
 #: a training AUC this far below the lower validation AUC is called out on the findings page
 GAP_NOTE = 0.05
 
+#: a validation cohort whose mean instance logit sits this far from the training patients' is called out
+SHIFT_NOTE = 0.5
+
 #: an AUC of Tables 3–5 counts as reproduced within this distance of the paper's
 AUC_TOLERANCE = 0.05
 
@@ -157,6 +160,7 @@ def fusion_input_summary(run_dir: str | Path) -> str:
             text += (" The validation AUCs differ from the training AUC by "
                      + " and ".join(f"{a[c] - a['training']:+.3f} ({c})" for c in val)
                      + f": the training AUC is not more than {GAP_NOTE:.2f} below the lower of them.")
+    text += _score_shift(run_dir, val, a)
     t4 = _read(run_dir, "signatures", "tab-table4.csv")
     if t4 is not None and "cv_auc" in t4:
         cv = t4.drop_duplicates("model").set_index("model")["cv_auc"].dropna()
@@ -165,6 +169,44 @@ def fusion_input_summary(run_dir: str | Path) -> str:
                      f"{cv.max():.3f}")
             text += (": all within 0.1 of chance, so the rule that picks the highest picks "
                      "among near-chance scores." if (cv - 0.5).abs().max() < 0.1 else ".")
+    return text
+
+
+def _score_shift(run_dir: Path, cohorts, cnn_auc: pd.Series) -> str:
+    """A validation cohort whose instance scores sit :data:`SHIFT_NOTE` logit or more from the training
+    patients' (a centre effect the input harmonisation did not remove): how far, how many of its instances
+    fall below the training median, and DL_2.5D's AUC there beside the CNN score's."""
+    ip = _read(run_dir, "cnn", "instance_probs_selected.csv")
+    if ip is None or not {"prob", "cohort"} <= set(ip.columns) or "training" not in set(ip["cohort"]):
+        return ""
+    p = np.clip(ip["prob"].to_numpy(float), 1e-7, 1 - 1e-7)
+    lg = pd.Series(np.log(p / (1 - p)), index=ip.index)
+    train = (ip["cohort"] == "training").to_numpy()
+    shift = lg.groupby(ip["cohort"]).mean() - lg[train].mean()
+    below = (lg < lg[train].median()).groupby(ip["cohort"]).mean()
+    big = [c for c in cohorts if c in shift.index and abs(shift[c]) >= SHIFT_NOTE]
+    if not big:
+        return ""
+    t5 = _read(run_dir, "evaluation", "tab-table5.csv")
+    dl = (t5[t5["signature"] == "DL_2.5D"].set_index("cohort")["auc"] if t5 is not None and "signature" in t5
+          else pd.Series(dtype=float))
+    parts, lost = [], False
+    for c in big:
+        part = (f"the {c} patients' instance scores sit {shift[c]:+.2f} logit from the training patients' on "
+                f"average ({below[c] * 100:.0f} % of their instances below the training median, against 50 %)")
+        if c in dl.index and pd.notna(dl[c]):
+            part += f"; there DL_2.5D has AUC {dl[c]:.3f} and the CNN's mean score {cnn_auc[c]:.3f}"
+            lost |= bool(dl[c] < cnn_auc[c] - GAP_NOTE)
+        parts.append(part)
+    text = " Centre shift: " + "; ".join(parts) + "."
+    if lost:
+        text += (" The mean score keeps its ranking under such a shift, but the fusion's histogram bins and word "
+                 "thresholds were fitted on the training patients' scores, so a cohort moved towards one end of "
+                 "them loses differences the fused model learned to read: here DL_2.5D falls more than "
+                 f"{GAP_NOTE:.2f} below the CNN's own score.")
+    else:
+        text += (" The fusion's bins and thresholds were fitted on the training patients' scores; here DL_2.5D "
+                 f"stays within {GAP_NOTE:.2f} of the CNN's own score despite the shift.")
     return text
 
 

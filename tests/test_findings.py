@@ -1,4 +1,5 @@
 """The findings page's generated sentences."""
+import numpy as np
 import pandas as pd
 
 from hcc25d import findings
@@ -77,3 +78,28 @@ def test_fusion_input_summary_calls_out_a_low_training_row_and_near_chance_famil
     # an in-sample run (no out-of-fold training row) or a run without the CNN stage: nothing to say
     assert findings.fusion_input_summary(_fusion_run(tmp_path / "d", {"internal": 0.7}, {"LR": 0.6})) == ""
     assert findings.fusion_input_summary(tmp_path / "nowhere") == ""
+
+
+def test_fusion_input_summary_calls_out_a_centre_shift_of_the_scores(tmp_path):
+    run = _fusion_run(tmp_path / "a", {"training": 0.66, "internal": 0.70, "external": 0.70}, {"LR": 0.6})
+    rng = np.random.default_rng(0)
+    rows = [{"cohort": c, "prob": 1 / (1 + np.exp(-(rng.normal() + off)))}
+            for c, off in (("training", 0.0), ("internal", 0.1), ("external", -1.5)) for _ in range(400)]
+    pd.DataFrame(rows).to_csv(run / "cnn" / "instance_probs_selected.csv", index=False)
+    (run / "evaluation").mkdir()
+    pd.DataFrame({"signature": ["DL_2.5D"] * 3, "cohort": ["training", "internal", "external"],
+                  "auc": [0.64, 0.75, 0.58]}).to_csv(run / "evaluation" / "tab-table5.csv", index=False)
+    text = findings.fusion_input_summary(run)
+    assert "Centre shift: the external patients' instance scores sit -1." in text
+    assert "there DL_2.5D has AUC 0.580 and the CNN's mean score 0.700" in text
+    assert "internal patients' instance scores" not in text  # 0.1 logit: below the note's threshold
+    assert "falls more than 0.05 below the CNN's own score" in text
+    below = float(text.split("on average (")[1].split(" %")[0])
+    assert 85 <= below <= 98  # most external instances below the training median
+    pd.DataFrame({"signature": ["DL_2.5D"] * 3, "cohort": ["training", "internal", "external"],
+                  "auc": [0.64, 0.75, 0.69]}).to_csv(run / "evaluation" / "tab-table5.csv", index=False)
+    kept = findings.fusion_input_summary(run)
+    assert "Centre shift" in kept and "stays within 0.05 of the CNN's own score" in kept
+    rows = [{"cohort": c, "prob": 0.4} for c in ("training", "internal", "external") for _ in range(5)]
+    pd.DataFrame(rows).to_csv(run / "cnn" / "instance_probs_selected.csv", index=False)
+    assert "Centre shift" not in findings.fusion_input_summary(run)
