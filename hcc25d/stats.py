@@ -73,6 +73,8 @@ def delong_cov(y_true, *scores) -> tuple[np.ndarray, np.ndarray]:
         ty[r] = _midrank(neg[r])
         tz[r] = _midrank(np.concatenate([pos[r], neg[r]]))
     aucs = tz[:, :m].sum(axis=1) / m / n - (m + 1.0) / 2.0 / n
+    if m < 2 or n < 2:  # one case of a class: its structural components have no variance to estimate
+        return aucs, np.full((k, k), np.nan)
     v01 = (tz[:, :m] - tx) / n
     v10 = 1.0 - (tz[:, m:] - ty) / m
     s01 = np.atleast_2d(np.cov(v01))
@@ -90,6 +92,8 @@ def auc_ci(y_true, y_score, level: float = 0.95, method: str = "delong", n_boot:
         se = float(np.sqrt(cov[0, 0]))
         z = _st.norm.ppf(1 - (1 - level) / 2)
         a = float(auc[0])
+        if not np.isfinite(se):  # no interval from a single case of a class (not [0, 1])
+            return AUCResult(a, np.nan, np.nan)
         return AUCResult(a, max(0.0, a - z * se), min(1.0, a + z * se))
     if method == "bootstrap":
         from sklearn.metrics import roc_auc_score

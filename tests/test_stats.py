@@ -211,3 +211,16 @@ def test_side_by_side_puts_paper_run_and_reference_per_cohort_and_flags_differen
     assert (1, list(t.columns).index("Accuracy")) not in flagged  # 0.69 vs 0.70
     w = paper.side_by_side(comp, "Table 5", wide=True).data
     assert w.shape == (3, 12) and w.loc[("DL", "this run"), ("external", "AUC (95% CI)")] == "0.600 (0.500–0.700)"
+
+
+def test_delong_with_a_single_case_of_a_class_gives_no_interval_and_no_warning():
+    import warnings
+
+    y = np.array([1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.1, 0.5, 0.95, 0.3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's ddof/divide warnings would fail here
+        r = stats.auc_ci(y, s)
+        t = stats.delong_test(y, s, s[::-1])
+    assert r.auc == pytest.approx(0.75) and np.isnan(r.low) and np.isnan(r.high)
+    assert np.isnan(t.p_value)
