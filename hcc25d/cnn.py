@@ -62,6 +62,7 @@ __all__ = [
     "ArterialExcess",
     "add_arterial_excess",
     "prepare_input",
+    "input_shift",
     "patient_folds",
     "predict",
     "pool_logits",
@@ -409,6 +410,28 @@ def prepare_input(raw: Bags, C, channels, reference: Optional[str] = None):
     if C.arterial_excess:
         bags, excess = add_arterial_excess(bags, channels)
     return bags, shifts, excess
+
+
+def input_shift(bags: Bags, channels: Sequence[str]) -> pd.DataFrame:
+    """How each cohort's network input differs from the training cohort's, per channel: the mean over the
+    whole crop and over its central half in every axis (where the tumour sits), minus the training cohort's
+    (window units). Rows: cohorts; columns: ``(region, channel)``. A validation cohort far from 0 in a channel
+    the network reads is shifted at the input — a centre effect the intensity reference did not remove."""
+    x = bags.x
+    sp = x.shape[2:]
+    mid = tuple(slice(n // 4, n - n // 4) for n in sp)
+    axes = tuple(range(2, x.ndim))
+    whole = np.concatenate([x[i:i + 256].astype(np.float32).mean(axis=axes) for i in range(0, len(x), 256)])
+    centre = np.concatenate([x[(slice(i, i + 256), slice(None)) + mid].astype(np.float32).mean(axis=axes)
+                             for i in range(0, len(x), 256)])
+    names = list(channels)[: x.shape[1]] + [f"channel {k}" for k in range(len(channels), x.shape[1])]
+    cohort = bags.index["cohort"].to_numpy()
+    cols = pd.MultiIndex.from_product([["whole crop", "centre"], names], names=["region", "channel"])
+    t = pd.DataFrame(np.hstack([whole, centre]), columns=cols).groupby(cohort, sort=False).mean()
+    if "training" in t.index:
+        t = t - t.loc["training"]
+    order = [c for c in ("training", "internal", "external") if c in t.index]
+    return t.loc[order + [c for c in t.index if c not in order]]
 
 
 def patient_folds(patients: pd.DataFrame, k: int, seed: int) -> list[np.ndarray]:

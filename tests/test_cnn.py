@@ -632,3 +632,16 @@ def test_split_stem_is_one_convolution_computed_in_two():
     m = cnn3d.ResNet3D(4, width=4)
     assert isinstance(m.stem[0], cnn3d.SplitConv3d) and m(torch.zeros(2, 4, 16, 16, 16)).shape == (2, 1)
     assert isinstance(cnn3d.ResNet3D(3, width=4).stem[0], torch.nn.Conv3d)  # three channels: as before
+
+
+def test_input_shift_shows_a_cohort_shifted_at_the_input():
+    bags = make_bags(n_train=10, n_int=6, n_ext=6, inst=2, size=16, signal=0.0, seed=5)
+    ext = (bags.index["cohort"] == "external").to_numpy()
+    x = bags.x.astype(np.float32)
+    x[ext, 0, 4:12, 4:12] -= 0.2  # the external centre's first channel darker in the middle only
+    t = cnn.input_shift(crop25d.Bags(x.astype(np.float16), bags.index), ["arterial", "plain", "portal"])
+    assert list(t.index) == ["training", "internal", "external"]
+    assert (t.loc["training"] == 0).all()
+    assert t.loc["external", ("centre", "arterial")] == pytest.approx(-0.2, abs=0.01)
+    assert t.loc["external", ("whole crop", "arterial")] == pytest.approx(-0.2 * 64 / 256, abs=0.01)
+    assert abs(t.loc["internal"]).max() < 0.02 and abs(t.loc["external", ("centre", "plain")]) < 0.02
