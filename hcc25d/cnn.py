@@ -777,6 +777,11 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     and ``meta["first_repeat"]`` holds the predictions of the first split alone (what ``repeats: 1`` gives,
     with the same models: the ablations compare their single cross-fittings with it).
 
+    ``prm.fold_scale="align"`` (the default) puts every model's probabilities on the set's common scale
+    (:func:`fold_scales` measured on each model's own held-out training fold, :func:`align_scale`) before
+    anything is pooled or averaged, so that which model scored a patient does not move the patient's rank;
+    ``meta["fold_scale"]`` holds the scales.
+
     ``prediction="insample"`` (the paper's way): one model trained on all training patients predicts
     everyone, its own training patients included.
 
@@ -851,7 +856,7 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
             per_fold = np.zeros((k, len(bags.index)))
             oof_sum = np.zeros(len(bags.index))
             ins_sum, ins_n = np.zeros(len(bags.index)), np.zeros(len(bags.index))
-            sub = scale[scale["repeat"].isin(reps)] if "repeat" in scale else scale
+            sub = scale[scale["repeat"].isin(reps)]  # the set whose mean scale the models are given
             for r, f, tag, h_rows, seen, ph, po, ps in fitted:
                 if r not in reps:
                     continue
