@@ -949,9 +949,7 @@ def align_scale(p, own: pd.Series, target: pd.DataFrame) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(target["mu"].mean() + target["sd"].mean() * z)))
 
 
-def _logit(p):
-    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
+from .stats import logit as _logit  # noqa: E402 (one logit for the package)
 
 
 def _prob_columns(preds: pd.DataFrame) -> list[str]:

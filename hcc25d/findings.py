@@ -179,8 +179,9 @@ def _score_shift(run_dir: Path, cohorts, cnn_auc: pd.Series) -> str:
     ip = _read(run_dir, "cnn", "instance_probs_selected.csv")
     if ip is None or not {"prob", "cohort"} <= set(ip.columns) or "training" not in set(ip["cohort"]):
         return ""
-    p = np.clip(ip["prob"].to_numpy(float), 1e-7, 1 - 1e-7)
-    lg = pd.Series(np.log(p / (1 - p)), index=ip.index)
+    from .stats import logit
+
+    lg = pd.Series(logit(ip["prob"]), index=ip.index)
     train = (ip["cohort"] == "training").to_numpy()
     shift = lg.groupby(ip["cohort"]).mean() - lg[train].mean()
     below = (lg < lg[train].median()).groupby(ip["cohort"]).mean()

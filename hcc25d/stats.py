@@ -25,6 +25,7 @@ __all__ = [
     "auc_ci",
     "delong_test",
     "auc",
+    "logit",
     "two_sample_test",
     "youden_threshold",
     "binary_metrics",
@@ -117,6 +118,12 @@ def delong_test(y_true, score_a, score_b) -> DeLongResult:
         return DeLongResult(0.0, 1.0, float(aucs[0]), float(aucs[1]))
     z = float((aucs[0] - aucs[1]) / np.sqrt(var))
     return DeLongResult(z, float(2 * _st.norm.sf(abs(z))), float(aucs[0]), float(aucs[1]))
+
+
+def logit(p) -> np.ndarray:
+    """log(p / (1 − p)), probabilities clipped to [1e-7, 1 − 1e-7] so that 0 and 1 stay finite."""
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
 
 
 def auc(y_true, y_prob) -> float:
