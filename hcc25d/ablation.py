@@ -561,6 +561,17 @@ class Context:
     #: the negative-control twin's instances (before the intensity reference), kept by
     #: :func:`negative_control` for :func:`trait_probe`
     nc_raw: object = None
+    #: each patient's centre (for ``signatures.harmonise_centres``)
+    centre: Optional[pd.Series] = None
+
+    def fusion_input(self, preds: pd.DataFrame) -> pd.DataFrame:
+        """A variant's instance predictions as the fusion reads them: with ``signatures.harmonise_centres``,
+        every centre without training patients on the training scores' scale, as in the signatures stage."""
+        if not self.cfg.signatures.harmonise_centres or self.centre is None:
+            return preds
+        from .mil import harmonise_centres
+
+        return harmonise_centres(preds, self.centre)[0]
 
     @property
     def backbone(self) -> str:
@@ -602,7 +613,8 @@ def load_context(cfg, paths) -> Context:
     ctx = Context(cfg, bags, full, radf, meta, key,
                   cache=paths.run_dir / ".cache" / "ablations" if cfg.cnn.resume else None,
                   confounders=P[list(cfg.cnn.deconfound)] if cfg.cnn.deconfound else None,
-                  size=roi_extent_mm(bags.index, cfg.crop.spacing_mm))
+                  size=roi_extent_mm(bags.index, cfg.crop.spacing_mm),
+                  centre=P["centre"] if "centre" in P else None)
     first = paths.stage_dir("cnn") / "instance_probs_selected_first_repeat.csv"
     if first.exists():
         ctx.first_repeat = pd.read_csv(first, dtype={"patient_id": str})
@@ -642,7 +654,8 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
                                 confounders=ctx.confounders, size=ctx.size)
         ctx.predictions[("default", v.name)] = preds
         inst_auc.append({"variant": v.name, **patient_mean_auc(preds)})
-        B = mil_features(preds).reindex(ctx.meta.index)
+        fused = ctx.fusion_input(preds)
+        B = mil_features(fused).reindex(ctx.meta.index)
         size_col = sig.SIZE_COL if ctx.cfg.signatures.size_adjust and v.size_adjust is not False else None
         for with_rad in (False, True):
             rc = radiomics_columns(ctx.rad_cols, v.phases) if with_rad else []
@@ -652,7 +665,7 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
             label = "DL + radiomics" if with_rad else "DL alone"
             row, p = evaluate_variant(v.name, X, ctx.meta, list(B.columns), rc, ctx.key, ctx.cfg, ctx.cv,
                                       None if v.factor == "reference" else full[label],
-                                      views=sig.heldout_views(preds, X, list(B.columns)),
+                                      views=sig.heldout_views(fused, X, list(B.columns)),
                                       sample_weight=ctx.weights, size_col=size_col if rc else None)
             if v.factor == "reference":
                 full[label] = p
@@ -676,9 +689,10 @@ def negative_control(ctx: Context, patients: pd.DataFrame, table: pd.DataFrame, 
                             name=f"{ctx.backbone} [negative control, {v.name}]", confounders=ctx.confounders,
                             size=ctx.size)
         ctx.predictions[("negative control", v.name)] = preds
-        B = mil_features(preds).reindex(ctx.meta.index)
+        fused = ctx.fusion_input(preds)
+        B = mil_features(fused).reindex(ctx.meta.index)
         row, p = evaluate_variant(v.name, B, ctx.meta, list(B.columns), [], ctx.key, ctx.cfg, ctx.cv, p_full,
-                                  views=sig.heldout_views(preds, B, list(B.columns)), sample_weight=ctx.weights)
+                                  views=sig.heldout_views(fused, B, list(B.columns)), sample_weight=ctx.weights)
         p_full = p if v is full_v else p_full
         rows.append({"twin": "negative control (signal on the central slice)", **row,
                      **{f"CNN AUC {c}": a for c, a in patient_mean_auc(preds).items()}})

@@ -393,6 +393,13 @@ class SignaturesCfg(Section):
     size_adjust: bool = True
     #: DL_2.5D model: ``cv`` = best mean CV AUC (fixed rule), or a family (``rf`` = the paper's choice).
     dl25d_model: str = "cv"
+    #: map the CNN's instance scores of every centre without training patients onto the training patients'
+    #: score scale before the fusion (one affine map of the logits per centre: its mean and SD made equal
+    #: to the training out-of-fold ones; no label used; :func:`hcc25d.mil.harmonise_centres`). It needs a
+    #: batch of the new centre's patients and is fitted on them (transductive), so a validation with it on is
+    #: no longer of a model frozen before it met the centre. Off (the default): strict external validation;
+    #: the signatures chapter shows DL_2.5D's AUC both ways.
+    harmonise_centres: bool = False
     #: clinical screening thresholds (univariable, then multivariable; the paper's Table 2 analysis).
     clinical_p_uni: float = Field(0.05, gt=0, le=1)
     #: multivariable threshold of the clinical screening.

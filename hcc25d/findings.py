@@ -208,7 +208,27 @@ def _score_shift(run_dir: Path, cohorts, cnn_auc: pd.Series) -> str:
     else:
         text += (" The fusion's bins and thresholds were fitted on the training patients' scores; here DL_2.5D "
                  f"stays within {GAP_NOTE:.2f} of the CNN's own score despite the shift.")
-    return text
+    return text + _harmonised(run_dir, big)
+
+
+def _harmonised(run_dir: Path, cohorts) -> str:
+    """DL_2.5D's AUC on the shifted cohorts with the new centre's scores frozen and harmonised (the
+    signatures stage's ``tab-centre-harmonisation.csv``), and which of the two this run's signatures use."""
+    h = _read(run_dir, "signatures", "tab-centre-harmonisation.csv")
+    need = {"cohort", "harmonised", "DL_2.5D AUC (frozen)", "DL_2.5D AUC (harmonised)"}
+    if h is None or not need <= set(h.columns):
+        return ""
+    h = h[h["cohort"].isin(cohorts) & (h["harmonised"] != "—")]
+    if h.empty:
+        return ""
+    pj = Path(run_dir) / "signatures" / "stage_provenance.json"
+    prov = read_json(pj) if pj.exists() else {}
+    used = "harmonised" if prov.get("harmonise_centres") else "frozen"
+    parts = [f"{r['cohort']} {r['DL_2.5D AUC (frozen)']:.3f} frozen, {r['DL_2.5D AUC (harmonised)']:.3f} "
+             "harmonised" for _, r in h.iterrows()]
+    return (" With the new centre's scores mapped onto the training scores' mean and SD before the fusion "
+            "(`signatures.harmonise_centres`, fitted on that centre's own unlabelled patients), DL_2.5D has AUC "
+            + "; ".join(parts) + f"; this run's signatures use the {used} scores.")
 
 
 def ablation_summary(run_dir: str | Path) -> str:

@@ -23,6 +23,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = [
     "bag_matrix",
+    "harmonise_centres",
+    "MIN_HARMONISE_PATIENTS",
     "LikelihoodHistogram",
     "BagOfWordsTfidf",
 ]
@@ -43,6 +45,56 @@ def bag_matrix(instance_probs: pd.DataFrame, prob: str = "prob", views=None) -> 
              .sort_values("k")["slot"].tolist())
     m = d.pivot_table(index="patient_id", columns="slot", values=prob, aggfunc="mean")
     return m[order]
+
+
+#: a centre with fewer patients than this is not harmonised (its mean and SD would be too noisy)
+MIN_HARMONISE_PATIENTS = 20
+
+
+def harmonise_centres(instance_probs: pd.DataFrame, centre: pd.Series,
+                      min_patients: int = MIN_HARMONISE_PATIENTS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score harmonisation of centres that have no training patient (opt-in: ``signatures.harmonise_centres``).
+
+    For every such centre and every probability column (``prob`` and the fold models' ``prob_fold<k>``),
+    the logits of the centre's instances are mapped by one affine transform so that their mean and SD equal
+    those of the training patients' out-of-fold logits (``prob`` of the training rows). No label is used,
+    but the map is fitted on the new centre's own patients: it is *transductive* (it needs a batch of the
+    new centre's patients, and a model validated so is no longer frozen before it met them). Within a
+    centre the ranking of instances is unchanged; what changes is where they fall among the fusion's
+    histogram bins and word thresholds, which were fitted on the training scores. Centres with training
+    patients, and centres with fewer than ``min_patients`` patients, are left as they are.
+
+    ``centre``: the centre of each patient (indexed by ``patient_id``). Returns ``(harmonised copy, log)``
+    with one log row per centre and column: its patients, the logits' mean and SD before, the target's,
+    and whether it was harmonised.
+    """
+    from .stats import logit
+
+    out = instance_probs.copy()
+    cen = centre.reindex(out["patient_id"].astype(str)).to_numpy()
+    train = (out["cohort"] == "training").to_numpy()
+    cols = [c for c in out.columns if c == "prob" or c.startswith("prob_fold")]
+    rows = []
+    if not train.any() or "prob" not in cols:
+        return out, pd.DataFrame(rows)
+    ref = logit(out.loc[train, "prob"])
+    m0, s0 = float(ref.mean()), float(ref.std())
+    seen = set(pd.Series(cen[train]).dropna())
+    for c in sorted(set(pd.Series(cen).dropna()) - seen):
+        k = cen == c
+        n = int(out.loc[k, "patient_id"].nunique())
+        for col in cols:
+            v = out.loc[k, col].to_numpy(float)
+            ok = ~np.isnan(v)
+            lg = logit(v[ok])
+            m, s = (float(lg.mean()), float(lg.std())) if ok.any() else (np.nan, np.nan)
+            done = bool(n >= min_patients and ok.sum() > 1 and s > 0)
+            if done:
+                v[ok] = 1 / (1 + np.exp(-((lg - m) / s * s0 + m0)))
+                out.loc[k, col] = v
+            rows.append({"centre": c, "column": col, "patients": n, "mean before": m, "SD before": s,
+                         "mean target": m0, "SD target": s0, "harmonised": done})
+    return out, pd.DataFrame(rows)
 
 
 def _as_array(X) -> np.ndarray:

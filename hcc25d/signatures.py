@@ -51,6 +51,7 @@ __all__ = [
     "fit_combined",
     "predict_combined",
     "heldout_views",
+    "harmonisation_effect",
     "predict_views",
     "FamilyResult",
     "fit_family",
@@ -516,6 +517,47 @@ def predict_views(estimator, X: pd.DataFrame, views: Sequence[pd.DataFrame], tra
         v = np.mean([estimator.predict_proba(V)[:, 1] for V in views], axis=0)
         p[~train_mask] = v[~train_mask]
     return p
+
+
+def harmonisation_effect(estimator, X: pd.DataFrame, meta: pd.DataFrame, inst_cols: Sequence[str],
+                         frozen: pd.DataFrame, harmonised: pd.DataFrame, log: pd.DataFrame,
+                         centre: pd.Series) -> pd.DataFrame:
+    """The fitted DL_2.5D pipeline's AUC on each validation cohort with the CNN scores as the frozen model
+    gives them and with centres harmonised (:func:`hcc25d.mil.harmonise_centres`), beside the CNN's own
+    patient score (mean instance logit, which an affine map per centre leaves unchanged).
+
+    The training rows, and so the fitted pipeline, are the same both ways (a centre with training patients
+    is never harmonised); only the validation patients' multi-instance features differ. ``log``: the
+    harmonisation's log; ``centre``: each patient's centre (indexed by ``patient_id``). The column
+    ``harmonised`` says which of the cohort's centres were moved, from which mean and SD of the logits."""
+    from .mil import bag_matrix
+    from .stats import auc_ci, logit
+
+    train = (meta["cohort"] == "training").to_numpy()
+    others = X.index[~train]
+    probs = {}
+    for name, ip in (("frozen", frozen), ("harmonised", harmonised)):
+        Xv = X.copy()
+        B = bag_matrix(ip[ip["patient_id"].isin(others)])
+        Xv.loc[others, list(inst_cols)] = B.reindex(index=others, columns=list(inst_cols)).to_numpy()
+        probs[name] = predict_views(estimator, Xv, heldout_views(ip, Xv, inst_cols), train)
+    score = frozen.assign(lg=logit(frozen["prob"])).groupby("patient_id")["lg"].mean().reindex(X.index)
+    moved = (log[log["harmonised"].astype(bool) & (log["column"] == "prob")].set_index("centre") if len(log)
+             else pd.DataFrame())
+    rows = []
+    for c in [c for c in pd.unique(meta["cohort"]) if c != "training"]:
+        k = (meta["cohort"] == c).to_numpy()
+        y = meta["label"].to_numpy()[k]
+        row = {"cohort": c, "n": int(k.sum())}
+        for name, p in probs.items():
+            row[f"DL_2.5D AUC ({name})"] = auc_ci(y, p[k]).auc
+        row["CNN score AUC"] = auc_ci(y, score.to_numpy()[k]).auc
+        here = [m for m in pd.unique(centre.reindex(X.index[k]).dropna()) if m in moved.index]
+        row["harmonised"] = "; ".join(
+            f"centre {m}: logit mean {moved.at[m, 'mean before']:+.2f}, SD {moved.at[m, 'SD before']:.2f} → "
+            f"{moved.at[m, 'mean target']:+.2f}, {moved.at[m, 'SD target']:.2f}" for m in here) or "—"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 @dataclass

@@ -100,6 +100,19 @@ def test_fusion_input_summary_calls_out_a_centre_shift_of_the_scores(tmp_path):
                   "auc": [0.64, 0.75, 0.69]}).to_csv(run / "evaluation" / "tab-table5.csv", index=False)
     kept = findings.fusion_input_summary(run)
     assert "Centre shift" in kept and "stays within 0.05 of the CNN's own score" in kept
+    assert "harmonise_centres" not in kept  # the signatures stage's table is not there
+    sig_dir = run / "signatures"
+    sig_dir.mkdir(exist_ok=True)
+    pd.DataFrame({"cohort": ["external", "internal"], "n": [91, 70], "DL_2.5D AUC (frozen)": [0.69, 0.75],
+                  "DL_2.5D AUC (harmonised)": [0.74, 0.75], "CNN score AUC": [0.70, 0.70],
+                  "harmonised": ["centre 2: logit mean -1.50, SD 0.80 → +0.00, 1.00", "—"]}).to_csv(
+        sig_dir / "tab-centre-harmonisation.csv", index=False)
+    (sig_dir / "stage_provenance.json").write_text('{"harmonise_centres": false}')
+    both = findings.fusion_input_summary(run)
+    assert "DL_2.5D has AUC external 0.690 frozen, 0.740 harmonised" in both
+    assert "internal 0.750" not in both and "use the frozen scores" in both
+    (sig_dir / "stage_provenance.json").write_text('{"harmonise_centres": true}')
+    assert "use the harmonised scores" in findings.fusion_input_summary(run)
     rows = [{"cohort": c, "prob": 0.4} for c in ("training", "internal", "external") for _ in range(5)]
     pd.DataFrame(rows).to_csv(run / "cnn" / "instance_probs_selected.csv", index=False)
     assert "Centre shift" not in findings.fusion_input_summary(run)

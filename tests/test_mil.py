@@ -92,3 +92,47 @@ def test_slot_auc_tells_which_slot_carries_the_signal():
     assert list(t.columns) == ["axial+0", "axial+2", "sagittal+0"]  # central axial first
     assert (t["axial+2"] == 1.0).all()
     assert (t[["axial+0", "sagittal+0"]] < 0.8).all().all()
+
+
+def _two_centre_instances(seed=0, n_train=60, n_internal=30, n_external=40, n_small=5, shift=-3.0):
+    """Instance probabilities of four cohorts: training and internal at centre 1, external at centre 2
+    (logits shifted by ``shift`` and halved in spread), and a tiny centre 3; signal: the label raises the
+    logits by one."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    groups = [("training", 1, n_train, 0.0, 1.0), ("internal", 1, n_internal, 0.0, 1.0),
+              ("external", 2, n_external, shift, 0.5), ("small", 3, n_small, shift, 1.0)]
+    for cohort, centre, n, d, sd in groups:
+        for i in range(n):
+            y = i % 2
+            lg = (rng.normal(size=6) + y) * sd + d
+            for j, v in enumerate(1 / (1 + np.exp(-lg))):
+                rows.append({"patient_id": f"{cohort}-{i}", "cohort": cohort, "centre": centre, "label": y,
+                             "view": "axial", "offset": j - 3, "prob": v,
+                             "prob_fold1": np.nan if cohort == "training" else v})
+    return pd.DataFrame(rows)
+
+
+def test_harmonise_centres_maps_only_new_centres_onto_the_training_scale():
+    from hcc25d.stats import logit
+
+    d = _two_centre_instances()
+    centre = d.drop_duplicates("patient_id").set_index("patient_id")["centre"]
+    h, log = mil.harmonise_centres(d, centre)
+    ref = logit(d.loc[d.cohort == "training", "prob"])
+    ext = d.cohort == "external"
+    for col in ("prob", "prob_fold1"):  # the external centre: the training logits' mean and SD, every column
+        lg = logit(h.loc[ext, col])
+        assert lg.mean() == pytest.approx(ref.mean(), abs=1e-6) and lg.std() == pytest.approx(ref.std(), rel=1e-6)
+        # an increasing map: each instance keeps its rank within the centre
+        assert (np.argsort(h.loc[ext, col].to_numpy()) == np.argsort(d.loc[ext, col].to_numpy())).all()
+    same = d.cohort.isin(["training", "internal", "small"])  # centre 1 has training patients; centre 3 is tiny
+    pd.testing.assert_frame_equal(h[same], d[same])
+    assert set(log["centre"]) == {2, 3}
+    assert log.set_index(["centre", "column"]).loc[(2, "prob"), "harmonised"]
+    assert not log[log["centre"] == 3]["harmonised"].any()
+    assert (log.loc[log.centre == 2, "mean before"] < ref.mean() - 2).all()
+    # nothing to do without a new centre
+    h1, log1 = mil.harmonise_centres(d[d.centre == 1], centre)
+    pd.testing.assert_frame_equal(h1, d[d.centre == 1])
+    assert log1.empty

@@ -250,3 +250,29 @@ def test_fusion_pipeline_adjusts_radiomics_for_size_inside_the_folds():
     assert sig.SIZE_COL not in " ".join(names) and sum(n.startswith("rad__") for n in names) == len(rc)
     ext = (meta["cohort"] == "external").to_numpy()
     assert auc_ci(meta["label"].to_numpy()[ext], r.proba[ext]).auc > 0.75
+
+
+def test_harmonisation_effect_restores_a_shifted_centre_for_the_fusion():
+    """A histogram fusion fitted on centre 1's scores reads little from a centre whose scores all moved to
+    one end of its bins; harmonised, the same fitted pipeline reads the signal again. The CNN score column
+    (mean logit) is the same either way."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from hcc25d import mil
+    from test_mil import _two_centre_instances
+
+    d = _two_centre_instances(seed=1, n_train=120, n_external=120, n_small=0)
+    centre = d.drop_duplicates("patient_id").set_index("patient_id")["centre"]
+    h, log = mil.harmonise_centres(d, centre)
+    X = mil.bag_matrix(d)
+    cols = list(X.columns)
+    meta = d.drop_duplicates("patient_id").set_index("patient_id").loc[X.index, ["cohort", "label"]]
+    train = (meta["cohort"] == "training").to_numpy()
+    est = make_pipeline(mil.LikelihoodHistogram(n_bins=5), LogisticRegression()).fit(X[train], meta["label"][train])
+    t = sig.harmonisation_effect(est, X, meta, cols, d, h, log, centre).set_index("cohort")
+    ext, inn = t.loc["external"], t.loc["internal"]
+    assert ext["DL_2.5D AUC (harmonised)"] > ext["DL_2.5D AUC (frozen)"] + 0.1
+    assert inn["DL_2.5D AUC (harmonised)"] == inn["DL_2.5D AUC (frozen)"] and inn["harmonised"] == "—"
+    assert ext["harmonised"].startswith("centre 2: logit mean")
+    assert ext["CNN score AUC"] > 0.7 and ext["n"] == 120
