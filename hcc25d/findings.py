@@ -215,10 +215,10 @@ def _harmonised(run_dir: Path, cohorts) -> str:
     """DL_2.5D's AUC on the shifted cohorts with the new centre's scores frozen and harmonised (the
     signatures stage's ``tab-centre-harmonisation.csv``), and which of the two this run's signatures use."""
     h = _read(run_dir, "signatures", "tab-centre-harmonisation.csv")
-    need = {"cohort", "harmonised", "DL_2.5D AUC (frozen)", "DL_2.5D AUC (harmonised)"}
+    need = {"cohort", "centres moved", "DL_2.5D AUC (frozen)", "DL_2.5D AUC (harmonised)"}
     if h is None or not need <= set(h.columns):
         return ""
-    h = h[h["cohort"].isin(cohorts) & (h["harmonised"] != "—")]
+    h = h[h["cohort"].isin(cohorts) & (h["centres moved"] != "—")]
     if h.empty:
         return ""
     pj = Path(run_dir) / "signatures" / "stage_provenance.json"

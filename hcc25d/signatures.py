@@ -529,7 +529,7 @@ def harmonisation_effect(estimator, X: pd.DataFrame, meta: pd.DataFrame, inst_co
     The training rows, and so the fitted pipeline, are the same both ways (a centre with training patients
     is never harmonised); only the validation patients' multi-instance features differ. ``log``: the
     harmonisation's log; ``centre``: each patient's centre (indexed by ``patient_id``). The column
-    ``harmonised`` says which of the cohort's centres were moved, from which mean and SD of the logits."""
+    ``centres moved`` says which of the cohort's centres were moved, from which mean and SD of the logits."""
     from .mil import bag_matrix
     from .stats import auc_ci, logit
 
@@ -553,7 +553,7 @@ def harmonisation_effect(estimator, X: pd.DataFrame, meta: pd.DataFrame, inst_co
             row[f"DL_2.5D AUC ({name})"] = auc_ci(y, p[k]).auc
         row["CNN score AUC"] = auc_ci(y, score.to_numpy()[k]).auc
         here = [m for m in pd.unique(centre.reindex(X.index[k]).dropna()) if m in moved.index]
-        row["harmonised"] = "; ".join(
+        row["centres moved"] = "; ".join(
             f"centre {m}: logit mean {moved.at[m, 'mean before']:+.2f}, SD {moved.at[m, 'SD before']:.2f} → "
             f"{moved.at[m, 'mean target']:+.2f}, {moved.at[m, 'SD target']:.2f}" for m in here) or "—"
         rows.append(row)

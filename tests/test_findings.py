@@ -105,7 +105,7 @@ def test_fusion_input_summary_calls_out_a_centre_shift_of_the_scores(tmp_path):
     sig_dir.mkdir(exist_ok=True)
     pd.DataFrame({"cohort": ["external", "internal"], "n": [91, 70], "DL_2.5D AUC (frozen)": [0.69, 0.75],
                   "DL_2.5D AUC (harmonised)": [0.74, 0.75], "CNN score AUC": [0.70, 0.70],
-                  "harmonised": ["centre 2: logit mean -1.50, SD 0.80 → +0.00, 1.00", "—"]}).to_csv(
+                  "centres moved": ["centre 2: logit mean -1.50, SD 0.80 → +0.00, 1.00", "—"]}).to_csv(
         sig_dir / "tab-centre-harmonisation.csv", index=False)
     (sig_dir / "stage_provenance.json").write_text('{"harmonise_centres": false}')
     both = findings.fusion_input_summary(run)

@@ -273,6 +273,6 @@ def test_harmonisation_effect_restores_a_shifted_centre_for_the_fusion():
     t = sig.harmonisation_effect(est, X, meta, cols, d, h, log, centre).set_index("cohort")
     ext, inn = t.loc["external"], t.loc["internal"]
     assert ext["DL_2.5D AUC (harmonised)"] > ext["DL_2.5D AUC (frozen)"] + 0.1
-    assert inn["DL_2.5D AUC (harmonised)"] == inn["DL_2.5D AUC (frozen)"] and inn["harmonised"] == "—"
-    assert ext["harmonised"].startswith("centre 2: logit mean")
+    assert inn["DL_2.5D AUC (harmonised)"] == inn["DL_2.5D AUC (frozen)"] and inn["centres moved"] == "—"
+    assert ext["centres moved"].startswith("centre 2: logit mean")
     assert ext["CNN score AUC"] > 0.7 and ext["n"] == 120
