@@ -257,3 +257,25 @@ def test_probe_words_say_what_the_two_point_reference_moves():
     assert "peritumoral enhancement in the external cohort (+0.40 → +0.80)" in words
     same = pd.DataFrame(rows).assign(**{"ρ peritumoral enhancement": 0.5})
     assert "Referencing the tumour" not in "\n".join(ablation._probe_lines(same))
+
+
+def test_variants_fusion_reads_the_scores_as_the_signatures_stage_does():
+    """With ``signatures.harmonise_centres`` the ablation variants' fusion reads harmonised scores, as the
+    signatures stage's does; off (the default), the variant's own predictions unchanged."""
+    import numpy as np
+
+    from hcc25d import mil
+
+    rng = np.random.default_rng(0)
+    rows = [{"patient_id": f"{c}-{i}", "cohort": c, "label": i % 2, "view": "axial", "offset": j,
+             "prob": 1 / (1 + np.exp(-(rng.normal() + (-2 if c == "external" else 0))))}
+            for c in ("training", "external") for i in range(25) for j in (0, 1)]
+    preds = pd.DataFrame(rows)
+    first = preds.drop_duplicates("patient_id").set_index("patient_id")
+    centre = first["cohort"].map({"training": 1, "external": 2})
+    off = config.load("params/smoke.yaml", {})
+    on = config.load("params/smoke.yaml", {"signatures": {"harmonise_centres": True}})
+    assert ablation.Context(off, None, preds, None, None, "lr", centre=centre).fusion_input(preds) is preds
+    got = ablation.Context(on, None, preds, None, None, "lr", centre=centre).fusion_input(preds)
+    pd.testing.assert_frame_equal(got, mil.harmonise_centres(preds, centre)[0])
+    assert got.loc[preds.cohort == "external", "prob"].mean() > preds.loc[preds.cohort == "external", "prob"].mean() + 0.1
