@@ -224,11 +224,11 @@ def _harmonised(run_dir: Path, cohorts) -> str:
     pj = Path(run_dir) / "signatures" / "stage_provenance.json"
     prov = read_json(pj) if pj.exists() else {}
     used = "harmonised" if prov.get("harmonise_centres") else "frozen"
-    parts = [f"{r['cohort']} {r['DL_2.5D AUC (frozen)']:.3f} frozen, {r['DL_2.5D AUC (harmonised)']:.3f} "
-             "harmonised" for _, r in h.iterrows()]
-    return (" With the new centre's scores mapped onto the training scores' mean and SD before the fusion "
-            "(`signatures.harmonise_centres`, fitted on that centre's own unlabelled patients), DL_2.5D has AUC "
-            + "; ".join(parts) + f"; this run's signatures use the {used} scores.")
+    parts = [f"{r['DL_2.5D AUC (frozen)']:.3f} frozen against {r['DL_2.5D AUC (harmonised)']:.3f} harmonised on "
+             f"the {r['cohort']} patients" for _, r in h.iterrows()]
+    return (" Mapping the new centre's scores onto the training scores' mean and SD before the fusion "
+            "(`signatures.harmonise_centres`, fitted on that centre's own unlabelled patients) gives DL_2.5D an AUC "
+            "of " + "; ".join(parts) + f". This run's signatures use the {used} scores.")
 
 
 def ablation_summary(run_dir: str | Path) -> str:

@@ -109,7 +109,7 @@ def test_fusion_input_summary_calls_out_a_centre_shift_of_the_scores(tmp_path):
         sig_dir / "tab-centre-harmonisation.csv", index=False)
     (sig_dir / "stage_provenance.json").write_text('{"harmonise_centres": false}')
     both = findings.fusion_input_summary(run)
-    assert "DL_2.5D has AUC external 0.690 frozen, 0.740 harmonised" in both
+    assert "gives DL_2.5D an AUC of 0.690 frozen against 0.740 harmonised on the external patients" in both
     assert "internal 0.750" not in both and "use the frozen scores" in both
     (sig_dir / "stage_provenance.json").write_text('{"harmonise_centres": true}')
     assert "use the harmonised scores" in findings.fusion_input_summary(run)
