@@ -63,6 +63,7 @@ __all__ = [
     "roi_extent_mm",
     "load_bags",
     "signal_probe",
+    "histogram_reference",
 ]
 
 VIEWS = ("axial", "sagittal", "coronal")
@@ -511,3 +512,56 @@ def signal_probe(x: np.ndarray, index: pd.DataFrame, channel_names=("arterial", 
             rows.append({"slot": f"{view}{int(off):+d}", "view": view, "offset": int(off), "phases": name,
                          "AUC": roc_auc_score(y, p)})
     return pd.DataFrame(rows)
+
+
+def histogram_reference(bags: Bags, splits: Sequence[dict], size: Optional[pd.Series] = None,
+                        C: float = 0.1) -> pd.DataFrame:
+    """An instance-level yardstick for the CNN: a logistic regression on each instance's intensity
+    histograms, trained on exactly the CNN's cross-fitting folds.
+
+    Features per instance: for every channel of ``bags`` (after the intensity reference, with the arterial
+    excess where the CNN has it) the 16-bin histogram, SD and 90th/99th percentiles of the whole crop
+    (:func:`signal_probe`'s features), plus the instance's slot. ``splits``: the CNN's fold
+    assignments (patient → fold), one per cross-fitting repeat (``meta["repeat_folds"]``, or
+    ``[meta["fold"]]``). As for the CNN, a training instance is scored by the models of the folds that did
+    not see its patient (mean logit over the repeats), every other instance by the mean logit of all fold
+    models; classes are balanced as ``class_weight: balanced`` does, ``C`` is fixed (no search), and with
+    ``size`` (each patient's ROI extent) the scores are size-adjusted by :func:`hcc25d.cnn.size_adjust` as the CNN's.
+    Returns ``bags.index`` with ``prob`` (and ``size_shift`` with ``size``).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .cnn import size_adjust
+
+    idx = bags.index.reset_index(drop=True)
+    slot = idx["view"].astype(str) + idx["offset"].astype(int).map("{:+d}".format)
+    F = np.hstack([_histogram_features(bags.x, range(bags.x.shape[1])),
+                   pd.get_dummies(slot).to_numpy(np.float64)])
+    pid = idx["patient_id"].astype(str).to_numpy()
+    y = idx["label"].to_numpy()
+    train = (idx["cohort"] == "training").to_numpy()
+    oof, n_oof = np.zeros(len(idx)), np.zeros(len(idx))
+    other, n_other = np.zeros(len(idx)), 0
+    if not splits:
+        raise ValueError("histogram_reference needs the CNN's fold assignments (one per cross-fitting repeat)")
+    for split in splits:
+        fold = pd.Series({str(k): int(v) for k, v in split.items()}, dtype=float).reindex(pid).to_numpy()
+        missing = sorted(set(pid[train & np.isnan(fold)]))
+        if missing:
+            raise ValueError(f"histogram_reference: no fold for training patient(s) {missing[:5]}")
+        for f in sorted(set(fold[train].astype(int))):
+            held, fit_rows = train & (fold == f), train & (fold != f)
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced"))
+            model.fit(F[fit_rows], y[fit_rows])
+            oof[held] += model.decision_function(F[held])
+            n_oof[held] += 1
+            other[~train] += model.decision_function(F[~train])
+            n_other += 1
+    score = np.where(train, oof / np.maximum(n_oof, 1), other / max(n_other, 1))
+    out = bags.index.copy()
+    out["prob"] = 1.0 / (1.0 + np.exp(-score))
+    if size is not None:
+        out, _ = size_adjust(out, size)
+    return out

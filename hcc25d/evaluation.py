@@ -20,6 +20,7 @@ __all__ = [
     "COHORTS",
     "metrics_table",
     "slot_auc",
+    "instance_reference",
     "table5",
     "ROC",
     "roc",
@@ -87,6 +88,28 @@ def slot_auc(preds: pd.DataFrame, prob: str = "prob") -> pd.DataFrame:
         out[cohort] = {slot: (auc(y[B[slot].notna()], B[slot].dropna()) if len(set(y[B[slot].notna()])) == 2
                               else np.nan) for slot in B.columns}
     t = pd.DataFrame(out).T
+    return t.reindex([c for c in COHORTS if c in t.index] + [c for c in t.index if c not in COHORTS])
+
+
+def instance_reference(models: dict) -> pd.DataFrame:
+    """Instance AUC of several instance-level models side by side, per cohort: ``models`` maps a name to
+    its instance predictions (columns ``cohort``, ``label``, ``prob``, and optionally ``size_shift`` from
+    :func:`hcc25d.cnn.size_adjust`). A model with a non-zero ``size_shift`` also gets a column "<name>,
+    before size adjustment" (its scores with the shift added back). Rows: cohorts in the usual order;
+    NaN where a cohort lacks a class. For comparing an instance-level AUC with an instance-level yardstick,
+    never with a patient-level reference."""
+    from .cnn import undo_size_adjust
+
+    cols = {}
+    for name, preds in models.items():
+        cols[name] = preds
+        if "size_shift" in preds and np.abs(preds["size_shift"].to_numpy(float)).max() > 0:
+            cols[f"{name}, before size adjustment"] = undo_size_adjust(preds)
+    out = {}
+    for name, p in cols.items():
+        out[name] = {c: (stats.auc(g["label"], g["prob"]) if g["label"].nunique() == 2 else np.nan)
+                     for c, g in p.groupby("cohort", sort=False)}
+    t = pd.DataFrame(out)
     return t.reindex([c for c in COHORTS if c in t.index] + [c for c in t.index if c not in COHORTS])
 
 

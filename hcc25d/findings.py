@@ -20,6 +20,7 @@ __all__ = [
     "ceiling_summary",
     "ablation_summary",
     "fusion_input_summary",
+    "instance_summary",
     "limits",
 ]
 
@@ -169,6 +170,38 @@ def fusion_input_summary(run_dir: str | Path) -> str:
                      f"{cv.max():.3f}")
             text += (": all within 0.1 of chance, so the rule that picks the highest picks "
                      "among near-chance scores." if (cv - 0.5).abs().max() < 0.1 else ".")
+    return text
+
+
+def instance_summary(run_dir: str | Path) -> str:
+    """Table 3's instance AUCs against their instance-level yardstick (the CNN chapter's histogram
+    reference, trained on the same folds) and, where the CNN's scores are size-adjusted, the training row
+    before the adjustment."""
+    t = _read(Path(run_dir), "cnn", "tab-instance-reference.csv")
+    ref = "histogram reference"
+    if t is None or ref not in t or "training" not in set(t["cohort"]):
+        return ""
+    t = t.set_index("cohort")
+    name = next(c for c in t.columns if c != ref and not c.endswith("before size adjustment"))
+    cohorts = [c for c in ("training", "internal", "external") if c in t.index and pd.notna(t.loc[c, name])]
+
+    def row(col):
+        return ", ".join(f"{t.loc[c, col]:.3f} {c}" for c in cohorts)
+
+    text = (f"At the level of instances (Table 3; training out of fold) {name} reaches AUC {row(name)}; a "
+            f"logistic regression on the same instances' intensity histograms, trained on the same folds, "
+            f"reaches {row(ref)}")
+    better = [c for c in cohorts if pd.notna(t.loc[c, ref]) and t.loc[c, name] > t.loc[c, ref]]
+    text += (f", so {name} beats that yardstick in every cohort." if len(better) == len(cohorts) else
+             f"; {name} beats it in " + (" and ".join(better) if better else "no cohort") + ".")
+    raw = f"{name}, before size adjustment"
+    if raw in t:
+        d = t.loc["training", raw] - t.loc["training", name]
+        text += (f" Before the size adjustment {name}'s training AUC is {t.loc['training', raw]:.3f}: the "
+                 f"adjustment {'takes' if d >= 0 else 'adds'} {abs(d):.3f} "
+                 f"{'from' if d >= 0 else 'to'} the training row")
+        text += (", the part of the score that followed tumour size, which goes with recurrence in the "
+                 "training cohort." if d > 0.01 else ".")
     return text
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "probe_heatmap",
     "ablation_plot",
     "planted_contrast_heatmap",
+    "slot_auc_plot",
     "trait_loadings_plot",
     "trait_probe_plot",
 ]
@@ -581,5 +582,28 @@ def planted_contrast_heatmap(pc: pd.DataFrame):
         ax.tick_params(axis="x", labelrotation=60, labelsize=7)
         ax.tick_params(axis="y", labelrotation=0, labelsize=8)
     fig.suptitle("Planted contrast by instance slot and phase (measured on the crops)", y=1.04)
+    fig.tight_layout()
+    return fig
+
+
+def slot_auc_plot(tables: dict, title: str = ""):
+    """Instance AUC per slot of the 2.5D stack, one panel per cohort, one series per model: ``tables`` maps
+    a model's name to its :func:`hcc25d.evaluation.slot_auc` table (rows cohorts, columns slots)."""
+    first = next(iter(tables.values()))
+    cohorts, slots = list(first.index), list(first.columns)
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 3.6), squeeze=False, sharey=True)
+    x = np.arange(len(slots))
+    for ax, c in zip(axes[0], cohorts):
+        for (name, t), m in zip(tables.items(), "os^D"):
+            ax.plot(x, t.reindex(columns=slots).loc[c].to_numpy(float), marker=m, lw=1.0, ms=5, label=name)
+        ax.axhline(0.5, ls="--", c="0.6", lw=0.8)
+        ax.set_xticks(x, [s.replace("sagittal", "sag.").replace("coronal", "cor.") for s in slots],
+                      rotation=60, fontsize=7)
+        ax.set_title(COHORT_TITLES.get(c, c), fontsize=9)
+        ax.set_ylim(0.35, 0.9)
+    axes[0][0].set_ylabel("instance AUC")
+    axes[0][-1].legend(loc="lower right", fontsize=7)
+    if title:
+        fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig

@@ -645,3 +645,30 @@ def test_input_shift_shows_a_cohort_shifted_at_the_input():
     assert t.loc["external", ("centre", "arterial")] == pytest.approx(-0.2, abs=0.01)
     assert t.loc["external", ("whole crop", "arterial")] == pytest.approx(-0.2 * 64 / 256, abs=0.01)
     assert abs(t.loc["internal"]).max() < 0.02 and abs(t.loc["external", ("centre", "plain")]) < 0.02
+
+
+def test_histogram_reference_uses_the_given_folds_and_learns_intensity():
+    bags = make_bags(n_train=30, n_int=10, n_ext=10, signal=1.0, seed=3)
+    train = bags.patients().query("cohort == 'training'")
+    split = {p: i % 3 for i, p in enumerate(train["patient_id"])}
+    ref = crop25d.histogram_reference(bags, [split])
+    assert ref["prob"].between(0, 1).all() and len(ref) == len(bags.index)
+    assert all(stats.auc(g["label"], g["prob"]) > 0.9 for _, g in ref.groupby("cohort"))
+    # a training patient's score comes only from models that did not see it: relabelling the patients of
+    # fold 0 leaves their own scores unchanged and moves those of the other folds
+    fold0 = [p for p, f in split.items() if f == 0]
+    flip = bags.index["patient_id"].isin(fold0)
+    relabelled = crop25d.Bags(bags.x, bags.index.assign(label=np.where(flip, 1 - bags.index["label"],
+                                                                       bags.index["label"])))
+    ref2 = crop25d.histogram_reference(relabelled, [split])
+    assert np.allclose(ref2.loc[flip, "prob"], ref.loc[flip, "prob"])
+    others = (bags.index["cohort"] == "training") & ~flip
+    assert not np.allclose(ref2.loc[others, "prob"], ref.loc[others, "prob"])
+    # two repeats: a training patient is the mean of the two models that did not see it
+    split2 = {p: (i + 1) % 3 for i, p in enumerate(train["patient_id"])}
+    both = crop25d.histogram_reference(bags, [split, split2])
+    lone = crop25d.histogram_reference(bags, [split2])
+    lg = lambda p: np.log(p / (1 - p))  # noqa: E731
+    assert np.allclose(lg(both["prob"]), (lg(ref["prob"]) + lg(lone["prob"])) / 2)
+    with pytest.raises(ValueError, match="no fold for training patient"):
+        crop25d.histogram_reference(bags, [dict(list(split.items())[1:])])

@@ -116,3 +116,17 @@ def test_fusion_input_summary_calls_out_a_centre_shift_of_the_scores(tmp_path):
     rows = [{"cohort": c, "prob": 0.4} for c in ("training", "internal", "external") for _ in range(5)]
     pd.DataFrame(rows).to_csv(run / "cnn" / "instance_probs_selected.csv", index=False)
     assert "Centre shift" not in findings.fusion_input_summary(run)
+
+
+def test_instance_summary_sets_the_cnn_beside_its_instance_yardstick(tmp_path):
+    (tmp_path / "cnn").mkdir()
+    pd.DataFrame({"cohort": ["training", "internal", "external"], "litecnn": [0.63, 0.68, 0.65],
+                  "litecnn, before size adjustment": [0.66, 0.67, 0.61],
+                  "histogram reference": [0.55, 0.69, 0.59]}).to_csv(tmp_path / "cnn" / "tab-instance-reference.csv",
+                                                                     index=False)
+    text = findings.instance_summary(tmp_path)
+    assert "0.630 training, 0.680 internal, 0.650 external" in text
+    assert "reaches 0.550 training, 0.690 internal, 0.590 external" in text
+    assert "beats it in training and external" in text
+    assert "training AUC is 0.660" in text and "takes 0.030 from the training row" in text
+    assert findings.instance_summary(tmp_path / "nowhere") == ""

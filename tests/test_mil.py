@@ -5,7 +5,7 @@ import pytest
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import check_estimator
 
-from hcc25d import mil
+from hcc25d import mil, stats
 
 
 def test_bag_matrix_orders_slots():
@@ -92,6 +92,27 @@ def test_slot_auc_tells_which_slot_carries_the_signal():
     assert list(t.columns) == ["axial+0", "axial+2", "sagittal+0"]  # central axial first
     assert (t["axial+2"] == 1.0).all()
     assert (t[["axial+0", "sagittal+0"]] < 0.8).all().all()
+
+
+def test_instance_reference_shows_each_model_and_its_score_before_size_adjustment():
+    from hcc25d import evaluation
+
+    rng = np.random.default_rng(1)
+    n = 80
+    idx = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)], "label": np.arange(n) % 2,
+                        "cohort": np.where(np.arange(n) < 40, "training", "external")})
+    good = idx.assign(prob=np.clip(0.3 + 0.4 * idx["label"] + rng.normal(0, 0.2, n), 0.01, 0.99))
+    shift = np.where(idx["label"] == 1, 1.0, -1.0)  # the adjustment took the label's separation away
+    lg = np.log(good["prob"] / (1 - good["prob"])) - shift
+    adjusted = good.assign(prob=1 / (1 + np.exp(-lg)), size_shift=shift)
+    plain = idx.assign(prob=rng.uniform(size=n))
+    t = evaluation.instance_reference({"net": adjusted, "reference": plain})
+    assert list(t.index) == ["training", "external"]
+    assert list(t.columns) == ["net", "net, before size adjustment", "reference"]  # no shift, no extra column
+    assert np.allclose(t["net, before size adjustment"], [stats.auc(g["label"], g["prob"])
+                                                          for _, g in good.groupby("cohort", sort=False)])
+    assert (t["net, before size adjustment"] > t["net"]).all()
+    assert (t["reference"] < 0.8).all()
 
 
 def _two_centre_instances(seed=0, n_train=60, n_internal=30, n_external=40, n_small=5, shift=-3.0):
