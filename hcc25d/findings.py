@@ -200,8 +200,15 @@ def instance_summary(run_dir: str | Path) -> str:
         text += (f" Before the size adjustment {name}'s training AUC is {t.loc['training', raw]:.3f}: the "
                  f"adjustment {'takes' if d >= 0 else 'adds'} {abs(d):.3f} "
                  f"{'from' if d >= 0 else 'to'} the training row")
-        text += (", the part of the score that followed tumour size, which goes with recurrence in the "
-                 "training cohort." if d > 0.01 else ".")
+        sz = _read(Path(run_dir), "cnn", "tab-score-size-outcome.csv")
+        has_size = sz is not None and "AUC size" in sz
+        size_auc = sz.set_index("cohort")["AUC size"] if has_size else pd.Series(dtype=float)
+        if d > 0.01 and size_auc.get("training", np.nan) > 0.5:
+            text += (", the part of the score that followed tumour size. Size alone (per patient) reaches AUC "
+                     + ", ".join(f"{size_auc[c]:.3f} {c}" for c in cohorts if c in size_auc.index)
+                     + ": what it earned the training row is what the adjustment takes away.")
+        else:
+            text += "."
     return text
 
 

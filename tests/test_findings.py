@@ -124,7 +124,11 @@ def test_instance_summary_sets_the_cnn_beside_its_instance_yardstick(tmp_path):
                   "litecnn, before size adjustment": [0.66, 0.67, 0.61],
                   "histogram reference": [0.55, 0.69, 0.59]}).to_csv(tmp_path / "cnn" / "tab-instance-reference.csv",
                                                                      index=False)
+    assert findings.instance_summary(tmp_path).endswith("takes 0.030 from the training row.")  # no size table
+    pd.DataFrame({"cohort": ["training", "internal", "external"], "AUC size": [0.63, 0.46, 0.46]}).to_csv(
+        tmp_path / "cnn" / "tab-score-size-outcome.csv", index=False)
     text = findings.instance_summary(tmp_path)
+    assert "Size alone (per patient) reaches AUC 0.630 training, 0.460 internal, 0.460 external" in text
     assert "0.630 training, 0.680 internal, 0.650 external" in text
     assert "reaches 0.550 training, 0.690 internal, 0.590 external" in text
     assert "beats it in training and external" in text
