@@ -535,6 +535,8 @@ def histogram_reference(bags: Bags, splits: Sequence[dict], size: Optional[pd.Se
 
     from .cnn import size_adjust
 
+    if not splits:
+        raise ValueError("histogram_reference needs the CNN's fold assignments (one per cross-fitting repeat)")
     idx = bags.index.reset_index(drop=True)
     slot = idx["view"].astype(str) + idx["offset"].astype(int).map("{:+d}".format)
     F = np.hstack([_histogram_features(bags.x, range(bags.x.shape[1])),
@@ -544,8 +546,6 @@ def histogram_reference(bags: Bags, splits: Sequence[dict], size: Optional[pd.Se
     train = (idx["cohort"] == "training").to_numpy()
     oof, n_oof = np.zeros(len(idx)), np.zeros(len(idx))
     other, n_other = np.zeros(len(idx)), 0
-    if not splits:
-        raise ValueError("histogram_reference needs the CNN's fold assignments (one per cross-fitting repeat)")
     for split in splits:
         fold = pd.Series({str(k): int(v) for k, v in split.items()}, dtype=float).reindex(pid).to_numpy()
         missing = sorted(set(pid[train & np.isnan(fold)]))

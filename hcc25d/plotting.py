@@ -593,6 +593,10 @@ def slot_auc_plot(tables: dict, title: str = ""):
     cohorts, slots = list(first.index), list(first.columns)
     fig, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 3.6), squeeze=False, sharey=True)
     x = np.arange(len(slots))
+    vals = np.concatenate([t.to_numpy(float).ravel() for t in tables.values()])
+    vals = vals[np.isfinite(vals)]
+    low = min(0.35, float(vals.min()) - 0.05) if len(vals) else 0.35  # every point on the chart
+    high = max(0.9, float(vals.max()) + 0.05) if len(vals) else 0.9
     for ax, c in zip(axes[0], cohorts):
         for (name, t), m in zip(tables.items(), "os^D"):
             ax.plot(x, t.reindex(columns=slots).loc[c].to_numpy(float), marker=m, lw=1.0, ms=5, label=name)
@@ -600,7 +604,7 @@ def slot_auc_plot(tables: dict, title: str = ""):
         ax.set_xticks(x, [s.replace("sagittal", "sag.").replace("coronal", "cor.") for s in slots],
                       rotation=60, fontsize=7)
         ax.set_title(COHORT_TITLES.get(c, c), fontsize=9)
-        ax.set_ylim(0.35, 0.9)
+        ax.set_ylim(low, min(high, 1.02))
     axes[0][0].set_ylabel("instance AUC")
     axes[0][-1].legend(loc="lower right", fontsize=7)
     if title:

@@ -157,3 +157,13 @@ def test_harmonise_centres_maps_only_new_centres_onto_the_training_scale():
     h1, log1 = mil.harmonise_centres(d[d.centre == 1], centre)
     pd.testing.assert_frame_equal(h1, d[d.centre == 1])
     assert log1.empty
+
+
+def test_slot_auc_plot_keeps_every_slot_on_the_chart():
+    from hcc25d import plotting
+
+    t = pd.DataFrame({"axial+0": [0.30, 0.70], "coronal+0": [0.97, np.nan]}, index=["training", "external"])
+    fig = plotting.slot_auc_plot({"net": t, "reference": t - 0.05})
+    low, high = fig.axes[0].get_ylim()
+    assert low < 0.25 and high >= 0.97  # a near-chance or inverted small-run AUC is drawn, not clipped
+    assert len(fig.axes) == 2 and [ln.get_label() for ln in fig.axes[0].lines[:2]] == ["net", "reference"]
