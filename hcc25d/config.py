@@ -301,7 +301,7 @@ class TrainCfg(Section):
 
 
 class CnnCfg(TrainCfg):
-    """Slice-level models (see :mod:`hcc25d.cnn`); training settings as :class:`TrainCfg`."""
+    """Slice-level models (see :mod:`hcc25d.cnn`), with the training settings they share with the 3D baseline."""
 
     #: ``litecnn`` (this package's light CNN, trained from scratch: the CPU default) or torchvision
     #: backbones (the paper's: densenet121, resnet50, resnet101, vgg19).
@@ -331,7 +331,8 @@ class CnnCfg(TrainCfg):
     #: of the ROI's extent (from the mask) and the outcome, and subtract the size slope alone from every
     #: patient's instance logits in every cohort. ``false`` = the paper's scores (the ``gpu`` profile).
     size_adjust: bool = True
-    #: the CPU default: the three phases plus their arterial excess (see :class:`TrainCfg`); ``false`` = the
+    #: the CPU default: the three phases plus their arterial excess (each pixel's arterial value minus the
+    #: arterial value its plain and portal values usually go with; see the CNN chapter); ``false`` = the
     #: paper's three phases (the ``gpu`` profile, whose torchvision backbones take three channels).
     arterial_excess: bool = True
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
@@ -346,7 +347,7 @@ class CnnCfg(TrainCfg):
 
 
 class Cnn3dCfg(TrainCfg):
-    """The 3D baseline (see :mod:`hcc25d.cnn3d`); training settings as :class:`TrainCfg`."""
+    """The 3D baseline (see :mod:`hcc25d.cnn3d`), with the training settings it shares with the slice-level models."""
 
     #: channels of the first stage (64 = ResNet-18's widths).
     width: int = Field(16, ge=1)
@@ -798,6 +799,15 @@ def defaults_yaml(cls: type = Params, indent: int = 0) -> str:
     return "\n".join(out)
 
 
+def _markdown_roles(text: str) -> str:
+    """Docstring markup as Markdown: a Sphinx role (``:func:`x```, ``:mod:`~a.b```) and an RST literal
+    (double backticks) become inline code, since the book's Markdown pages do not resolve roles."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
+
+
 def reference_markdown() -> str:
     """The *Parameters* reference page of the book: every field of every section, generated from the
     schema (default, allowed values, meaning)."""
@@ -818,10 +828,10 @@ def reference_markdown() -> str:
             doc = lines[0] if lines and not lines[0].startswith(("A frozen params section", "Usage docs")) else ""
             out += ["", f"## `{sec}`" if sec != "(top level)" else "## Top level", ""]
             if doc:
-                out += [doc, ""]
+                out += [_markdown_roles(doc), ""]
             out += ["| parameter | default | allowed | meaning |", "|---|---|---|---|"]
         cell = lambda t: str(t).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        out.append(f"| `{r['parameter']}` | `{cell(r['default'])}` | {cell(r['allowed'])} | {cell(r['meaning'])} |")
+        out.append(f"| `{r['parameter']}` | `{cell(r['default'])}` | {cell(r['allowed'])} | {_markdown_roles(cell(r['meaning']))} |")
     return "\n".join(out) + "\n"
 
 

@@ -1,5 +1,6 @@
-"""`make check-book` on a planted page: it fails on an overflowing table, a broken image, a console error
-and plumbing text, and passes once the table scrolls in its own box."""
+"""`make check-book` on a planted page: it fails on an overflowing table, a narrow table cut off in its
+scroll box, a broken image, a console error and plumbing text, and passes once a wide table scrolls in
+its own box."""
 import shutil
 
 import pytest
@@ -27,6 +28,19 @@ def test_planted_overflowing_table_fails_and_scroll_box_passes(tmp_path):
     assert any(p.startswith("overflow: TABLE") for p in problems["index.html"])
     assert (tmp_path / "shots" / "index.png").stat().st_size > 0
     html = _book(tmp_path, f'<div style="overflow-x:auto">{WIDE}</div>')
+    assert check_book.check(html, tmp_path / "shots") == {}
+
+
+def test_a_narrow_table_that_needs_its_scroll_box_is_cut_off(tmp_path):
+    """Four long columns in a 600 px column: the scroll box hides the last one, which reads as a table cut
+    off at the page's edge; once its cells may wrap it fits and passes."""
+    cells = "".join(f"<td>{'x' * 40}_{i}</td>" for i in range(4))
+    html = _book(tmp_path, f'<div style="overflow-x:auto"><table style="white-space:nowrap"><tr>{cells}'
+                           '</tr></table></div>')
+    found = check_book.check(html, tmp_path / "shots")["index.html"]
+    assert any("TABLE of 4 columns is cut off" in p for p in found), found
+    cells = "".join(f"<td>{'word ' * 8}{i}</td>" for i in range(4))
+    html = _book(tmp_path, f'<div style="overflow-x:auto"><table><tr>{cells}</tr></table></div>')
     assert check_book.check(html, tmp_path / "shots") == {}
 
 

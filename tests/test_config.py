@@ -1,4 +1,5 @@
 """Params files: validation with one clear message naming each field."""
+import re
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,15 @@ def test_defaults_print_round_trips_and_documents_every_field():
     assert len(rows) > 80
     undocumented = [r["parameter"] for r in rows if not r["meaning"]]
     assert not undocumented, undocumented
-    assert "| `cnn.epochs` | `16` | integer; ≥ 1 |" in config.reference_markdown()
+    md = config.reference_markdown()
+    assert "| `cnn.epochs` | `16` | integer; ≥ 1 |" in md
+    # the page is Markdown: docstring roles and RST literals are turned into inline code, not printed raw
+    assert not re.search(r":[a-z]+:`", md) and "``" not in md
+    assert "(see `hcc25d.cnn`)" in md and "`hcc25d.mil.harmonise_centres`" in md
+
+
+def test_docstring_roles_become_inline_code():
+    assert config._markdown_roles(":func:`~hcc25d.mil.x` and ``true``") == "`hcc25d.mil.x` and `true`"
 
 
 def test_arterial_excess_is_refused_for_torchvision_backbones():
