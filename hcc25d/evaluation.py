@@ -21,6 +21,7 @@ __all__ = [
     "metrics_table",
     "slot_auc",
     "instance_reference",
+    "margin_share",
     "table5",
     "ROC",
     "roc",
@@ -89,6 +90,13 @@ def slot_auc(preds: pd.DataFrame, prob: str = "prob") -> pd.DataFrame:
                               else np.nan) for slot in B.columns}
     t = pd.DataFrame(out).T
     return t.reindex([c for c in COHORTS if c in t.index] + [c for c in t.index if c not in COHORTS])
+
+
+def margin_share(auc: pd.Series, reference: pd.Series) -> pd.Series:
+    """The share of a reference's margin over chance that an AUC recovers, cohort by cohort:
+    ``(AUC − 0.5) / (reference − 0.5)``; NaN where either is missing or the reference is not above 0.5."""
+    a, r = auc.astype(float), reference.reindex(auc.index).astype(float)
+    return ((a - 0.5) / (r - 0.5)).where(r > 0.5)
 
 
 def instance_reference(models: dict) -> pd.DataFrame:

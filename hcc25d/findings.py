@@ -176,13 +176,17 @@ def fusion_input_summary(run_dir: str | Path) -> str:
 def instance_summary(run_dir: str | Path) -> str:
     """Table 3's instance AUCs against their instance-level yardstick (the CNN chapter's histogram
     reference, trained on the same folds) and, where the CNN's scores are size-adjusted, the training row
-    before the adjustment."""
+    before the adjustment; on the twin also against its instance-level ceiling (the slot reference) and
+    the share of that ceiling's margin over chance that the CNN recovers."""
     t = _read(Path(run_dir), "cnn", "tab-instance-reference.csv")
     ref = "histogram reference"
     if t is None or ref not in t or "training" not in set(t["cohort"]):
         return ""
     t = t.set_index("cohort")
-    name = next(c for c in t.columns if c != ref and not c.endswith("before size adjustment"))
+    from .twin_imaging import SLOT_REFERENCE
+
+    name = next(c for c in t.columns
+                if c not in (ref, SLOT_REFERENCE) and not c.endswith("before size adjustment"))
     cohorts = [c for c in ("training", "internal", "external") if c in t.index and pd.notna(t.loc[c, name])]
 
     def row(col):
@@ -209,6 +213,14 @@ def instance_summary(run_dir: str | Path) -> str:
                      + ": what it earned the training row is what the adjustment takes away.")
         else:
             text += "."
+    if SLOT_REFERENCE in t:
+        from .evaluation import margin_share
+
+        share = margin_share(t[name], t[SLOT_REFERENCE]).reindex(cohorts)
+        text += (f" The twin's instance-level reference (the latent traits each slot shows, read exactly) "
+                 f"reaches {row(SLOT_REFERENCE)}, so {name} recovers "
+                 + ", ".join(f"{share[c]:.2f} {c}" for c in cohorts if pd.notna(share[c]))
+                 + " of its margin over chance.")
     return text
 
 

@@ -45,6 +45,8 @@ where :math:`p_{\\text{clin}}` is a logistic regression of the outcome on tumour
 differentiation, Ki67 and the cohort, fitted on the whole twin (the twin's clinical generator has no
 closed-form likelihood, so this part is estimated). No model that sees only the images and clinical
 data can beat :math:`p^\\ast` except by chance: its AUC is the ceiling of every AUC in the book.
+For one 2.5D instance the image-only ceiling is :func:`slot_reference`: the sum over the traits that the
+instance's slot shows (measured on the images by :func:`planted_contrast`).
 
 Two hospitals
 -------------
@@ -78,6 +80,10 @@ __all__ = [
     "planted_contrast",
     "write_patient",
     "oracle_probabilities",
+    "VISIBLE_CONTRAST",
+    "SLOT_REFERENCE",
+    "visible_traits",
+    "slot_reference",
     "build_twin",
 ]
 
@@ -455,6 +461,73 @@ def oracle_probabilities(patients: pd.DataFrame, latent: pd.DataFrame, signal_sc
     return pd.DataFrame({"patient_id": df["patient_id"], "cohort": df["cohort"], "label": df["label"],
                          "clinical_logit": clin_logit, "imaging_llr": llr,
                          "oracle_prob": 1 / (1 + np.exp(-logit))})
+
+
+#: a trait counts as visible on a slot when its planted contrast there (the mean over the probed patients
+#: of :func:`planted_contrast`, in its strongest phase) reaches this many window units: well above the
+#: traces that blur leaves on slots the trait misses, well below its contrast where it sits
+VISIBLE_CONTRAST = 0.03
+
+#: the name of :func:`slot_reference`'s scores in the CNN chapter's tables and figure
+SLOT_REFERENCE = "reference (traits the slot shows)"
+
+
+def visible_traits(contrast: pd.DataFrame, threshold: float = VISIBLE_CONTRAST) -> pd.DataFrame:
+    """Which latent traits each 2.5D slot shows, from the images: ``contrast`` is the data chapter's
+    :func:`planted_contrast` table (columns ``trait``, ``slot``, ``phase``, ``contrast``, one row per
+    probed patient, trait, slot and phase). Returns slots × traits: the contrast in the trait's strongest
+    phase (mean over the probed patients) and, as booleans, whether it reaches ``threshold``."""
+    mean = contrast.groupby(["slot", "trait", "phase"], sort=False)["contrast"].mean()
+    peak = mean.groupby(level=["slot", "trait"], sort=False).max().unstack("trait")
+    return peak.ge(threshold).rename(columns=lambda t: f"{t} visible").join(peak)
+
+
+_TRAIT_WORDS = {"pae": "peritumoral enhancement", "satellites": "satellites", "heterogeneity": "heterogeneity"}
+
+
+def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.DataFrame,
+                   contrast: pd.DataFrame, signal_scale: float = 1.0,
+                   threshold: float = VISIBLE_CONTRAST) -> pd.DataFrame:
+    """The twin's instance-level reference: each instance scored with the part of the oracle that its slot
+    can show — the log-likelihood ratio (as in :func:`oracle_probabilities`) of the latent traits that
+    :func:`visible_traits` finds on that slot, read exactly. No model that sees one slice can do better
+    than this except by chance or through what else goes with the outcome (the tumour's size, for
+    instance). The image-only reference is the same sum over all three traits, so it is this reference's
+    patient-level counterpart.
+
+    ``instances``: one row per instance with ``patient_id``, ``cohort``, ``label``, ``view``, ``offset``
+    (e.g. a CNN's instance predictions); ``traits``: per patient the latent ``u_<trait>`` columns (the data
+    chapter's ``tab-twin-traits.csv``); ``patients``: per patient ``mvi``; ``contrast``: the planted
+    contrast table. Returns the instance rows with ``llr`` (the visible log-likelihood ratio), ``prob`` (its
+    logistic) and ``visible`` (the traits counted, in words, joined by `` + ``).
+    """
+    vis = visible_traits(contrast, threshold)
+    out = instances[["patient_id", "cohort", "label", "view", "offset"]].copy()
+    pid = out["patient_id"].astype(str)
+    slot = out["view"].astype(str) + out["offset"].map(lambda o: f"{int(o):+d}")
+    unknown = sorted(set(slot) - set(vis.index))
+    if unknown:
+        raise ValueError(f"slot_reference: no planted contrast for slot(s) {unknown}")
+    tr = traits.copy()
+    tr.index = tr.index.astype(str)
+    missing = sorted(set(pid) - set(tr.index))
+    if missing:
+        raise ValueError(f"slot_reference: no latent traits for {len(missing)} patient(s), e.g. {missing[:3]}")
+    mvi = patients["mvi"].copy() if "mvi" in patients else pd.Series(0, index=patients.index)
+    mvi.index = mvi.index.astype(str)
+    llr = np.zeros(len(out))
+    names = []
+    for name in ("pae", "satellites", "heterogeneity"):
+        d = SIGNAL[name]["delta"] * signal_scale
+        g = SIGNAL[name]["gamma"] * (mvi.reindex(pid).fillna(0).to_numpy(float) if name != "heterogeneity" else 0)
+        part = d * (tr[f"u_{name}"].reindex(pid).to_numpy(float) - g) - d * d / 2
+        seen = slot.map(vis[f"u_{name} visible"]).to_numpy(bool)
+        llr += np.where(seen, part, 0.0)
+        names.append(np.where(seen, _TRAIT_WORDS[name], ""))
+    out["llr"] = llr
+    out["prob"] = 1 / (1 + np.exp(-llr))
+    out["visible"] = [" + ".join(n for n in row if n) or "none" for row in zip(*names)]
+    return out
 
 
 def _twin_worker(args):

@@ -1,8 +1,9 @@
 """The findings page's generated sentences."""
 import numpy as np
 import pandas as pd
+import pytest
 
-from hcc25d import findings
+from hcc25d import findings, twin_imaging
 
 
 def _run_dir(tmp_path, n_training):
@@ -134,3 +135,22 @@ def test_instance_summary_sets_the_cnn_beside_its_instance_yardstick(tmp_path):
     assert "beats it in training and external" in text
     assert "training AUC is 0.660" in text and "takes 0.030 from the training row" in text
     assert findings.instance_summary(tmp_path / "nowhere") == ""
+    assert "instance-level reference" not in text
+    # on the twin: the slot reference (the instance-level ceiling) and the share of its margin recovered
+    t = pd.read_csv(tmp_path / "cnn" / "tab-instance-reference.csv")
+    t[twin_imaging.SLOT_REFERENCE] = [0.75, 0.76, 0.81]
+    t.to_csv(tmp_path / "cnn" / "tab-instance-reference.csv", index=False)
+    text = findings.instance_summary(tmp_path)
+    assert text.startswith("At the level of instances (Table 3; training out of fold) litecnn reaches")
+    assert "reaches 0.750 training, 0.760 internal, 0.810 external, so litecnn recovers 0.52 training, " \
+           "0.69 internal, 0.48 external of its margin over chance." in text
+
+
+def test_margin_share_per_cohort():
+    from hcc25d import evaluation
+
+    auc = pd.Series({"training": 0.6, "internal": 0.7, "external": 0.55})
+    ref = pd.Series({"training": 0.7, "internal": 0.5, "external": 0.6})
+    share = evaluation.margin_share(auc, ref)
+    assert share["training"] == pytest.approx(0.5) and share["external"] == pytest.approx(0.5)
+    assert np.isnan(share["internal"])  # a reference at chance has no margin to share

@@ -167,3 +167,32 @@ def test_reference_auc_unchanged_by_signal_position(patients):
     ref = twin_imaging.oracle_probabilities(patients, lat)
     for c, g in ref.groupby("cohort"):
         assert 0.78 <= auc_ci(g["label"], g["imaging_llr"]).auc <= 0.86, c  # the image-only reference
+
+
+def test_slot_reference_reads_the_traits_each_slot_shows(patients, contrast):
+    lat = pd.DataFrame([{"patient_id": r["patient_id"], **twin_imaging.draw_latent(r, SEED)}
+                        for _, r in patients.iterrows()])
+    oracle = twin_imaging.oracle_probabilities(patients, lat).set_index("patient_id")
+    vis = {pos: twin_imaging.visible_traits(c) for pos, c in contrast.items()}
+    off, cen = vis["offcentre"], vis["central"]
+    # measured on the images: the peritumoral enhancement is off the central slice and on it in the
+    # negative control; heterogeneity on every slot
+    assert not off.loc["axial+0", "u_pae visible"] and off.loc[["axial-4", "axial+4"], "u_pae visible"].any()
+    assert cen.loc["axial+0", "u_pae visible"] and off["u_heterogeneity visible"].all()
+    pts = patients.set_index("patient_id")
+    inst = pd.DataFrame([{"patient_id": p, "cohort": pts.loc[p, "cohort"], "label": pts.loc[p, "label"],
+                          "view": s.rstrip("+-0123456789"), "offset": int(s[len(s.rstrip("+-0123456789")):])}
+                         for p in pts.index for s in off.index])
+    ref = twin_imaging.slot_reference(inst, lat.set_index("patient_id"), pts, contrast["offcentre"])
+    slot = ref["view"] + ref["offset"].map("{:+d}".format)
+    full = slot.map(off.filter(like="visible").all(axis=1)).to_numpy(bool)
+    assert full.any() and (~full).any()
+    # a slot that shows all three traits gets the image-only reference exactly; one that shows fewer gets less
+    assert np.allclose(ref.loc[full, "llr"], oracle.loc[ref.loc[full, "patient_id"], "imaging_llr"])
+    assert not np.allclose(ref.loc[~full, "llr"], oracle.loc[ref.loc[~full, "patient_id"], "imaging_llr"])
+    assert set(ref.loc[slot == "axial+0", "visible"]) == {"satellites + heterogeneity"}
+    assert np.allclose(ref["prob"], 1 / (1 + np.exp(-ref["llr"])))
+    with pytest.raises(ValueError, match="no planted contrast"):
+        twin_imaging.slot_reference(inst.assign(offset=9), lat.set_index("patient_id"), pts, contrast["offcentre"])
+    with pytest.raises(ValueError, match="no latent traits"):
+        twin_imaging.slot_reference(inst, lat.set_index("patient_id").iloc[1:], pts, contrast["offcentre"])
