@@ -443,6 +443,14 @@ def write_patient(vol: dict, out_dir: Path) -> dict:
     return paths
 
 
+def _trait_llr(name: str, u: np.ndarray, mvi: np.ndarray, signal_scale: float = 1.0) -> np.ndarray:
+    """One trait's log-likelihood ratio (recurrence against none) under the latent-risk model:
+    ``δ (u − γ x) − δ²/2``, with ``x`` = MVI for the traits that go with it."""
+    d = SIGNAL[name]["delta"] * signal_scale
+    g = SIGNAL[name]["gamma"] * (np.asarray(mvi, float) if name in ("pae", "satellites") else 0.0)
+    return d * (np.asarray(u, float) - g) - d * d / 2
+
+
 def oracle_probabilities(patients: pd.DataFrame, latent: pd.DataFrame, signal_scale: float = 1.0) -> pd.DataFrame:
     """The oracle (Bayes) recurrence probability of each patient under the latent-risk model."""
     import statsmodels.api as sm
@@ -452,11 +460,9 @@ def oracle_probabilities(patients: pd.DataFrame, latent: pd.DataFrame, signal_sc
     X = pd.get_dummies(df[clin_vars + ["cohort"]], columns=["cohort"], drop_first=True, dtype=float)
     fit = sm.Logit(df["label"].astype(float), sm.add_constant(X, has_constant="add")).fit(disp=0)
     clin_logit = np.asarray(sm.add_constant(X, has_constant="add") @ fit.params)
-    llr = np.zeros(len(df))
-    for name in ("pae", "satellites", "heterogeneity"):
-        d = SIGNAL[name]["delta"] * signal_scale
-        g = SIGNAL[name]["gamma"] * (df["mvi"].to_numpy() if name in ("pae", "satellites") and "mvi" in df else 0)
-        llr += d * (df[f"u_{name}"].to_numpy() - g) - d * d / 2
+    mvi = df["mvi"].to_numpy(float) if "mvi" in df else np.zeros(len(df))
+    llr = sum(_trait_llr(name, df[f"u_{name}"].to_numpy(float), mvi, signal_scale)
+              for name in ("pae", "satellites", "heterogeneity"))
     logit = clin_logit + llr
     return pd.DataFrame({"patient_id": df["patient_id"], "cohort": df["cohort"], "label": df["label"],
                          "clinical_logit": clin_logit, "imaging_llr": llr,
@@ -517,10 +523,9 @@ def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.D
     mvi.index = mvi.index.astype(str)
     llr = np.zeros(len(out))
     names = []
+    x = mvi.reindex(pid).fillna(0).to_numpy(float)
     for name in ("pae", "satellites", "heterogeneity"):
-        d = SIGNAL[name]["delta"] * signal_scale
-        g = SIGNAL[name]["gamma"] * (mvi.reindex(pid).fillna(0).to_numpy(float) if name != "heterogeneity" else 0)
-        part = d * (tr[f"u_{name}"].reindex(pid).to_numpy(float) - g) - d * d / 2
+        part = _trait_llr(name, tr[f"u_{name}"].reindex(pid).to_numpy(float), x, signal_scale)
         seen = slot.map(vis[f"u_{name} visible"]).to_numpy(bool)
         llr += np.where(seen, part, 0.0)
         names.append(np.where(seen, _TRAIT_WORDS[name], ""))
