@@ -73,6 +73,8 @@ __all__ = [
     "align_scale",
     "size_adjust",
     "undo_size_adjust",
+    "latent_label_reference",
+    "LABEL_REFERENCE",
     "score_size_outcome",
     "deconfounding_weights",
     "ensemble",
@@ -717,7 +719,7 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
                 yv = pd.Series(yv).groupby(groups[va_idx], sort=True).first().to_numpy()
             eps = 1e-6
             row["val_loss"] = float(-np.mean(yv * np.log(pv + eps) + (1 - yv) * np.log(1 - pv + eps)))
-            row["val_auc"] = auc(yv, pv)
+            row["val_auc"] = auc(yv, pv) if np.isin(yv, (0.0, 1.0)).all() else float("nan")  # soft target
             score = -row["val_loss"]
         else:
             score = epoch  # fixed budget: keep the last epoch
@@ -752,7 +754,8 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
                      prediction: str = "crossfit", device: str = "cpu", dims: int = 2,
                      cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True,
                      fold_of: Optional[dict] = None, confounders: Optional[pd.DataFrame] = None,
-                     verbose: bool = True, size: Optional[pd.Series] = None):
+                     verbose: bool = True, size: Optional[pd.Series] = None,
+                     target: Optional[pd.Series] = None):
     """Leakage-safe probabilities for every instance (or cube) of ``bags`` from one set of models.
 
     ``prediction="crossfit"``: ``folds`` models, each trained on all training patients but one fold.
@@ -795,6 +798,10 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
 
     With ``prm.size_adjust`` the probabilities are adjusted for the ROI's size (:func:`size_adjust`;
     ``size``: each patient's ROI extent in mm, required then) and ``meta["size_adjust"]`` holds the slope.
+
+    ``target`` (patient → a value in [0, 1]): what every model learns in place of the outcome (a soft
+    label in the loss; :func:`latent_label_reference`). Everything else stays the outcome's: the folds
+    (stratified by it, so the same as without ``target``), the ``label`` column and the size adjustment.
     """
     if prm.size_adjust and size is None:
         raise ValueError("size_adjust is on: pass each patient's ROI extent (crop25d.roi_extent_mm) as size")
@@ -802,6 +809,15 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     train = pats[pats["cohort"] == "training"].reset_index(drop=True)
     y = bags.index["label"].to_numpy()
     groups = bags.index["patient_id"].to_numpy()
+    if target is not None:
+        t = pd.Series(target, dtype=float)
+        t.index = t.index.astype(str)
+        y = t.reindex(pd.Series(groups).astype(str)).to_numpy(float)
+        y_train = y[bags.rows(train["patient_id"])]
+        if not np.isfinite(y_train).all() or (y_train < 0).any() or (y_train > 1).any():
+            raise ValueError("target: every training patient needs a value in [0, 1]")
+        if confounders is not None and confounders.shape[1]:
+            raise ValueError("target: the deconfounding weights are for the outcome; pass no confounders")
     pred = np.full(len(bags.index), np.nan)
     insample = np.full(len(bags.index), np.nan)
     source = np.array([""] * len(bags.index), dtype=object)
@@ -1175,6 +1191,32 @@ def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Op
             if "fold_scale" in meta:  # what align_scale needs to put a saved model's scores on the set's scale
                 meta["fold_scale"].to_csv(Path(model_dir) / f"{name}-fold-scale.csv")
     return pd.concat(all_preds, ignore_index=True), pd.concat(all_logs, ignore_index=True), models, metas
+
+
+def latent_label_reference(bags: Bags, C, backbone: str, llr: pd.Series, seed: int, device: str = "cpu",
+                           cache_dir: Optional[Path] = None, size: Optional[pd.Series] = None,
+                           verbose: bool = False) -> pd.DataFrame:
+    """The twin's *label reference*: ``backbone`` cross-fitted exactly as the method's model set (same
+    input, settings, seeds, folds and repeats, :func:`crossfit_predict`) but taught each training patient's
+    latent image score instead of its outcome — the soft label ``1 / (1 + exp(−llr))``, ``llr`` the image-only
+    reference's log-likelihood ratio (``imaging_llr`` of the twin's ``oracle.csv``). No real study has this
+    label: it is what the network would learn if every training patient's outcome were replaced by the
+    noise-free image evidence behind it. Set beside the method's scores (both against the *outcome*, both
+    size-adjusted by the same rule when ``C.size_adjust``), it separates what the outcome labels fail to
+    teach (the method below it) from what the network does not read from the instances at this number of
+    patients even when told (it below the twin's slot reference). Returns instance predictions with
+    ``backbone`` = :data:`LABEL_REFERENCE`."""
+    target = 1.0 / (1.0 + np.exp(-pd.Series(llr, dtype=float)))
+    make = lambda: build_model(backbone, C.weights, C.on_missing_weights, C.dropout,  # noqa: E731
+                               width=C.width, in_channels=bags.x.shape[1])[0]
+    preds, _, _, _ = crossfit_predict(bags, make, C, seed, folds=C.folds, prediction="crossfit", device=device,
+                                      cache_dir=cache_dir, name=f"{backbone}-latent-label", progress=False,
+                                      verbose=verbose, size=size, target=target)
+    return preds.assign(backbone=LABEL_REFERENCE)
+
+
+#: the name of :func:`latent_label_reference`'s predictions in tables and figures
+LABEL_REFERENCE = "CNN taught the latent image score"
 
 
 def gradcam_panels(preds: pd.DataFrame, bags: Bags, fitted: dict, threshold: float,

@@ -183,10 +183,11 @@ def instance_summary(run_dir: str | Path) -> str:
     if t is None or ref not in t or "training" not in set(t["cohort"]):
         return ""
     t = t.set_index("cohort")
+    from .cnn import LABEL_REFERENCE
     from .twin_imaging import SLOT_REFERENCE
 
     name = next(c for c in t.columns
-                if c not in (ref, SLOT_REFERENCE) and not c.endswith("before size adjustment"))
+                if c not in (ref, SLOT_REFERENCE, LABEL_REFERENCE) and not c.endswith("before size adjustment"))
     cohorts = [c for c in ("training", "internal", "external") if c in t.index and pd.notna(t.loc[c, name])]
 
     def row(col):
@@ -221,6 +222,34 @@ def instance_summary(run_dir: str | Path) -> str:
                  f"reaches {row(SLOT_REFERENCE)}, so {name} recovers "
                  + ", ".join(f"{share[c]:.2f} {c}" for c in cohorts if pd.notna(share[c]))
                  + " of its margin over chance.")
+    if LABEL_REFERENCE in t:
+        text += " " + _label_reference_sentence(t, name, cohorts, SLOT_REFERENCE)
+    return text
+
+
+def _label_reference_sentence(t: pd.DataFrame, name: str, cohorts, slot_ref: str) -> str:
+    """The CNN against the same network taught the twin's latent image score (cohorts × models table of
+    instance AUCs): what learning from outcomes costs it, and, with the slot reference, which part of the
+    distance to that ceiling is the larger."""
+    from .cnn import LABEL_REFERENCE
+
+    lab = t[LABEL_REFERENCE].reindex(cohorts)
+    cost = (lab - t[name].reindex(cohorts)).dropna()
+    text = (f"Taught the twin's latent image score in place of the outcome (a label no real study has), the "
+            f"same network on the same folds reaches " + ", ".join(f"{lab[c]:.3f} {c}" for c in cost.index)
+            + f"; {name}, taught the outcome, is "
+            + ", ".join(f"{abs(v):.3f} {'lower' if v > 0 else 'higher'} in {c}" for c, v in cost.items())
+            + ".")
+    if slot_ref in t and len(cost):
+        unread = (t[slot_ref].reindex(cost.index) - lab.reindex(cost.index)).mean()
+        if unread > cost.mean():
+            text += (f" Most of the distance to the slot reference (on average {unread:.3f} of "
+                     f"{unread + cost.mean():.3f}) remains when the network is told what to look for: it is what "
+                     f"this network does not read from single instances of this many patients, not what the "
+                     f"outcome labels fail to teach.")
+        else:
+            text += (f" Most of the distance to the slot reference (on average {cost.mean():.3f} of "
+                     f"{unread + cost.mean():.3f}) is what the outcome labels fail to teach.")
     return text
 
 

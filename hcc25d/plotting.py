@@ -606,8 +606,9 @@ def slot_auc_plot(tables: dict, title: str = ""):
         ax.set_title(COHORT_TITLES.get(c, c), fontsize=9)
         ax.set_ylim(low, min(high, 1.02))
     axes[0][0].set_ylabel("instance AUC")
-    axes[0][-1].legend(loc="lower right", fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))  # the legend goes below the panels, where it hides no point
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, y=1.02)
-    fig.tight_layout()
     return fig

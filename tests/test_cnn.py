@@ -137,6 +137,47 @@ def test_repeated_crossfit_averages_models_that_never_saw_the_patient():
     assert not np.allclose(first["prob"], preds["prob"])
 
 
+def test_crossfit_target_replaces_the_outcome_in_the_loss_only():
+    bags = make_bags(n_train=30, n_int=10, n_ext=10, inst=2, signal=1.0, seed=4)
+    prm = P(epochs=4, lr=0.01, val_fraction=0.0, repeats=2)
+    base, _, _, meta = cnn.crossfit_predict(bags, tiny_model, prm, seed=3, folds=3, progress=False)
+    label = bags.index.drop_duplicates("patient_id").set_index("patient_id")["label"]
+    # the outcome itself as the target: the same folds, models and predictions
+    same, _, _, meta_s = cnn.crossfit_predict(bags, tiny_model, prm, seed=3, folds=3, progress=False,
+                                              target=label.astype(float))
+    assert meta_s["repeat_folds"] == meta["repeat_folds"]
+    assert np.allclose(same["prob"], base["prob"], atol=1e-6)
+    # the opposite target: the models learn it (out-of-fold AUC against the outcome falls below chance),
+    # while the folds and the label column stay the outcome's
+    flip, _, _, meta_f = cnn.crossfit_predict(bags, tiny_model, prm, seed=3, folds=3, progress=False,
+                                              target=1.0 - label)
+    assert meta_f["repeat_folds"] == meta["repeat_folds"]
+    assert (flip["label"] == base["label"]).all()
+    train = flip["cohort"] == "training"
+    assert stats.auc(base.loc[train, "label"], base.loc[train, "prob"]) > 0.8
+    assert stats.auc(flip.loc[train, "label"], flip.loc[train, "prob"]) < 0.2
+    with pytest.raises(ValueError, match="every training patient"):
+        cnn.crossfit_predict(bags, tiny_model, prm, seed=3, folds=3, progress=False, target=label.iloc[:5])
+    with pytest.raises(ValueError, match="every training patient"):
+        cnn.crossfit_predict(bags, tiny_model, prm, seed=3, folds=3, progress=False, target=label * 2.0)
+
+
+def test_latent_label_reference_is_the_method_taught_the_latent_score():
+    bags = make_bags(n_train=30, n_int=10, n_ext=10, inst=2, signal=1.0, seed=5)
+    C = config.CnnCfg.model_validate(dict(_PRM, val_fraction=0.0, repeats=1, folds=3, epochs=3, width=4,
+                                          arterial_excess=False))
+    pid = bags.index.drop_duplicates("patient_id")["patient_id"]
+    label = bags.index.drop_duplicates("patient_id").set_index("patient_id")["label"]
+    llr = pd.Series(np.where(label.to_numpy() == 1, -3.0, 3.0), index=pid.to_numpy())  # against the outcome
+    ref = cnn.latent_label_reference(bags, C, "litecnn", llr, seed=2)
+    preds, *_ = cnn.train_backbones(bags, C, 2, "cpu")
+    assert (ref["backbone"] == cnn.LABEL_REFERENCE).all() and (ref["label"] == preds["label"]).all()
+    assert ref["fold"].fillna(-1).equals(preds["fold"].fillna(-1))  # the method's folds
+    train = ref["cohort"] == "training"
+    assert stats.auc(preds.loc[train, "label"], preds.loc[train, "prob"]) > 0.7
+    assert stats.auc(ref.loc[train, "label"], ref.loc[train, "prob"]) < 0.3  # it learned the latent score
+
+
 def test_out_of_fold_and_held_out_probabilities_share_one_scale():
     # training, internal and external patients drawn from the same distribution: the out-of-fold
     # probabilities of the training patients and each fold model's probabilities of the others must agree

@@ -144,6 +144,23 @@ def test_instance_summary_sets_the_cnn_beside_its_instance_yardstick(tmp_path):
     assert text.startswith("At the level of instances (Table 3; training out of fold) litecnn reaches")
     assert "reaches 0.750 training, 0.760 internal, 0.810 external, so litecnn recovers 0.52 training, " \
            "0.69 internal, 0.48 external of its margin over chance." in text
+    assert "latent image score" not in text
+    # the same network taught the latent image score: what the outcome labels cost, and which gap is larger
+    from hcc25d.cnn import LABEL_REFERENCE
+
+    t.insert(2, LABEL_REFERENCE, [0.64, 0.70, 0.66])  # before the CNN's own column would be found first
+    t.to_csv(tmp_path / "cnn" / "tab-instance-reference.csv", index=False)
+    text = findings.instance_summary(tmp_path)
+    assert text.startswith("At the level of instances (Table 3; training out of fold) litecnn reaches AUC 0.630")
+    assert "the same network on the same folds reaches 0.640 training, 0.700 internal, 0.660 external; " \
+           "litecnn, taught the outcome, is 0.010 lower in training, 0.020 lower in internal, " \
+           "0.010 lower in external." in text
+    assert "(on average 0.107 of 0.120) remains when the network is told what to look for" in text
+    t[LABEL_REFERENCE] = [0.75, 0.76, 0.64]
+    t.to_csv(tmp_path / "cnn" / "tab-instance-reference.csv", index=False)
+    text = findings.instance_summary(tmp_path)
+    assert "0.120 lower in training, 0.080 lower in internal, 0.010 higher in external." in text
+    assert "(on average 0.063 of 0.120) is what the outcome labels fail to teach." in text
 
 
 def test_margin_share_per_cohort():
