@@ -83,6 +83,7 @@ __all__ = [
     "select_backbone",
     "weights_info",
     "no_imagenet_warning",
+    "model_factory",
     "train_backbones",
     "gradcam_panels",
 ]
@@ -1163,6 +1164,14 @@ def no_imagenet_warning(name: str, info: dict) -> str:
             f'recorded as such in the provenance.</p></div>')
 
 
+def model_factory(name: str, C, in_channels: int) -> Callable:
+    """A function that builds a fresh ``name`` network with the settings of ``C`` (weights, their
+    fallback, dropout, width) for ``in_channels`` input channels — what :func:`crossfit_predict` calls
+    once per model."""
+    return lambda: build_model(name, C.weights, C.on_missing_weights, C.dropout, width=C.width,
+                               in_channels=in_channels)[0]
+
+
 def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Optional[Path] = None,
                     confounders: Optional[pd.DataFrame] = None, model_dir: Optional[Path] = None,
                     size: Optional[pd.Series] = None):
@@ -1177,8 +1186,7 @@ def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Op
 
     all_preds, all_logs, models, metas = [], [], {}, {}
     for name in C.backbones:
-        make = lambda name=name: build_model(name, C.weights, C.on_missing_weights, C.dropout,  # noqa: E731
-                                             width=C.width, in_channels=bags.x.shape[1])[0]
+        make = model_factory(name, C, bags.x.shape[1])
         preds, logs, fitted, meta = crossfit_predict(bags, make, C, seed, folds=C.folds, prediction=C.prediction,
                                                      device=device, cache_dir=cache_dir, name=name,
                                                      progress=False, confounders=confounders, size=size)
@@ -1207,8 +1215,7 @@ def latent_label_reference(bags: Bags, C, backbone: str, llr: pd.Series, seed: i
     patients even when told (it below the twin's slot reference). Returns instance predictions with
     ``backbone`` = :data:`LABEL_REFERENCE`."""
     target = 1.0 / (1.0 + np.exp(-pd.Series(llr, dtype=float)))
-    make = lambda: build_model(backbone, C.weights, C.on_missing_weights, C.dropout,  # noqa: E731
-                               width=C.width, in_channels=bags.x.shape[1])[0]
+    make = model_factory(backbone, C, bags.x.shape[1])
     preds, _, _, _ = crossfit_predict(bags, make, C, seed, folds=C.folds, prediction="crossfit", device=device,
                                       cache_dir=cache_dir, name=f"{backbone}-latent-label", progress=False,
                                       verbose=verbose, size=size, target=target)

@@ -223,22 +223,21 @@ def instance_summary(run_dir: str | Path) -> str:
                  + ", ".join(f"{share[c]:.2f} {c}" for c in cohorts if pd.notna(share[c]))
                  + " of its margin over chance.")
     if LABEL_REFERENCE in t:
-        text += " " + _label_reference_sentence(t, name, cohorts, SLOT_REFERENCE)
+        text += " " + _label_reference_sentence(t, name, cohorts, LABEL_REFERENCE, SLOT_REFERENCE)
     return text
 
 
-def _label_reference_sentence(t: pd.DataFrame, name: str, cohorts, slot_ref: str) -> str:
-    """The CNN against the same network taught the twin's latent image score (cohorts × models table of
-    instance AUCs): what learning from outcomes costs it, and, with the slot reference, which part of the
-    distance to that ceiling is the larger."""
-    from .cnn import LABEL_REFERENCE
-
-    lab = t[LABEL_REFERENCE].reindex(cohorts)
+def _label_reference_sentence(t: pd.DataFrame, name: str, cohorts, label_ref: str, slot_ref: str) -> str:
+    """The CNN against the same network taught the twin's latent image score (column ``label_ref`` of a
+    cohorts × models table of instance AUCs): what learning from outcomes costs it, and, with the slot
+    reference, which part of the distance to that ceiling is the larger."""
+    lab = t[label_ref].reindex(cohorts)
     cost = (lab - t[name].reindex(cohorts)).dropna()
     text = (f"Taught the twin's latent image score in place of the outcome (a label no real study has), the "
             f"same network on the same folds reaches " + ", ".join(f"{lab[c]:.3f} {c}" for c in cost.index)
             + f"; {name}, taught the outcome, is "
-            + ", ".join(f"{abs(v):.3f} {'lower' if v > 0 else 'higher'} in {c}" for c, v in cost.items())
+            + ", ".join(f"{abs(v):.3f} {'lower' if v > 0 else 'higher'} in {c}" if round(v, 3) else f"level in {c}"
+                        for c, v in cost.items())
             + ".")
     if slot_ref in t and len(cost):
         unread = (t[slot_ref].reindex(cost.index) - lab.reindex(cost.index)).mean()

@@ -161,6 +161,9 @@ def test_instance_summary_sets_the_cnn_beside_its_instance_yardstick(tmp_path):
     text = findings.instance_summary(tmp_path)
     assert "0.120 lower in training, 0.080 lower in internal, 0.010 higher in external." in text
     assert "(on average 0.063 of 0.120) is what the outcome labels fail to teach." in text
+    t[LABEL_REFERENCE] = [0.75, 0.68, 0.64]  # no difference on the internal cohort
+    t.to_csv(tmp_path / "cnn" / "tab-instance-reference.csv", index=False)
+    assert "0.120 lower in training, level in internal, 0.010 higher in external." in findings.instance_summary(tmp_path)
 
 
 def test_margin_share_per_cohort():
