@@ -32,6 +32,7 @@ __all__ = [
     "Nomogram",
     "nomogram",
     "PAPER_METRICS",
+    "PATIENT_CI_LABEL",
     "paper_layout",
     "auc_text",
 ]
@@ -43,14 +44,16 @@ _ORDER = {c: i for i, c in enumerate(COHORTS)}
 def metrics_table(frame: pd.DataFrame, prob: str = "prob", by: Optional[str] = None,
                   insample: Optional[str] = None, threshold: Optional[float] = None,
                   reference: Optional[dict] = None, which: str = "image",
-                  training_label: str = "training") -> pd.DataFrame:
+                  training_label: str = "training", cluster: Optional[str] = None) -> pd.DataFrame:
     """Metrics per cohort (:func:`hcc25d.stats.metrics_by_cohort`), one block per value of ``by``.
 
     ``insample``: a column of in-sample training probabilities, added as a ``training (in-sample)`` row
     (the paper's way of reporting, beside the honest out-of-sample one). ``reference``: the twin's
     reference AUCs (:func:`hcc25d.stats.load_reference`); ``which`` picks the column (``image`` or
     ``combined``). ``training_label`` renames the out-of-sample training row (for example
-    ``training (cross-validated)``).
+    ``training (cross-validated)``). ``cluster``: the column naming each row's patient where rows are
+    instances (adds the AUC's interval with whole patients resampled, see
+    :func:`hcc25d.stats.metrics_by_cohort`).
     """
     groups = frame.groupby(by, sort=False) if by else [(None, frame)]
     rows = []
@@ -58,9 +61,9 @@ def metrics_table(frame: pd.DataFrame, prob: str = "prob", by: Optional[str] = N
         parts = []
         if insample is not None:
             ins = stats.metrics_by_cohort(g.assign(**{prob: g[insample]}), prob, threshold=threshold,
-                                          cohorts=("training",))
+                                          cohorts=("training",), cluster=cluster)
             parts.append(ins.assign(cohort="training (in-sample)"))
-        t = stats.metrics_by_cohort(g, prob, threshold=threshold)
+        t = stats.metrics_by_cohort(g, prob, threshold=threshold, cluster=cluster)
         t["cohort"] = t["cohort"].replace({"training": training_label})
         parts.append(t)
         block = pd.concat(parts, ignore_index=True)
@@ -266,6 +269,10 @@ PAPER_METRICS = [("accuracy", "Accuracy"), ("auc", "AUC (95% CI)"), ("sensitivit
                  ("specificity", "Specificity"), ("ppv", "PPV"), ("npv", "NPV")]
 
 
+#: the column :func:`paper_layout` gives an instance-level AUC's interval with whole patients resampled.
+PATIENT_CI_LABEL = "95% CI, patients resampled"
+
+
 def auc_text(auc, lo=None, hi=None) -> str:
     """An AUC with its 95 % CI as the tables print it: ``0.689 (0.531–0.847)`` (3 decimals; the AUC
     alone without bounds, empty for a missing AUC)."""
@@ -282,19 +289,30 @@ def paper_layout(long: pd.DataFrame, row: str, cohorts: Optional[Sequence[str]] 
     """A metrics table (one row per ``row`` value and cohort, as :func:`metrics_table` writes it) with the
     paper's six metrics (AUC with its 95 % CI), at 3 decimals, as text. By default one row per ``row``
     value and cohort (cohorts in ``cohorts`` order), which fits a page; ``wide=True`` gives the paper's
-    printed layout: ``row`` values as row labels, cohorts as column groups (18+ columns)."""
+    printed layout: ``row`` values as row labels, cohorts as column groups (18+ columns).
+
+    Where ``long`` has the interval with whole patients resampled (``metrics_table(..., cluster=...)``,
+    instance-level tables), the default layout adds it as a column after the AUC
+    (:data:`PATIENT_CI_LABEL`); the paper's wide layout keeps the paper's columns."""
     cohorts = list(cohorts or dict.fromkeys(long["cohort"]))
     if not wide:
         rank = {c: i for i, c in enumerate(cohorts)}
+        labels = [label for _, label in PAPER_METRICS]
+        clustered = "ci_low_patients" in long and long["ci_low_patients"].notna().any()
+        if clustered:
+            labels.insert(labels.index("AUC (95% CI)") + 1, PATIENT_CI_LABEL)
         rows = {}
         for (name, c), g in long[long["cohort"].isin(rank)].groupby([row, "cohort"], sort=False):
             r = g.iloc[0]
             rows[(name, c)] = {label: (_auc_text(r["auc"], r.get("ci_low"), r.get("ci_high")) if m == "auc"
                                        else ("" if pd.isna(r[m]) else f"{r[m]:.3f}"))
                                for m, label in PAPER_METRICS}
+            if clustered:
+                lo, hi = r.get("ci_low_patients"), r.get("ci_high_patients")
+                rows[(name, c)][PATIENT_CI_LABEL] = f"{lo:.3f}–{hi:.3f}" if pd.notna(lo) and pd.notna(hi) else ""
         names = list(dict.fromkeys(long[row]))
         keys = sorted(rows, key=lambda k: (names.index(k[0]), rank[k[1]]))
-        t = pd.DataFrame([rows[k] for k in keys], columns=[label for _, label in PAPER_METRICS])
+        t = pd.DataFrame([rows[k] for k in keys], columns=labels)
         t.index = pd.MultiIndex.from_tuples(keys, names=[row, "cohort"])
         return t
     out = {}

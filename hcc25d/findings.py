@@ -193,9 +193,10 @@ def instance_summary(run_dir: str | Path) -> str:
     def row(col):
         return ", ".join(f"{t.loc[c, col]:.3f} {c}" for c in cohorts)
 
-    text = (f"At the level of instances (Table 3; training out of fold) {name} reaches AUC {row(name)}; a "
-            f"logistic regression on the same instances' intensity histograms, trained on the same folds, "
-            f"reaches {row(ref)}")
+    text = (f"At the level of instances (Table 3; training out of fold) {name} reaches AUC {row(name)}"
+            + _patient_ci_clause(Path(run_dir), name, cohorts)
+            + "; a logistic regression on the same instances' intensity histograms, trained on the same "
+              f"folds, reaches {row(ref)}")
     better = [c for c in cohorts if pd.notna(t.loc[c, ref]) and t.loc[c, name] > t.loc[c, ref]]
     text += (f", so {name} beats that yardstick in every cohort." if len(better) == len(cohorts) else
              f"; {name} beats it in " + (" and ".join(better) if better else "no cohort") + ".")
@@ -225,6 +226,18 @@ def instance_summary(run_dir: str | Path) -> str:
     if LABEL_REFERENCE in t:
         text += " " + _label_reference_sentence(t, name, cohorts, LABEL_REFERENCE, SLOT_REFERENCE)
     return text
+
+
+def _patient_ci_clause(run_dir: Path, name: str, cohorts) -> str:
+    """`` (95 % CI with whole patients resampled: …)`` for backbone ``name``'s instance AUCs, from Table 3
+    (empty where Table 3 has no such interval)."""
+    t3 = _read(run_dir, "cnn", "tab-table3.csv")
+    if t3 is None or "ci_low_patients" not in t3:
+        return ""
+    t3 = t3[t3["backbone"] == name].set_index("cohort")
+    parts = [f"{t3.loc[c, 'ci_low_patients']:.3f}–{t3.loc[c, 'ci_high_patients']:.3f} {c}" for c in cohorts
+             if c in t3.index and pd.notna(t3.loc[c, "ci_low_patients"])]
+    return f" (95 % CI with whole patients resampled: {', '.join(parts)})" if parts else ""
 
 
 def _label_reference_sentence(t: pd.DataFrame, name: str, cohorts, label_ref: str, slot_ref: str) -> str:

@@ -1,6 +1,8 @@
 """Statistics used across the book. Scores: higher means more likely recurrence.
 
 * :func:`auc_ci` — AUC with a DeLong (or stratified bootstrap) confidence interval;
+* :func:`auc_ci_clustered` — the same with whole patients resampled, for scores of several correlated
+  instances per patient (the slice-level tables);
 * :func:`delong_test` — paired two-sided DeLong test, the fast algorithm of Sun and Xu (2014);
 * :func:`binary_metrics`, :func:`youden_threshold` — accuracy, sensitivity, specificity, PPV, NPV at a
   threshold fixed beforehand (on the training cohort).
@@ -23,6 +25,7 @@ __all__ = [
     "DeLongResult",
     "delong_cov",
     "auc_ci",
+    "auc_ci_clustered",
     "delong_test",
     "auc",
     "logit",
@@ -108,6 +111,57 @@ def auc_ci(y_true, y_score, level: float = 0.95, method: str = "delong", n_boot:
         lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
         return AUCResult(float(roc_auc_score(y, s)), float(lo), float(hi))
     raise ValueError(f"method must be 'delong' or 'bootstrap', got {method!r}")
+
+
+def _weighted_auc(y: np.ndarray, inv: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
+    """Mann–Whitney AUC of each row of instance weights ``w`` (n_sets × n): ``inv`` codes each instance's
+    score by its rank among the distinct scores (``k`` of them), ties count one half."""
+    out = np.empty(len(w))
+    pos = y == 1
+    for b, wb in enumerate(w):
+        wp = np.bincount(inv[pos], weights=wb[pos], minlength=k)
+        wn = np.bincount(inv[~pos], weights=wb[~pos], minlength=k)
+        below = np.cumsum(wn) - wn
+        out[b] = float(wp @ (below + 0.5 * wn)) / (wp.sum() * wn.sum())
+    return out
+
+
+def auc_ci_clustered(y_true, y_score, groups, level: float = 0.95, n_boot: int = 2000,
+                     seed: int = 0) -> AUCResult:
+    """Instance-level AUC with a confidence interval that resamples **whole patients** (a stratified
+    cluster bootstrap, percentile interval): ``groups`` names each instance's patient, whose label must be
+    the same on all its instances; each resample draws as many patients with the outcome, and as many
+    without, as there are, with replacement, and takes all their instances. The nine instances of one
+    patient are not nine independent cases, so DeLong's interval on instances (:func:`auc_ci`) is too
+    narrow by about the square root of the instances per patient when they agree; this one is not. With one
+    instance per patient it is the stratified bootstrap of :func:`auc_ci`. Returns NaN bounds where a class
+    has fewer than two patients."""
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(y_score, float)
+    codes, g = pd.factorize(pd.Series(np.asarray(groups)), sort=False)
+    if len(y) != len(s) or len(codes) != len(y):
+        raise ValueError("y_true, y_score and groups must have the same length")
+    lab = np.full(g.size, -1)
+    for c in (0, 1):
+        hit = np.unique(codes[y == c])
+        if np.any(lab[hit] >= 0):
+            raise ValueError("auc_ci_clustered: a patient's instances carry both labels; the label must be "
+                             "the patient's")
+        lab[hit] = c
+    _, inv = np.unique(s, return_inverse=True)
+    k = int(inv.max()) + 1
+    a = float(_weighted_auc(y, inv, k, np.ones((1, len(y))))[0])
+    pos, neg = np.flatnonzero(lab == 1), np.flatnonzero(lab == 0)
+    if len(pos) < 2 or len(neg) < 2:
+        return AUCResult(a, np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_boot, g.size))
+    for b in range(n_boot):
+        np.add.at(counts[b], rng.choice(pos, len(pos)), 1.0)
+        np.add.at(counts[b], rng.choice(neg, len(neg)), 1.0)
+    boots = _weighted_auc(y, inv, k, counts[:, codes])
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return AUCResult(a, float(lo), float(hi))
 
 
 def delong_test(y_true, score_a, score_b) -> DeLongResult:
@@ -208,8 +262,13 @@ def load_reference(data_dir) -> Optional[dict]:
 
 def metrics_by_cohort(frame: pd.DataFrame, prob: str = "prob", label: str = "label", cohort: str = "cohort",
                       train: str = "training", threshold: Optional[float] = None,
-                      cohorts: Sequence[str] = ("training", "internal", "external")) -> pd.DataFrame:
+                      cohorts: Sequence[str] = ("training", "internal", "external"),
+                      cluster: Optional[str] = None) -> pd.DataFrame:
     """Accuracy, AUC (DeLong 95 % CI), sensitivity, specificity, PPV and NPV per cohort.
+
+    ``cluster``: a column naming each row's patient, for rows that are instances of patients; the AUC then
+    also gets the interval of :func:`auc_ci_clustered` (whole patients resampled), as ``ci_low_patients``
+    and ``ci_high_patients``.
 
     The threshold is chosen on the ``train`` cohort (Youden) unless given, and carried unchanged to the
     other cohorts — never chosen on the cohort being evaluated. Patients without a prediction (NaN) are
@@ -229,9 +288,13 @@ def metrics_by_cohort(frame: pd.DataFrame, prob: str = "prob", label: str = "lab
             continue
         a = auc_ci(g[label], g[prob])
         m = binary_metrics(g[label], g[prob], thr)
-        rows.append({"cohort": c, "n": len(g), "accuracy": m["accuracy"], "auc": a.auc, "ci_low": a.low,
-                     "ci_high": a.high, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-                     "ppv": m["ppv"], "npv": m["npv"], "threshold": thr})
+        row = {"cohort": c, "n": len(g), "accuracy": m["accuracy"], "auc": a.auc, "ci_low": a.low,
+               "ci_high": a.high, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+               "ppv": m["ppv"], "npv": m["npv"], "threshold": thr}
+        if cluster is not None:
+            cl = auc_ci_clustered(g[label], g[prob], g[cluster])
+            row.update(patients=g[cluster].nunique(), ci_low_patients=cl.low, ci_high_patients=cl.high)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -164,6 +164,14 @@ def test_instance_summary_sets_the_cnn_beside_its_instance_yardstick(tmp_path):
     t[LABEL_REFERENCE] = [0.75, 0.68, 0.64]  # no difference on the internal cohort
     t.to_csv(tmp_path / "cnn" / "tab-instance-reference.csv", index=False)
     assert "0.120 lower in training, level in internal, 0.010 higher in external." in findings.instance_summary(tmp_path)
+    assert "patients resampled" not in findings.instance_summary(tmp_path)  # no Table 3: no interval
+    # Table 3's interval with whole patients resampled, for the CNN's rows only
+    pd.DataFrame({"backbone": ["litecnn"] * 3 + ["other"], "cohort": ["training", "internal", "external", "training"],
+                  "ci_low_patients": [0.55, 0.6, np.nan, 0.1], "ci_high_patients": [0.7, 0.75, np.nan, 0.2]}).to_csv(
+        tmp_path / "cnn" / "tab-table3.csv", index=False)
+    text = findings.instance_summary(tmp_path)
+    assert ("reaches AUC 0.630 training, 0.680 internal, 0.650 external (95 % CI with whole patients resampled: "
+            "0.550–0.700 training, 0.600–0.750 internal); a logistic regression") in text
 
 
 def test_margin_share_per_cohort():

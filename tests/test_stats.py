@@ -37,6 +37,53 @@ def test_delong_against_proc(df):
     assert isinstance(t, stats.DeLongResult) and t.auc_a > t.auc_b
 
 
+def test_clustered_ci_resamples_patients_not_instances():
+    rng = np.random.default_rng(5)
+    n = 120
+    y = rng.integers(0, 2, n)
+    z = 0.8 * y + rng.normal(size=n)
+    # one instance per patient: exactly the stratified bootstrap of auc_ci (same draws)
+    one = stats.auc_ci_clustered(y, z, [f"p{i}" for i in range(n)], n_boot=400, seed=2)
+    ref = stats.auc_ci(y, z, method="bootstrap", n_boot=400, seed=2)
+    assert one.auc == pytest.approx(ref.auc) and one.low == pytest.approx(ref.low) and one.high == pytest.approx(ref.high)
+    # every patient's instance copied nine times: the same information, so the same interval, while DeLong on
+    # instances, which counts the copies as cases, narrows by about three
+    ids = np.repeat(np.arange(n), 9)
+    nine = stats.auc_ci_clustered(np.repeat(y, 9), np.repeat(z, 9), ids, n_boot=400, seed=2)
+    assert nine.auc == pytest.approx(one.auc) and nine.low == pytest.approx(one.low)
+    assert nine.high == pytest.approx(one.high)
+    dl = stats.auc_ci(np.repeat(y, 9), np.repeat(z, 9))
+    assert (nine.high - nine.low) > 2.5 * (dl.high - dl.low)
+    # ties count one half, as in the plain AUC
+    s = np.round(z, 0)
+    assert stats.auc_ci_clustered(y, s, np.arange(n), n_boot=10).auc == pytest.approx(stats.auc(y, s))
+    with pytest.raises(ValueError, match="both labels"):
+        stats.auc_ci_clustered([0, 1, 1, 0], [0.1, 0.2, 0.3, 0.4], ["a", "a", "b", "c"])
+    assert np.isnan(stats.auc_ci_clustered([0, 0, 1], [0.1, 0.2, 0.3], ["a", "b", "c"]).low)  # one patient
+
+
+def test_metrics_table_adds_the_patient_resampled_interval_for_instances():
+    from hcc25d import evaluation
+
+    rng = np.random.default_rng(8)
+    pats = pd.DataFrame({"patient_id": [f"p{i}" for i in range(90)], "cohort": np.repeat(["training", "internal"], 45),
+                         "label": rng.integers(0, 2, 90)})
+    pats["u"] = rng.normal(size=90)  # a patient's own level, shared by its instances: they are correlated
+    frame = pats.loc[pats.index.repeat(5)].reset_index(drop=True)
+    frame["prob"] = 1 / (1 + np.exp(-(frame["label"] + frame["u"] + 0.3 * rng.normal(size=len(frame)))))
+    frame["m"] = "A"
+    long = evaluation.metrics_table(frame, by="m", cluster="patient_id")
+    assert list(long["patients"]) == [45, 45] and list(long["n"]) == [225, 225]
+    assert (long["ci_high_patients"] - long["ci_low_patients"] > long["ci_high"] - long["ci_low"]).all()
+    t = evaluation.paper_layout(long, "m")
+    cols = list(t.columns)
+    assert cols[cols.index("AUC (95% CI)") + 1] == evaluation.PATIENT_CI_LABEL
+    r = long.iloc[0]
+    assert t.iloc[0][evaluation.PATIENT_CI_LABEL] == f"{r['ci_low_patients']:.3f}–{r['ci_high_patients']:.3f}"
+    assert evaluation.PATIENT_CI_LABEL not in evaluation.paper_layout(long, "m", wide=True).columns.get_level_values(1)
+    assert "ci_low_patients" not in evaluation.metrics_table(frame, by="m")  # patient-level tables: unchanged
+
+
 def test_bootstrap_ci_is_seeded_and_brackets_auc(df):
     a = stats.auc_ci(df["y"], df["marker"], method="bootstrap", n_boot=300, seed=1)
     b = stats.auc_ci(df["y"], df["marker"], method="bootstrap", n_boot=300, seed=1)
