@@ -113,12 +113,14 @@ def auc_ci(y_true, y_score, level: float = 0.95, method: str = "delong", n_boot:
     raise ValueError(f"method must be 'delong' or 'bootstrap', got {method!r}")
 
 
-def _weighted_auc(y: np.ndarray, inv: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
-    """Mann–Whitney AUC of each row of instance weights ``w`` (n_sets × n): ``inv`` codes each instance's
-    score by its rank among the distinct scores (``k`` of them), ties count one half."""
+def _weighted_auc(y: np.ndarray, inv: np.ndarray, k: int, w: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Mann–Whitney AUC for each row of patient weights ``w`` (n_sets × n_patients; an instance weighs
+    what its patient ``codes`` does): ``inv`` codes each instance's score by its rank among the distinct
+    scores (``k`` of them); ties count one half."""
     out = np.empty(len(w))
     pos = y == 1
-    for b, wb in enumerate(w):
+    for b, wpat in enumerate(w):
+        wb = wpat[codes]
         wp = np.bincount(inv[pos], weights=wb[pos], minlength=k)
         wn = np.bincount(inv[~pos], weights=wb[~pos], minlength=k)
         below = np.cumsum(wn) - wn
@@ -150,7 +152,7 @@ def auc_ci_clustered(y_true, y_score, groups, level: float = 0.95, n_boot: int =
         lab[hit] = c
     _, inv = np.unique(s, return_inverse=True)
     k = int(inv.max()) + 1
-    a = float(_weighted_auc(y, inv, k, np.ones((1, len(y))))[0])
+    a = float(_weighted_auc(y, inv, k, np.ones((1, g.size)), codes)[0])
     pos, neg = np.flatnonzero(lab == 1), np.flatnonzero(lab == 0)
     if len(pos) < 2 or len(neg) < 2:
         return AUCResult(a, np.nan, np.nan)
@@ -159,7 +161,7 @@ def auc_ci_clustered(y_true, y_score, groups, level: float = 0.95, n_boot: int =
     for b in range(n_boot):
         np.add.at(counts[b], rng.choice(pos, len(pos)), 1.0)
         np.add.at(counts[b], rng.choice(neg, len(neg)), 1.0)
-    boots = _weighted_auc(y, inv, k, counts[:, codes])
+    boots = _weighted_auc(y, inv, k, counts, codes)
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     return AUCResult(a, float(lo), float(hi))
 
