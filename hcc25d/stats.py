@@ -113,19 +113,12 @@ def auc_ci(y_true, y_score, level: float = 0.95, method: str = "delong", n_boot:
     raise ValueError(f"method must be 'delong' or 'bootstrap', got {method!r}")
 
 
-def _weighted_auc(y: np.ndarray, inv: np.ndarray, k: int, w: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Mann–Whitney AUC for each row of patient weights ``w`` (n_sets × n_patients; an instance weighs
-    what its patient ``codes`` does): ``inv`` codes each instance's score by its rank among the distinct
-    scores (``k`` of them); ties count one half."""
-    out = np.empty(len(w))
-    pos = y == 1
-    for b, wpat in enumerate(w):
-        wb = wpat[codes]
-        wp = np.bincount(inv[pos], weights=wb[pos], minlength=k)
-        wn = np.bincount(inv[~pos], weights=wb[~pos], minlength=k)
-        below = np.cumsum(wn) - wn
-        out[b] = float(wp @ (below + 0.5 * wn)) / (wp.sum() * wn.sum())
-    return out
+def _weighted_auc(pos: np.ndarray, inv: np.ndarray, k: int, w: np.ndarray) -> float:
+    """Mann–Whitney AUC of instances weighted by ``w`` (``pos``: which are positive; ``inv``: each score's
+    rank among the ``k`` distinct scores); ties count one half."""
+    wp = np.bincount(inv[pos], weights=w[pos], minlength=k)
+    wn = np.bincount(inv[~pos], weights=w[~pos], minlength=k)
+    return float(wp @ (np.cumsum(wn) - 0.5 * wn)) / (wp.sum() * wn.sum())
 
 
 def auc_ci_clustered(y_true, y_score, groups, level: float = 0.95, n_boot: int = 2000,
@@ -150,18 +143,17 @@ def auc_ci_clustered(y_true, y_score, groups, level: float = 0.95, n_boot: int =
             raise ValueError("auc_ci_clustered: a patient's instances carry both labels; the label must be "
                              "the patient's")
         lab[hit] = c
-    _, inv = np.unique(s, return_inverse=True)
-    k = int(inv.max()) + 1
-    a = float(_weighted_auc(y, inv, k, np.ones((1, g.size)), codes)[0])
+    a = auc(y, s)
     pos, neg = np.flatnonzero(lab == 1), np.flatnonzero(lab == 0)
     if len(pos) < 2 or len(neg) < 2:
         return AUCResult(a, np.nan, np.nan)
+    _, inv = np.unique(s, return_inverse=True)
+    k, is_pos = int(inv.max()) + 1, y == 1
     rng = np.random.default_rng(seed)
-    counts = np.zeros((n_boot, g.size))
-    for b in range(n_boot):
-        np.add.at(counts[b], rng.choice(pos, len(pos)), 1.0)
-        np.add.at(counts[b], rng.choice(neg, len(neg)), 1.0)
-    boots = _weighted_auc(y, inv, k, counts, codes)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):  # the draws of auc_ci's bootstrap, made on patients
+        drawn = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        boots[b] = _weighted_auc(is_pos, inv, k, np.bincount(drawn, minlength=g.size)[codes].astype(float))
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     return AUCResult(a, float(lo), float(hi))
 
