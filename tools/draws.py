@@ -1,0 +1,214 @@
+"""How much of a twin run's result is the draw? Rerun the method on other draws of the synthetic twin.
+``python tools/draws.py --params params/synthetic.yaml --seeds 3 5 7 11 13 17``
+
+One ``make book`` is one draw of the twin: its patients, their traits and images, and the networks' random
+initialisation all follow the run's ``seed``. A number that misses (or meets) a bar on one draw may do the
+opposite on the next. This tool runs the same params with other seeds: each seed is a run of its own,
+``<run>-seed<N>`` (its params file in ``results/<run>/draws/``), through the stages ``cohort`` to
+``evaluation`` (about 10 minutes a draw on 2 cores; the ablations are left out, and a finished draw is not
+recomputed; ``--no-run`` only tabulates the draws that have finished). It then tabulates, for the base run
+and every draw:
+
+* the twin's image-only reference AUC per cohort (Table 5's reference column),
+* DL_2.5D's patient AUC and its share of the reference's margin over chance, ``(AUC − 0.5) / (reference −
+  0.5)``, on the validation cohorts,
+* the Clinical and Combined AUCs and whether Combined is at least Clinical on both validation cohorts,
+* the slice-level CNN's instance AUC out of fold on the training cohort (Table 3) with its interval that
+  resamples whole patients,
+* on the validation cohorts, the CNN's own patient score (mean instance logit) and DL_2.5D with the new
+  centre's scores harmonised (the signatures chapter's table): where DL_2.5D falls below the CNN's score,
+  the multi-instance fusion lost ranking, mostly to the centre shift.
+
+It writes ``results/<run>/draws/tab-draws.csv`` (one row per draw), ``tab-draws-summary.csv`` (mean, SD,
+minimum, maximum over the draws, and how many draws meet each bar) and ``fig-draws.png``, and prints the
+summary. Twin runs only: a study of real patients is one draw. Each draw keeps its results (about 1.3 GB, most
+of it the twin's images; ``--prune`` deletes a finished draw's ``data`` and ``crop25d`` folders).
+Nothing of the base run's results changes.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from hcc25d import config  # noqa: E402
+
+STAGES = ("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation")
+VALIDATION = ("internal", "external")
+#: the bars each draw is checked against: DL_2.5D's share of the reference's margin on every validation
+#: cohort, the instance-level out-of-fold training AUC, Combined at least Clinical on every validation cohort.
+SHARE_BAR, INSTANCE_BAR = 0.6, 0.65
+
+
+def draw_params(base: dict, seed: int) -> dict:
+    """The base params (a mapping as read from its YAML) with another ``seed`` and its own ``run`` name;
+    everything else unchanged. Refuses a run that does not draw the twin."""
+    source = (base.get("data") or {}).get("source", "twin")
+    if source != "twin":
+        raise ValueError(f"draws need the synthetic twin (data.source: twin), not {source!r}: a study of real "
+                         f"patients is one draw")
+    out = yaml.safe_load(yaml.safe_dump(base))  # a deep copy of plain data
+    out["run"] = f"{base['run']}-seed{int(seed)}"
+    out["seed"] = int(seed)
+    out["description"] = f"{base['run']} drawn with seed {int(seed)} (tools/draws.py)"
+    return out
+
+
+def draw_summary(run_dir: Path) -> dict:
+    """The numbers of one finished draw (its Table 5 and Table 3), as one flat row."""
+    run_dir = Path(run_dir)
+    t5 = pd.read_csv(run_dir / "evaluation" / "tab-table5.csv")
+    t3 = pd.read_csv(run_dir / "cnn" / "tab-table3.csv")
+    auc = t5.pivot(index="signature", columns="cohort", values="auc")
+    ref = t5.groupby("cohort")["reference AUC (image only)"].first()
+    row: dict = {"run": run_dir.name}
+    for c in ("training",) + VALIDATION:
+        row[f"reference {c}"] = float(ref[c])
+        for sig in ("DL_2.5D", "Clinical", "Combined"):
+            row[f"{sig} {c}"] = float(auc.loc[sig, c])
+    for c in VALIDATION:
+        row[f"DL_2.5D share {c}"] = (row[f"DL_2.5D {c}"] - 0.5) / (row[f"reference {c}"] - 0.5)
+        row[f"Combined - Clinical {c}"] = row[f"Combined {c}"] - row[f"Clinical {c}"]
+    oof = t3[t3["cohort"] == "training"]
+    if len(oof) != 1:
+        raise ValueError(f"{run_dir}: Table 3 has no single out-of-fold training row")
+    oof = oof.iloc[0]
+    row["instance AUC training"] = float(oof["auc"])
+    for k in ("ci_low_patients", "ci_high_patients"):
+        row[f"instance {k.replace('_patients', '')} training"] = float(oof[k]) if k in oof else np.nan
+    harm = run_dir / "signatures" / "tab-centre-harmonisation.csv"
+    if harm.exists():  # where the fusion loses ranking: the CNN's own score, and DL_2.5D harmonised
+        h = pd.read_csv(harm).set_index("cohort")
+        for c in VALIDATION:
+            if c in h.index:
+                row[f"CNN score {c}"] = float(h.loc[c, "CNN score AUC"])
+                row[f"DL_2.5D harmonised {c}"] = float(h.loc[c, "DL_2.5D AUC (harmonised)"])
+                row[f"DL_2.5D harmonised share {c}"] = ((row[f"DL_2.5D harmonised {c}"] - 0.5)
+                                                        / (row[f"reference {c}"] - 0.5))
+    row["meets share bar"] = all(row[f"DL_2.5D share {c}"] >= SHARE_BAR for c in VALIDATION)
+    row["meets instance bar"] = row["instance AUC training"] >= INSTANCE_BAR
+    row["meets Combined >= Clinical"] = all(row[f"Combined - Clinical {c}"] >= 0 for c in VALIDATION)
+    return row
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, SD, minimum and maximum of every number over the draws, and how many draws meet each bar."""
+    num = table.drop(columns=["run"]).select_dtypes("number")
+    out = pd.DataFrame({"mean": num.mean(), "sd": num.std(ddof=1), "min": num.min(), "max": num.max(),
+                        "draws": num.notna().sum()})
+    bars = [c for c in table.columns if c.startswith("meets ")]
+    met = pd.DataFrame({"mean": np.nan, "sd": np.nan, "min": np.nan, "max": np.nan,
+                        "draws": len(table), "met": [int(table[b].sum()) for b in bars]}, index=bars)
+    out = pd.concat([out, met])
+    out["met"] = out["met"].astype("Int64")
+    return out
+
+
+def draws_figure(table: pd.DataFrame):
+    """Three panels, one dot per draw: the instance AUC against its bar, DL_2.5D's share of the
+    reference's margin against its bar, and Combined minus Clinical against zero."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    share = [f"DL_2.5D share {c}" for c in VALIDATION]
+    share += [c for c in ("DL_2.5D harmonised share external",) if c in table]
+    panels = [
+        ("instance AUC, training out of fold", "AUC", ["instance AUC training"], INSTANCE_BAR),
+        ("DL_2.5D: share of the reference's margin", "share", share, SHARE_BAR),
+        ("Combined minus Clinical", "AUC difference", [f"Combined - Clinical {c}" for c in VALIDATION], 0.0),
+    ]
+    rng = np.random.default_rng(0)
+    for ax, (title, ylabel, cols, bar) in zip(axes, panels):
+        for i, col in enumerate(cols):
+            v = table[col].to_numpy(float)
+            ax.scatter(i + rng.uniform(-0.08, 0.08, len(v)), v, s=28, alpha=0.8)
+            ax.hlines(np.nanmean(v), i - 0.25, i + 0.25, color="black", lw=2)
+        ax.axhline(bar, color="tab:red", ls="--", lw=1)
+        names = [c.replace("DL_2.5D harmonised share ", "harmonised\n").rsplit(" ", 1)[-1] for c in cols]
+        ax.set_xticks(range(len(cols)), names)
+        ax.set_xlim(-0.6, len(cols) - 0.4)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(f"{len(table)} draws of the twin: one dot per draw, black line the mean, red dashed line "
+                 "the bar", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def run_draw(params: dict, out_dir: Path, stages: Iterable[str] = STAGES, prune: bool = False) -> Path:
+    """Write a draw's params file under ``out_dir`` and run its stages; returns its results folder."""
+    from hcc25d import runner
+
+    config.from_dict(params, None, source="draw")  # fail before any work on a params error
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pfile = out_dir / f"{params['run']}.yaml"
+    pfile.write_text(yaml.safe_dump(params, sort_keys=False))
+    runner.run(pfile, only=list(stages))
+    run_dir = runner.PROJECT_ROOT / "results" / params["run"]
+    if prune:
+        for stage in ("data", "crop25d"):
+            shutil.rmtree(run_dir / stage, ignore_errors=True)
+    return run_dir
+
+
+def main(argv: Optional[list] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default="params/synthetic.yaml")
+    ap.add_argument("--seeds", type=int, nargs="+", required=True, help="the twin's seeds to draw")
+    ap.add_argument("--prune", action="store_true", help="delete each finished draw's images and crops")
+    ap.add_argument("--no-run", action="store_true",
+                    help="run nothing: tabulate the draws of these seeds that have finished")
+    a = ap.parse_args(argv)
+    base = yaml.safe_load(Path(a.params).read_text())
+    cfg = config.load(a.params, {})
+    base_dir = ROOT / "results" / cfg.run
+    out = base_dir / "draws"
+    runs = [base_dir] if (base_dir / "evaluation" / "tab-table5.csv").exists() else []
+    if not runs:
+        print(f"[draws] the base run {cfg.run} has no evaluation yet: it is left out of the table")
+    seeds = [s for s in dict.fromkeys(a.seeds) if s != cfg.seed]
+    for i, seed in enumerate(seeds, 1):
+        params = draw_params(base, seed)
+        if a.no_run:
+            done = ROOT / "results" / params["run"]
+            if (done / "evaluation" / "tab-table5.csv").exists():
+                runs.append(done)
+            else:
+                print(f"[draws] seed {seed}: {params['run']} has not finished: left out")
+            continue
+        print(f"[draws] draw {i}/{len(seeds)}: seed {seed}", flush=True)
+        runs.append(run_draw(params, out, prune=a.prune))
+    if not runs:
+        print("[draws] no finished draw to tabulate")
+        return 1
+    table = pd.DataFrame([draw_summary(r) for r in runs])
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "tab-draws.csv", index=False)
+    summary = summarise(table)
+    summary.to_csv(out / "tab-draws-summary.csv")
+    from hcc25d import plotting
+
+    plotting.set_style()
+    plotting.savefig(draws_figure(table), out, "draws")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        cols = ["run", "DL_2.5D share internal", "DL_2.5D share external", "Combined - Clinical internal",
+                "Combined - Clinical external", "instance AUC training", "CNN score external",
+                "DL_2.5D external", "DL_2.5D harmonised external"]
+        print(table[[c for c in cols if c in table]].round(3).to_string(index=False))
+        print(summary.round(3).to_string())
+    print(f"[draws] tables and figure in {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
