@@ -153,8 +153,8 @@ def fusion_input_summary(run_dir: str | Path) -> str:
         if gap > GAP_NOTE:
             text += (f" The training AUC is {gap:.3f} below the lower validation AUC, so the fusion learns a "
                      "weaker relation than the networks show on new patients, and DL_2.5D can fall below the CNN's "
-                     "own score (`tools/oof_diagnostics.py` asks why; on the twin, compare other draws before "
-                     "calling it a rule).")
+                     "own score (`tools/oof_diagnostics.py` asks why; on the twin, compare other draws with "
+                     "`tools/draws.py` before calling it a rule).")
         elif max(abs(a[c] - a["training"]) for c in val) <= GAP_NOTE:
             text += f" The training and validation AUCs agree within {GAP_NOTE:.2f}."
         else:
@@ -359,6 +359,15 @@ def limits(run_dir: str | Path, twin: bool, training_scale: int = 1, arterial_ex
             out.append(f"The training cohort here is the paper's × {training_scale} ({n} patients; "
                        "`cohort.training_scale`), so its AUCs show the method with more data to learn from than "
                        "the paper had; the default run has the paper's number.")
+        prov = run_dir / "provenance.json"
+        seed = read_json(prov).get("seed") if prov.exists() else None
+        out.append("This run is one draw of the twin" + (f" (`seed: {seed}`)" if seed is not None else "")
+                   + ": its patients, their traits and images, and the networks' initialisation all follow "
+                   "the seed, so every AUC here would come out higher or lower on another draw. "
+                   f"`python tools/draws.py --params params/{run_dir.name}.yaml --seeds 7 11 13` reruns the "
+                   "method (stages `cohort` to `evaluation`) on other draws and gives their spread: each "
+                   "draw's AUCs, DL_2.5D's share of the reference's margin over chance, Combined against "
+                   "Clinical and the CNN's out-of-fold instance AUC.")
     weights = run_dir / "cnn" / "weights.json"
     if weights.exists():
         w = read_json(weights)

@@ -31,6 +31,17 @@ def test_limits_state_the_training_cohort_size_and_point_to_the_larger_twin(tmp_
     assert len([x for x in findings.limits(run, twin=True, arterial_excess=True) if "arterial excess" in x]) == 1
 
 
+def test_limits_say_a_twin_run_is_one_draw_and_name_its_seed(tmp_path):
+    run = _run_dir(tmp_path, 12)
+    draw = [x for x in findings.limits(run, twin=True) if "one draw" in x]
+    assert len(draw) == 1 and "seed:" not in draw[0] and "tools/draws.py" in draw[0]
+    (run / "provenance.json").write_text('{"seed": 4321}')
+    draw = [x for x in findings.limits(run, twin=True) if "one draw" in x]
+    assert len(draw) == 1 and "`seed: 4321`" in draw[0] and f"params/{run.name}.yaml" in draw[0]
+    # own data: one cohort of real patients, no draws
+    assert not [x for x in findings.limits(run, twin=False) if "draw" in x]
+
+
 def test_reproduction_summary_does_not_claim_table1_for_a_scaled_training_cohort():
     table = pd.DataFrame({"table": ["Table 1 (baseline characteristics)", "Table 5 (AUCs)"],
                           "numbers": [567, 12], "reproduced": [463, 3], "not computed": [0, 0]})
