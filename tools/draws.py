@@ -17,12 +17,14 @@ and every draw:
   resamples whole patients,
 * on the validation cohorts, the CNN's own patient score (mean instance logit) and DL_2.5D with the new
   centre's scores harmonised (the signatures chapter's table): where DL_2.5D falls below the CNN's score,
-  the multi-instance fusion lost ranking, mostly to the centre shift.
+  the multi-instance fusion lost ranking; where the harmonised DL_2.5D recovers it, the loss was the new
+  centre's score shift.
 
 It writes ``results/<run>/draws/tab-draws.csv`` (one row per draw), ``tab-draws-summary.csv`` (mean, SD,
 minimum, maximum over the draws, and how many draws meet each bar) and ``fig-draws.png``, and prints the
 summary. Twin runs only: a study of real patients is one draw. Each draw keeps its results (about 1.3 GB, most
-of it the twin's images; ``--prune`` deletes a finished draw's ``data`` and ``crop25d`` folders).
+of it the twin's images; ``--prune`` deletes a finished draw's ``data`` and ``crop25d`` folders, after
+which only ``--no-run`` tabulates it without drawing it again).
 Nothing of the base run's results changes.
 """
 from __future__ import annotations
