@@ -85,3 +85,12 @@ def test_draw_summary_needs_one_out_of_fold_row(tmp_path):
     t3[t3["cohort"] != "training"].to_csv(r / "cnn" / "tab-table3.csv", index=False)
     with pytest.raises(ValueError, match="out-of-fold"):
         draws.draw_summary(r)
+
+
+def test_share_is_nan_where_the_reference_is_at_chance(tmp_path):
+    refs = {"training": 0.8, "internal": 0.5, "external": 0.9}
+    s = {"DL_2.5D": 0.7, "Clinical": 0.6, "Combined": 0.7}
+    row = draws.draw_summary(_fake_run(tmp_path, "d", {c: s for c in refs}, refs, 0.7))
+    # no margin over chance to recover internally: no share, and the bar is not met
+    assert np.isnan(row["DL_2.5D share internal"]) and row["DL_2.5D share external"] == pytest.approx(0.5)
+    assert not row["meets share bar"] and draws.finished(tmp_path / "d") and not draws.finished(tmp_path / "e")

@@ -30,6 +30,7 @@ Nothing of the base run's results changes.
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from hcc25d import config  # noqa: E402
+from hcc25d.evaluation import margin_share  # noqa: E402
 
 STAGES = ("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation")
 VALIDATION = ("internal", "external")
@@ -59,7 +61,7 @@ def draw_params(base: dict, seed: int) -> dict:
     if source != "twin":
         raise ValueError(f"draws need the synthetic twin (data.source: twin), not {source!r}: a study of real "
                          f"patients is one draw")
-    out = yaml.safe_load(yaml.safe_dump(base))  # a deep copy of plain data
+    out = copy.deepcopy(base)
     out["run"] = f"{base['run']}-seed{int(seed)}"
     out["seed"] = int(seed)
     out["description"] = f"{base['run']} drawn with seed {int(seed)} (tools/draws.py)"
@@ -78,8 +80,9 @@ def draw_summary(run_dir: Path) -> dict:
         row[f"reference {c}"] = float(ref[c])
         for sig in ("DL_2.5D", "Clinical", "Combined"):
             row[f"{sig} {c}"] = float(auc.loc[sig, c])
+    share = margin_share(auc.loc["DL_2.5D"], ref)
     for c in VALIDATION:
-        row[f"DL_2.5D share {c}"] = (row[f"DL_2.5D {c}"] - 0.5) / (row[f"reference {c}"] - 0.5)
+        row[f"DL_2.5D share {c}"] = float(share[c])
         row[f"Combined - Clinical {c}"] = row[f"Combined {c}"] - row[f"Clinical {c}"]
     oof = t3[t3["cohort"] == "training"]
     if len(oof) != 1:
@@ -91,12 +94,12 @@ def draw_summary(run_dir: Path) -> dict:
     harm = run_dir / "signatures" / "tab-centre-harmonisation.csv"
     if harm.exists():  # where the fusion loses ranking: the CNN's own score, and DL_2.5D harmonised
         h = pd.read_csv(harm).set_index("cohort")
+        hshare = margin_share(h["DL_2.5D AUC (harmonised)"], ref)
         for c in VALIDATION:
             if c in h.index:
                 row[f"CNN score {c}"] = float(h.loc[c, "CNN score AUC"])
                 row[f"DL_2.5D harmonised {c}"] = float(h.loc[c, "DL_2.5D AUC (harmonised)"])
-                row[f"DL_2.5D harmonised share {c}"] = ((row[f"DL_2.5D harmonised {c}"] - 0.5)
-                                                        / (row[f"reference {c}"] - 0.5))
+                row[f"DL_2.5D harmonised share {c}"] = float(hshare[c])
     row["meets share bar"] = all(row[f"DL_2.5D share {c}"] >= SHARE_BAR for c in VALIDATION)
     row["meets instance bar"] = row["instance AUC training"] >= INSTANCE_BAR
     row["meets Combined >= Clinical"] = all(row[f"Combined - Clinical {c}"] >= 0 for c in VALIDATION)
@@ -147,6 +150,11 @@ def draws_figure(table: pd.DataFrame):
     return fig
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether a run has got as far as its evaluation (Table 5)."""
+    return (Path(run_dir) / "evaluation" / "tab-table5.csv").exists()
+
+
 def run_draw(params: dict, out_dir: Path, stages: Iterable[str] = STAGES, prune: bool = False) -> Path:
     """Write a draw's params file under ``out_dir`` and run its stages; returns its results folder."""
     from hcc25d import runner
@@ -156,7 +164,7 @@ def run_draw(params: dict, out_dir: Path, stages: Iterable[str] = STAGES, prune:
     pfile = out_dir / f"{params['run']}.yaml"
     pfile.write_text(yaml.safe_dump(params, sort_keys=False))
     runner.run(pfile, only=list(stages))
-    run_dir = runner.PROJECT_ROOT / "results" / params["run"]
+    run_dir = ROOT / "results" / params["run"]
     if prune:
         for stage in ("data", "crop25d"):
             shutil.rmtree(run_dir / stage, ignore_errors=True)
@@ -175,7 +183,7 @@ def main(argv: Optional[list] = None) -> int:
     cfg = config.load(a.params, {})
     base_dir = ROOT / "results" / cfg.run
     out = base_dir / "draws"
-    runs = [base_dir] if (base_dir / "evaluation" / "tab-table5.csv").exists() else []
+    runs = [base_dir] if finished(base_dir) else []
     if not runs:
         print(f"[draws] the base run {cfg.run} has no evaluation yet: it is left out of the table")
     seeds = [s for s in dict.fromkeys(a.seeds) if s != cfg.seed]
@@ -183,7 +191,7 @@ def main(argv: Optional[list] = None) -> int:
         params = draw_params(base, seed)
         if a.no_run:
             done = ROOT / "results" / params["run"]
-            if (done / "evaluation" / "tab-table5.csv").exists():
+            if finished(done):
                 runs.append(done)
             else:
                 print(f"[draws] seed {seed}: {params['run']} has not finished: left out")
