@@ -139,15 +139,18 @@ def subset_bags(bags, variant: Variant, channels: Sequence[str]):
         raise ValueError(f"unknown slots {variant.slots!r}")
     x = bags.x[keep]
     index = idx[keep].reset_index(drop=True)
+    names = bags.channels
     if variant.phases:
         missing = [p for p in variant.phases if p not in channels]
         if missing:
             raise ValueError(f"ablation phase(s) {missing} are not among the crop channels {list(channels)}")
         cols = [list(channels).index(p) for p in variant.phases]
         x = x[:, cols]
+        names = tuple(variant.phases)
         if len(cols) == 1:
             x = np.repeat(x, len(channels), axis=1)
-    return Bags(np.ascontiguousarray(x), index)
+            names = names * len(channels)
+    return Bags(np.ascontiguousarray(x), index, names)
 
 
 def ablation_repeats(cfg) -> int:
@@ -204,7 +207,7 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
         pid = sub.index["patient_id"].astype(str)
         keep = pid.isin(labels.index.astype(str)).to_numpy()
         lab = labels.set_axis(labels.index.astype(str)).reindex(pid[keep]).to_numpy()
-        sub = Bags(sub.x[keep], sub.index[keep].assign(label=lab).reset_index(drop=True))
+        sub = Bags(sub.x[keep], sub.index[keep].assign(label=lab).reset_index(drop=True), sub.channels)
     make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width,  # noqa: E731
                                    in_channels=sub.x.shape[1])[0]
     preds, _, _, _ = cnn.crossfit_predict(sub, make, C, cfg.seed + 7919 * variant.reseed, folds=C.folds,

@@ -61,6 +61,7 @@ __all__ = [
     "reference_shift",
     "ArterialExcess",
     "add_arterial_excess",
+    "timing_reference",
     "prepare_input",
     "input_shift",
     "patient_folds",
@@ -257,6 +258,17 @@ TWO_POINT_MIN_CONTRAST = 0.02
 TWO_POINT_GAIN_RANGE = (0.5, 2.0)
 
 
+def _with_levels(idx: pd.DataFrame, target) -> pd.DataFrame:
+    """The index with ``lvl_<phase>``: where each instance's parenchyma sits after the reference — the
+    training target of every phase (``target``), or, with no reference (``None``), the patient's own
+    ``ref_<phase>`` (NaN where it was not measured). What :func:`timing_reference` scales about."""
+    cols = [c for c in idx.columns if c.startswith("ref_")]
+    out = idx.copy()
+    for j, c in enumerate(cols):
+        out["lvl_" + c[4:]] = idx[c].astype(float) if target is None else float(target[j])
+    return out
+
+
 def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.DataFrame]:
     """Reference each patient's channels to the training cohort's levels.
 
@@ -278,7 +290,8 @@ def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.Da
     also removes each patient's own tumour–liver contrast: use it where that contrast differs between
     scanners by protocol, not where it is a finding.
 
-    ``none`` returns the bags unchanged. Returns ``(bags, shifts)``, ``shifts`` one row per patient with
+    ``none`` returns the bags' arrays unchanged. Every method adds ``lvl_<phase>`` to the index: the
+    parenchyma's level after the reference (what ``augment.timing`` scales about). Returns ``(bags, shifts)``, ``shifts`` one row per patient with
     each channel's shift of the parenchyma (window units); for ``two-point`` its ``attrs["gain"]`` holds
     each patient's factor per channel.
     """
@@ -287,7 +300,8 @@ def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.Da
     channels = [c[4:] for c in cols]
     pats = idx.drop_duplicates("patient_id").set_index("patient_id")
     if method == "none":
-        return bags, pd.DataFrame(0.0, index=pats.index, columns=channels)
+        return (Bags(bags.x, _with_levels(idx, None), bags.channels),
+                pd.DataFrame(0.0, index=pats.index, columns=channels))
     if method not in ("parenchyma", "two-point"):
         raise ValueError(f"intensity_reference must be parenchyma, two-point or none, not {method!r}")
     if len(cols) != bags.x.shape[1]:
@@ -320,7 +334,12 @@ def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.Da
         per_row = shifts.reindex(idx["patient_id"]).to_numpy(np.float32).reshape(shape)
         x = (bags.x.astype(np.float32) + per_row).astype(np.float16)
     shifts.attrs["gain"] = gain
-    return Bags(x, idx), shifts
+    return Bags(x, _with_levels(idx, target.reindex(channels).to_numpy(float)), bags.channels), shifts
+
+
+#: the arterial-excess channel: in-plane smoothing (pixels) and gain (see :class:`ArterialExcess`)
+EXCESS_SMOOTH_PX = 1.0
+EXCESS_SCALE = 2.0
 
 
 class ArterialExcess:
@@ -342,8 +361,8 @@ class ArterialExcess:
     smoothing is in-plane only (the last two axes).
     """
 
-    def __init__(self, channels: Sequence[str], bins: int = 40, smooth_px: float = 1.0, min_count: int = 20,
-                 scale: float = 2.0):
+    def __init__(self, channels: Sequence[str], bins: int = 40, smooth_px: float = EXCESS_SMOOTH_PX,
+                 min_count: int = 20, scale: float = EXCESS_SCALE):
         self.channels = list(channels)
         missing = [c for c in ("arterial", "plain", "portal") if c not in self.channels]
         if missing:
@@ -398,7 +417,7 @@ def add_arterial_excess(bags: Bags, channels: Sequence[str], fit_cohort: str = "
     if not train.any():
         raise ValueError(f"the arterial excess is fitted on the {fit_cohort} cohort, which has no instances")
     ae = ArterialExcess(channels, **kwargs).fit(bags.x[train])
-    return Bags(ae.transform(bags.x), bags.index), ae
+    return Bags(ae.transform(bags.x), bags.index, tuple(bags.channels or channels) + ("excess",)), ae
 
 
 def prepare_input(raw: Bags, C, channels, reference: Optional[str] = None):
@@ -459,7 +478,45 @@ def _val_split(patients: pd.DataFrame, fraction: float, seed: int):
 # --------------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------------
-def _augment(xb, gen, prm, dims: int = 2):
+def timing_reference(bags: Bags):
+    """What ``augment.timing`` needs of ``bags``: ``(arterial channel indices, arterial-excess channel index
+    or None, each instance's arterial parenchyma level)``, or None where no channel is arterial (a
+    portal-only model: nothing to scale). The level is the index's ``lvl_arterial`` (set by
+    :func:`reference_shift`), else the patient's own ``ref_arterial``."""
+    art = [i for i, c in enumerate(bags.channels) if c == "arterial"]
+    if not art:
+        if not bags.channels:
+            raise ValueError("augment.timing needs the name of every input channel (Bags.channels), "
+                             "to find the arterial phase")
+        return None
+    col = next((c for c in ("lvl_arterial", "ref_arterial") if c in bags.index), None)
+    if col is None:
+        raise ValueError("augment.timing needs the arterial parenchyma's level (the cropping stage's "
+                         "ref_arterial column): rerun the crop25d stage, or set augment.timing: 0")
+    level = bags.index[col].to_numpy(float)
+    if np.isnan(level).any():  # an unmeasured parenchyma: about the training cohort's median level
+        level = np.where(np.isnan(level), np.nanmedian(level), level)
+    excess = bags.channels.index("excess") if "excess" in bags.channels else None
+    return art, excess, level.astype(np.float32)
+
+
+def _smooth_inplane(d, px: float):
+    """Gaussian smoothing of a (N, [D,] H, W) tensor in the last two axes (``px`` pixels, radius 4 SD),
+    as :class:`ArterialExcess` smooths its inputs."""
+    import torch
+    import torch.nn.functional as F
+
+    r = max(1, int(4 * px + 0.5))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=d.dtype, device=d.device) / px) ** 2)
+    k = k / k.sum()
+    shape = d.shape
+    h = d.reshape(-1, 1, shape[-2], shape[-1])
+    h = F.conv2d(F.pad(h, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    h = F.conv2d(F.pad(h, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return h.reshape(shape)
+
+
+def _augment(xb, gen, prm, dims: int = 2, timing=None):
     """Random flips (and, for square 2D crops, transposition: together the 8 symmetries of the square),
     small rotations (2D), additive image noise and intensity jitter on a batch tensor (same device).
 
@@ -467,12 +524,31 @@ def _augment(xb, gen, prm, dims: int = 2):
     window) survives; ``noise`` adds Gaussian noise of a per-image SD drawn from [0, noise] (a noisier
     scanner); ``intensity`` (scale 1 ± x, shift ± x/2) is off by default because it is as large as the
     contrast a model has to find.
+
+    ``timing`` (with ``prm.timing`` > 0): ``(arterial channels, excess channel or None, the batch's
+    arterial parenchyma levels)`` (:func:`timing_reference`). Each instance's arterial channel becomes
+    ``level + t (x − level)``, ``t`` drawn from [1 − timing, 1 + timing]: every arterial contrast to the
+    liver scaled, the liver itself where it was; the arterial-excess channel moves with it by exactly what
+    :class:`ArterialExcess` would give for the scaled arterial phase (its plain and portal inputs are
+    unchanged). Applied first, before any other augmentation.
     """
     import torch
     import torch.nn.functional as F
 
     b = xb.shape[0]
     dev = xb.device
+    tim = float(getattr(prm, "timing", 0.0))
+    if tim > 0 and timing is not None:
+        art, ex, level = timing
+        t = (1 + (torch.rand(b, generator=gen) * 2 - 1) * tim).to(dev, xb.dtype)
+        shape = (b,) + (1,) * dims
+        lv = torch.as_tensor(np.asarray(level, np.float32)).to(dev, xb.dtype).view(shape)
+        tv = t.view(shape)
+        d = xb[:, art[0]] - lv  # the arterial contrast to the liver, before scaling
+        for a in art:
+            xb[:, a] = lv + tv * (xb[:, a] - lv)
+        if ex is not None:
+            xb[:, ex] = xb[:, ex] + EXCESS_SCALE * (tv - 1) * _smooth_inplane(d, EXCESS_SMOOTH_PX)
     if prm.flip:
         for ax in range(2, 2 + dims):
             m = torch.rand(b, generator=gen) < 0.5
@@ -589,7 +665,7 @@ def pool_probabilities(prob: np.ndarray, groups: np.ndarray, pooling: str = "lse
 
 def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, prm: TrainCfg, seed: int,
                 device: str = "cpu", dims: int = 2, checkpoint: Optional[Path] = None, desc: str = "train",
-                progress: bool = True, val_ids=None, weights: Optional[np.ndarray] = None):
+                progress: bool = True, val_ids=None, weights: Optional[np.ndarray] = None, timing=None):
     """Train one model for a fixed budget of ``epochs`` (or, with ``val_ids``, stop early on them).
 
     ``x``: (N, C, ...) arrays; ``y``: instance labels; ``groups``: patient id per instance. The learning
@@ -599,7 +675,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     not the AUC, because on a few dozen patients the AUC jumps by chance from epoch to epoch.
 
     ``weights``: a loss weight per instance (see :func:`deconfounding_weights`); they replace the class
-    weighting, which they include.
+    weighting, which they include. ``timing``: with ``prm.augment.timing`` > 0, the arterial channels and
+    every instance's parenchyma level (:func:`timing_reference`; without it the timing augmentation is off).
 
     ``prm.loss == "bag"``: each step takes ``bag_batch`` patients with all their instances; the instance
     logits of a patient are pooled (:func:`pool_logits`) and the loss is the patient's (class weighting by
@@ -694,7 +771,7 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
                 continue
             xb = torch.from_numpy(np.asarray(x[b], np.float32)).to(device)
             yb = torch.from_numpy(np.ascontiguousarray(target)).to(device)
-            xb = _augment(xb, gen, aug, dims)
+            xb = _augment(xb, gen, aug, dims, None if timing is None else (timing[0], timing[1], timing[2][b]))
             if dims == 2:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
@@ -824,6 +901,7 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     source = np.array([""] * len(bags.index), dtype=object)
     logs, trained_on, models = [], {}, {}
     vf = float(prm.val_fraction)
+    tref = timing_reference(bags) if float(prm.augment.timing) > 0 else None
 
     def fit(train_ids, tag, s):
         rows = bags.rows(train_ids)
@@ -836,7 +914,7 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
             w = deconfounding_weights(y[rows], confounders.reindex(groups[rows]))
         model, log = train_model(make_model, bags.x[rows], y[rows], groups[rows], prm, s, device=device, dims=dims,
                                  checkpoint=ck, desc=f"{name} {tag}", progress=progress, val_ids=val_ids,
-                                 weights=w)
+                                 weights=w, timing=None if tref is None else (tref[0], tref[1], tref[2][rows]))
         if verbose:
             _log_steps(name, tag, log, len(rows))
         logs.append(log.assign(model=name, fit=tag))
@@ -916,7 +994,7 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     else:
         raise ValueError(f"prediction must be 'crossfit' or 'insample', not {prediction!r}")
     def table(pr, ins, src, pf):
-        out = bags.index.copy()
+        out = bags.index.drop(columns=[c for c in bags.index if c.startswith("lvl_")])
         out["prob"] = pr
         out["prob_insample"] = ins  # in-sample, for comparison only
         out["source"] = src

@@ -210,6 +210,12 @@ class AugmentCfg(Section):
     #: intensity jitter: scale 1 ± x, shift ± x/2 (window units). Off by default: the planted contrasts of
     #: the twin are 0.02–0.2 window units, so a jitter of that size would drown them.
     intensity: float = Field(0.0, ge=0, lt=1)
+    #: arterial-phase timing: every arterial contrast to the liver parenchyma (the arterial channel about the
+    #: parenchyma's level after the intensity reference, and the arterial-excess channel with it) is scaled by
+    #: a factor drawn per instance from [1 − x, 1 + x] — a bolus caught earlier or later, as another centre's
+    #: protocol gives it. Teaches the network that the size of the arterial enhancement is not the same on
+    #: every scanner, while the pattern (which pixels enhance more than the liver) stays. 0 = off.
+    timing: float = Field(0.0, ge=0, lt=1)
 
 
 class TrainCfg(Section):

@@ -426,10 +426,25 @@ def crop_all(cases: pd.DataFrame, prm: CropCfg, phases, mask_label, out_dir: Pat
 
 @dataclass
 class Bags:
-    """All instances of a run in memory: ``x`` (N, C, H, W) float16 and one index row per instance."""
+    """All instances of a run in memory: ``x`` (N, C, H, W) float16 and one index row per instance.
+
+    ``channels``: the name of each channel of ``x`` (a phase, or ``excess`` for the arterial-excess
+    channel); left empty, it is read from the index's ``ref_<phase>`` columns where they name one phase per
+    channel (as the cropping stage writes them)."""
 
     x: np.ndarray
     index: pd.DataFrame
+    channels: tuple = ()
+
+    def __post_init__(self):
+        if not self.channels:
+            refs = tuple(c[4:] for c in self.index.columns if c.startswith("ref_"))
+            if self.x.ndim > 1 and len(refs) == self.x.shape[1]:
+                self.channels = refs
+        self.channels = tuple(self.channels)
+        if self.channels and self.x.ndim > 1 and len(self.channels) != self.x.shape[1]:
+            raise ValueError(f"Bags: {len(self.channels)} channel names {self.channels} for "
+                             f"{self.x.shape[1]} channels")
 
     def patients(self) -> pd.DataFrame:
         return self.index.groupby("patient_id", sort=True).agg(cohort=("cohort", "first"), label=("label", "first")).reset_index()

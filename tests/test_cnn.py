@@ -713,3 +713,80 @@ def test_histogram_reference_uses_the_given_folds_and_learns_intensity():
     assert np.allclose(lg(both["prob"]), (lg(ref["prob"]) + lg(lone["prob"])) / 2)
     with pytest.raises(ValueError, match="no fold for training patient"):
         crop25d.histogram_reference(bags, [dict(list(split.items())[1:])])
+
+
+def _referenced_tissue_bags():
+    """The tissue bags with each patient's parenchyma measured, through the parenchyma reference and the
+    arterial excess (the CNN's input)."""
+    bags = _tissue_bags()
+    ch = ("arterial", "plain", "portal")
+    rng = np.random.default_rng(3)
+    idx = bags.index.assign(**{f"ref_{c}": 0.5 + rng.normal(0, 0.02, len(bags.index)) for c in ch})
+    shifted, _ = cnn.reference_shift(crop25d.Bags(bags.x, idx), "parenchyma")
+    full, ae = cnn.add_arterial_excess(shifted, ch)
+    return shifted, full, ae
+
+
+def test_timing_augmentation_scales_arterial_contrast_and_moves_the_excess_with_it():
+    shifted, full, ae = _referenced_tissue_bags()
+    assert full.channels == ("arterial", "plain", "portal", "excess")
+    art, ex, level = cnn.timing_reference(full)
+    assert art == [0] and ex == 3
+    # after the reference every patient's parenchyma sits at the training median of its measurement
+    train = (full.index["cohort"] == "training").to_numpy()
+    assert np.allclose(level, np.median(full.index.loc[train, "ref_arterial"].drop_duplicates()), atol=0.02)
+    x = torch.from_numpy(full.x.astype(np.float32))
+    out = cnn._augment(x.clone(), torch.Generator().manual_seed(4), config.AugmentCfg(flip=False, timing=0.3),
+                       dims=2, timing=(art, ex, level))
+    # plain and portal are untouched; the arterial contrast to the liver is scaled by one factor per image
+    assert torch.equal(out[:, 1:3], x[:, 1:3])
+    lv = torch.from_numpy(level).view(-1, 1, 1)
+    d0, d1 = x[:, 0] - lv, out[:, 0] - lv
+    far = d0.abs() > 0.05
+    ratio = torch.stack([(d1[i][far[i]] / d0[i][far[i]]).mean() for i in range(len(x))])
+    spread = torch.stack([(d1[i][far[i]] / d0[i][far[i]]).std() for i in range(len(x))])
+    assert float(spread.max()) < 1e-3
+    assert 0.7 - 1e-4 <= float(ratio.min()) and float(ratio.max()) <= 1.3 + 1e-4
+    assert float(ratio.std()) > 0.05  # a factor of its own for each image
+    # the excess channel is what ArterialExcess gives for the scaled arterial phase (interior: the two
+    # smoothings treat the border differently)
+    want = ae.transform(out[:, :3].numpy())[:, 3]
+    np.testing.assert_allclose(out[:, 3, 5:-5, 5:-5].numpy(), want[:, 5:-5, 5:-5], atol=2e-3)
+    # timing 0 (the default) draws nothing and changes nothing
+    same = cnn._augment(x.clone(), torch.Generator().manual_seed(4), config.AugmentCfg(flip=False), dims=2,
+                        timing=(art, ex, level))
+    assert torch.equal(same, x)
+
+
+def test_timing_reference_follows_the_channels_a_model_sees():
+    shifted, full, _ = _referenced_tissue_bags()
+    from hcc25d import ablation
+
+    one = {v.key: v for v in ablation.VARIANTS}
+    portal = ablation.subset_bags(shifted, one["portal"], ("arterial", "plain", "portal"))
+    assert portal.channels == ("portal",) * 3 and cnn.timing_reference(portal) is None
+    arterial = ablation.subset_bags(shifted, one["arterial"], ("arterial", "plain", "portal"))
+    assert cnn.timing_reference(arterial)[:2] == ([0, 1, 2], None)
+    # no reference: each patient's own parenchyma is the level
+    raw, _ = cnn.reference_shift(crop25d.Bags(shifted.x, shifted.index.drop(columns=["lvl_arterial",
+                                                                                      "lvl_plain", "lvl_portal"])),
+                                 "none")
+    np.testing.assert_allclose(cnn.timing_reference(raw)[2], raw.index["ref_arterial"].to_numpy(np.float32))
+    with pytest.raises(ValueError, match="name of every input channel"):
+        cnn.timing_reference(crop25d.Bags(full.x, full.index.drop(columns=[c for c in full.index
+                                                                            if c.startswith("ref_")])))
+    with pytest.raises(ValueError, match="channel names"):
+        crop25d.Bags(full.x, full.index, ("arterial",))
+
+
+def test_crossfit_with_timing_augmentation_keeps_its_output_columns():
+    bags = make_bags()
+    ch = ("arterial", "plain", "portal")
+    idx = bags.index.assign(**{f"ref_{c}": 0.5 for c in ch})
+    ref, _ = cnn.reference_shift(crop25d.Bags(bags.x, idx), "parenchyma")
+    prm = P(val_fraction=0.0, epochs=1, augment={"flip": True, "timing": 0.3})
+    on, _, _, _ = cnn.crossfit_predict(ref, tiny_model, prm, seed=1, folds=3, progress=False)
+    off, _, _, _ = cnn.crossfit_predict(ref, tiny_model, P(val_fraction=0.0, epochs=1, augment={"flip": True}),
+                                        seed=1, folds=3, progress=False)
+    assert list(on.columns) == list(off.columns) and not any(c.startswith("lvl_") for c in on.columns)
+    assert not np.allclose(on["prob"], off["prob"])  # the augmentation reached the training

@@ -47,14 +47,14 @@ def permute_training_labels(bags: crop25d.Bags, seed: int) -> crop25d.Bags:
     idx = bags.index.copy()
     m = idx["cohort"] == "training"
     idx.loc[m, "label"] = idx.loc[m, "patient_id"].map(new).astype(idx["label"].dtype)
-    return crop25d.Bags(bags.x, idx)
+    return crop25d.Bags(bags.x, idx, bags.channels)
 
 
 def pool_cohorts(bags: crop25d.Bags, join: str = "internal") -> crop25d.Bags:
     """The same bags with the ``join`` cohort's patients counted as training patients."""
     idx = bags.index.copy()
     idx.loc[idx["cohort"] == join, "cohort"] = "training"
-    return crop25d.Bags(bags.x, idx)
+    return crop25d.Bags(bags.x, idx, bags.channels)
 
 
 def patient_scores(preds: pd.DataFrame) -> pd.DataFrame:
