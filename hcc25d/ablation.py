@@ -90,7 +90,12 @@ class Variant:
     #: ``None`` = the CNN stage's ``cnn.arterial_excess``; ``False``: the three phases alone (the paper's
     #: input). A one-phase variant never has it (the excess needs all three phases).
     excess: Optional[bool] = None
+    #: ``None`` = the CNN stage's ``cnn.augment.timing``; else this value (0 = off)
+    timing: Optional[float] = None
 
+
+#: the ``timing`` variant's ``augment.timing``: every arterial contrast to the liver × a factor in 1 ± this
+ABLATION_TIMING = 0.3
 
 VARIANTS = (
     Variant("full", "full: 2.5D, three views, three phases", "reference"),
@@ -102,6 +107,8 @@ VARIANTS = (
     Variant("no-reference", "no intensity reference", "intensity reference", reference="none"),
     Variant("two-point", "two-point intensity reference (parenchyma and tumour)", "intensity reference",
             reference="two-point"),
+    Variant("timing", f"arterial-timing augmentation (contrast × 1 ± {ABLATION_TIMING:g})", "augmentation",
+            timing=ABLATION_TIMING),
     Variant("instance-loss", "instance labels (the paper's training)", "training loss", loss="instance"),
     Variant("no-size-adjust", "no size adjustment", "size adjustment", size_adjust=False),
     Variant("seed", "full, retrained with another seed", "training noise", reseed=1),
@@ -198,6 +205,8 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
     update = {"repeats": ablation_repeats(cfg)}
     if variant.loss is not None:
         update["loss"] = variant.loss
+    if variant.timing is not None:
+        update["augment"] = cfg.cnn.augment.model_copy(update={"timing": float(variant.timing)})
     C = cfg.cnn.model_copy(update={**update, **(settings or {})})
     # the excess is fitted on every training instance, then the variant's slots are taken
     C_in = C.model_copy(update={"arterial_excess": uses_excess(variant, C)})
@@ -308,6 +317,9 @@ EXPECTED = {
     "two-point intensity reference (parenchyma and tumour)": "similar internally; externally similar or higher: "
         "it undoes centre 2's lower arterial contrast of the tumour against the liver, which matters for a "
         "trait the network reads next to the tumour",
+    f"arterial-timing augmentation (contrast × 1 ± {ABLATION_TIMING:g})": "similar internally; externally "
+        "similar or higher: centre 2's later arterial phase lowers every arterial contrast to the liver, which "
+        "moves its scores less once the network has seen such contrasts in training",
     "no size adjustment": "similar internally, lower externally: the score's size component goes with the "
                           "outcome in the training cohort and against it in the external one",
     "instance labels (the paper's training)": "lower: where one or two of nine slices show the enhancement, "

@@ -421,15 +421,16 @@ class AblationsCfg(Section):
     #: the variants beside the full model: ``2d`` (central axial slice), ``axial`` (no sagittal/coronal
     #: view), ``arterial`` and ``portal`` (one phase), ``no-excess`` (the three phases without the
     #: ``cnn.arterial_excess`` channel), ``no-reference`` (no intensity reference),
-    #: ``two-point`` (the intensity reference of the tumour as well as the parenchyma), ``seed``
+    #: ``two-point`` (the intensity reference of the tumour as well as the parenchyma), ``timing`` (the
+    #: arterial-timing augmentation, ``cnn.augment.timing``, at ± 0.3), ``seed``
     #: (the full model retrained with another seed: the noise of training alone), ``instance-loss`` (every
     #: instance trained on its patient's label, the paper's way, where ``cnn.loss`` is ``bag``),
     #: ``no-size-adjust`` (the full model's scores without ``cnn.size_adjust``, and the radiomics features
     #: without ``signatures.size_adjust``: no retraining).
     variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-excess", "no-reference", "two-point",
-                             "instance-loss", "no-size-adjust", "seed"], ...] = (
-        "2d", "axial", "arterial", "portal", "no-excess", "no-reference", "two-point", "instance-loss",
-        "no-size-adjust", "seed")
+                             "timing", "instance-loss", "no-size-adjust", "seed"], ...] = (
+        "2d", "axial", "arterial", "portal", "no-excess", "no-reference", "two-point", "timing",
+        "instance-loss", "no-size-adjust", "seed")
     #: cross-fitting repeats of each retrained variant (``null`` = ``cnn.repeats``). Fewer than the CNN
     #: stage's keeps the stage within a CPU budget; the full row is then retrained the same way, so every
     #: row differs from it in one factor only (its AUCs are those of a single cross-fitting).

@@ -56,6 +56,29 @@ def test_retrained_variants_use_the_ablation_repeats(monkeypatch):
     assert seen == {"repeats": 1, "loss": "instance", "fold_of": {"a": 0}, "excess": True}
 
 
+def test_timing_variant_changes_the_augmentation_only(monkeypatch):
+    from hcc25d import cnn
+
+    seen = {}
+
+    def fake_crossfit(bags, make, C, seed, **k):
+        seen.update(timing=C.augment.timing, flip=C.augment.flip, loss=C.loss, reference=C.intensity_reference)
+        return "preds", None, None, None
+
+    monkeypatch.setattr(cnn, "crossfit_predict", fake_crossfit)
+    monkeypatch.setattr(cnn, "reference_shift", lambda bags, how: (bags, None))
+    monkeypatch.setattr(ablation, "subset_bags", lambda bags, v, ch: bags)
+    monkeypatch.setattr(cnn, "add_arterial_excess", lambda bags, ch: (bags, None))
+    cfg = config.from_dict({"cnn": {"augment": {"flip": False}}})
+    by_key = {v.key: v for v in ablation.VARIANTS}
+    ablation.retrain_cnn(None, by_key["timing"], cfg, {"a": 0}, "litecnn", progress=False)
+    assert seen == {"timing": ablation.ABLATION_TIMING, "flip": False, "loss": cfg.cnn.loss,
+                    "reference": cfg.cnn.intensity_reference}
+    ablation.retrain_cnn(None, by_key["full"], cfg, {"a": 0}, "litecnn", progress=False)
+    assert seen["timing"] == cfg.cnn.augment.timing == 0.0
+    assert "timing" in config.from_dict({}).ablations.variants
+
+
 def test_the_arterial_excess_follows_the_cnn_stage_except_where_a_variant_cannot_or_must_not_have_it():
     on = config.from_dict({}).cnn
     off = config.from_dict({"cnn": {"arterial_excess": False}}).cnn
