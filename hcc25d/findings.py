@@ -301,7 +301,33 @@ def _score_shift(run_dir: Path, cohorts, cnn_auc: pd.Series) -> str:
     else:
         text += (" The fusion's bins and thresholds were fitted on the training patients' scores; here DL_2.5D "
                  f"stays within {GAP_NOTE:.2f} of the CNN's own score despite the shift.")
-    return text + _harmonised(run_dir, big)
+    return text + _harmonised(run_dir, big) + _timing_remedy(run_dir, big)
+
+
+def _timing_remedy(run_dir: Path, cohorts) -> str:
+    """The shifted cohorts' AUCs of the ablation stage's arterial-timing row (``cnn.augment.timing``)
+    beside its full row, after the fusion (DL features alone) and for the CNN's own mean score."""
+    t = _read(run_dir, "ablations", "tab-ablations.csv")
+    if t is None or not {"factor", "features", "variant"} <= set(t.columns):
+        return ""
+    dl = t[t["features"] == "DL alone"]
+    full, tim = dl[dl["factor"] == "reference"], dl[dl["factor"] == "augmentation"]
+    cs = [c for c in cohorts if f"AUC {c}" in t.columns]
+    if full.empty or tim.empty or not cs:
+        return ""
+    parts = [f"{tim[f'AUC {c}'].iloc[0]:.3f} against {full[f'AUC {c}'].iloc[0]:.3f} on the {c} patients"
+             for c in cs]
+    text = (" Retrained with the arterial-timing augmentation (`cnn.augment.timing`; the ablation chapter's "
+            f"row *{tim['variant'].iloc[0]}*, one cross-fitting like its full row), the DL features alone give "
+            "an AUC of " + "; ".join(parts))
+    ca = _read(run_dir, "ablations", "tab-ablations-cnn-patient-mean.csv")
+    if ca is not None and "variant" in ca.columns:
+        ca = ca.set_index("variant")
+        v_t, v_f = tim["variant"].iloc[0], full["variant"].iloc[0]
+        if {v_t, v_f} <= set(ca.index):
+            text += (", and the CNN's mean score " + "; ".join(
+                f"{ca.loc[v_t, c]:.3f} against {ca.loc[v_f, c]:.3f}" for c in cs if c in ca.columns))
+    return text + "."
 
 
 def _harmonised(run_dir: Path, cohorts) -> str:

@@ -125,6 +125,19 @@ def test_fusion_input_summary_calls_out_a_centre_shift_of_the_scores(tmp_path):
     assert "internal 0.750" not in both and "use the frozen scores" in both
     (sig_dir / "stage_provenance.json").write_text('{"harmonise_centres": true}')
     assert "use the harmonised scores" in findings.fusion_input_summary(run)
+    assert "arterial-timing" not in findings.fusion_input_summary(run)  # no ablation stage
+    abl = run / "ablations"
+    abl.mkdir()
+    full_name, tim_name = "full: 2.5D, three views, three phases", "arterial-timing augmentation"
+    pd.DataFrame({"variant": [full_name, full_name, tim_name], "factor": ["reference", "reference", "augmentation"],
+                  "features": ["DL alone", "DL + radiomics", "DL alone"], "AUC internal": [0.7, 0.8, 0.69],
+                  "AUC external": [0.61, 0.75, 0.68]}).to_csv(abl / "tab-ablations.csv", index=False)
+    pd.DataFrame({"variant": [full_name, tim_name], "training": [0.6, 0.6], "internal": [0.7, 0.7],
+                  "external": [0.64, 0.71]}).to_csv(abl / "tab-ablations-cnn-patient-mean.csv", index=False)
+    tim = findings.fusion_input_summary(run)
+    assert ("the DL features alone give an AUC of 0.680 against 0.610 on the external patients, and the CNN's "
+            "mean score 0.710 against 0.640.") in tim
+    assert "0.690 against" not in tim  # the internal cohort is not shifted
     rows = [{"cohort": c, "prob": 0.4} for c in ("training", "internal", "external") for _ in range(5)]
     pd.DataFrame(rows).to_csv(run / "cnn" / "instance_probs_selected.csv", index=False)
     assert "Centre shift" not in findings.fusion_input_summary(run)
