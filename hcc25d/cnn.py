@@ -291,9 +291,9 @@ def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.Da
     scanners by protocol, not where it is a finding.
 
     ``none`` returns the bags' arrays unchanged. Every method adds ``lvl_<phase>`` to the index: the
-    parenchyma's level after the reference (what ``augment.timing`` scales about). Returns ``(bags, shifts)``, ``shifts`` one row per patient with
-    each channel's shift of the parenchyma (window units); for ``two-point`` its ``attrs["gain"]`` holds
-    each patient's factor per channel.
+    parenchyma's level after the reference (what ``augment.timing`` scales about). Returns
+    ``(bags, shifts)``, ``shifts`` one row per patient with each channel's shift of the parenchyma (window
+    units); for ``two-point`` its ``attrs["gain"]`` holds each patient's factor per channel.
     """
     idx = bags.index
     cols = [c for c in idx.columns if c.startswith("ref_")]  # one per channel, in channel order
