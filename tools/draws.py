@@ -5,7 +5,7 @@ One ``make book`` is one draw of the twin: its patients, their traits and images
 initialisation all follow the run's ``seed``. A number that misses (or meets) a bar on one draw may do the
 opposite on the next. This tool runs the same params with other seeds: each seed is a run of its own,
 ``<run>-seed<N>`` (its params file in ``results/<run>/draws/``), through the stages ``cohort`` to
-``evaluation`` (about 10 minutes a draw on 2 cores; the ablations are left out, and a finished draw is not
+``evaluation`` (about 14 minutes a draw on 2 cores; the ablations are left out, and a finished draw is not
 recomputed; ``--no-run`` only tabulates the draws that have finished). It then tabulates, for the base run
 and every draw:
 
