@@ -94,3 +94,36 @@ def test_share_is_nan_where_the_reference_is_at_chance(tmp_path):
     # no margin over chance to recover internally: no share, and the bar is not met
     assert np.isnan(row["DL_2.5D share internal"]) and row["DL_2.5D share external"] == pytest.approx(0.5)
     assert not row["meets share bar"] and draws.finished(tmp_path / "d") and not draws.finished(tmp_path / "e")
+
+
+def test_variant_sets_only_what_it_names():
+    assert draws.parse_sets(["cnn.augment.timing=0.3", "signatures.harmonise_centres=true"]) == \
+        {"cnn.augment.timing": 0.3, "signatures.harmonise_centres": True}
+    with pytest.raises(ValueError, match="only cnn"):
+        draws.parse_sets(["twin.signal_scale=2"])  # the twin is the draw's: a variant cannot change it
+    with pytest.raises(ValueError, match="key=value"):
+        draws.parse_sets(["cnn.epochs"])
+    d = draws.draw_params(_base(), 7)
+    v = draws.variant_params(d, {"cnn.augment.timing": 0.3}, "timing")
+    assert v["run"] == f"{d['run']}-timing" and v["cnn"]["augment"]["timing"] == 0.3
+    assert {k: x for k, x in v.items() if k not in ("cnn", "run", "description")} == \
+        {k: x for k, x in d.items() if k not in ("cnn", "run", "description")}
+    assert {k: x for k, x in v["cnn"].items() if k != "augment"} == \
+        {k: x for k, x in d["cnn"].items() if k != "augment"}
+    assert "augment" not in d["cnn"]  # the draw's params are untouched
+    assert config.from_dict(v).cnn.augment.timing == 0.3
+    with pytest.raises(ValueError, match="not a section"):
+        draws.variant_params(d, {"cnn.backbones.x": 1}, "t")  # a list, not a section
+
+
+def test_paired_differences():
+    base = pd.DataFrame({"run": ["a", "b", "c"], "DL_2.5D external": [0.6, 0.7, 0.8],
+                         "meets share bar": [True, False, True]})
+    var = pd.DataFrame({"run": ["a-t", "b-t", "c-t"], "DL_2.5D external": [0.7, 0.7, 0.9],
+                        "meets share bar": [True, True, True]})
+    diff, s = draws.paired(base, var)
+    assert np.allclose(diff["DL_2.5D external"], [0.1, 0.0, 0.1])
+    assert list(diff.index) == ["a", "b", "c"]
+    assert np.isclose(s.loc["DL_2.5D external", "mean"], 0.2 / 3)
+    assert np.isclose(s.loc["DL_2.5D external", "se"], np.std([0.1, 0, 0.1], ddof=1) / np.sqrt(3))
+    assert "meets share bar" not in s.index  # booleans are not differenced

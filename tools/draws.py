@@ -25,6 +25,10 @@ minimum, maximum over the draws, and how many draws meet each bar) and ``fig-dra
 summary. Twin runs only: a study of real patients is one draw. Each draw keeps its results (about 1.3 GB, most
 of it the twin's images; ``--prune`` deletes a finished draw's ``data`` and ``crop25d`` folders, after
 which only ``--no-run`` tabulates it without drawing it again).
+With ``--set KEY=VALUE`` (``cnn``, ``signatures`` or ``evaluation`` settings, repeatable) and ``--tag NAME``
+every draw, the base run included, is also rerun with that setting as ``<draw>-<NAME>`` (the stages before the
+CNN linked from the draw, not recomputed), and ``tab-draws-<NAME>.csv`` gives the variant minus the draw for
+every number, ``tab-draws-<NAME>-summary.csv`` their mean and standard error over the draws.
 Nothing of the base run's results changes.
 """
 from __future__ import annotations
@@ -171,6 +175,77 @@ def run_draw(params: dict, out_dir: Path, stages: Iterable[str] = STAGES, prune:
     return run_dir
 
 
+#: the sections a variant may change: everything before the CNN stage is then the draw's own (linked, not rerun)
+VARIANT_SECTIONS = ("cnn", "signatures", "evaluation")
+
+
+def parse_sets(items: Iterable[str]) -> dict:
+    """``["cnn.augment.timing=0.3", ...]`` → ``{"cnn.augment.timing": 0.3}`` (values read as YAML). Only keys of
+    :data:`VARIANT_SECTIONS`: a variant reuses the draw's twin, crops and radiomics, so it cannot change them."""
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set wants key=value, not {item!r}")
+        if key.split(".")[0] not in VARIANT_SECTIONS:
+            raise ValueError(f"--set {key}: a variant may change only {', '.join(VARIANT_SECTIONS)} settings "
+                             f"(it reuses the draw's twin, crops and radiomics features)")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def variant_params(params: dict, sets: dict, tag: str) -> dict:
+    """A draw's params with ``sets`` (dotted key → value) applied, as run ``<run>-<tag>``."""
+    out = copy.deepcopy(params)
+    for key, value in sets.items():
+        node = out
+        *head, last = key.split(".")
+        for k in head:
+            if node.get(k) is None:
+                node[k] = {}
+            if not isinstance(node[k], dict):
+                raise ValueError(f"--set {key}: {k} is not a section")
+            node = node[k]
+        node[last] = value
+    out["run"] = f"{params['run']}-{tag}"
+    out["description"] = f"{params['run']} with {', '.join(f'{k}={v}' for k, v in sets.items())} (tools/draws.py)"
+    return out
+
+
+def run_variant(params: dict, sets: dict, tag: str, draw_dir: Path, out_dir: Path) -> Path:
+    """Rerun a finished draw with ``sets``: the stages before the CNN are linked from ``draw_dir`` (so the
+    variant sees the same patients, images, crops and radiomics features), the CNN stage too where nothing
+    of ``cnn`` changes; the rest run again. Returns the variant's results folder."""
+    from hcc25d import runner
+
+    vp = variant_params(params, sets, tag)
+    config.from_dict(vp, None, source="variant")
+    vdir = ROOT / "results" / vp["run"]
+    vdir.mkdir(parents=True, exist_ok=True)
+    rerun = ["signatures", "evaluation"]
+    if any(k.split(".")[0] == "cnn" for k in sets):
+        rerun.insert(0, "cnn")
+    for stage in STAGES:
+        if stage not in rerun and not (vdir / stage).exists():
+            (vdir / stage).symlink_to(Path(draw_dir).resolve() / stage, target_is_directory=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pfile = out_dir / f"{vp['run']}.yaml"
+    pfile.write_text(yaml.safe_dump(vp, sort_keys=False))
+    if not finished(vdir):
+        runner.run(pfile, only=rerun)
+    return vdir
+
+
+def paired(base: pd.DataFrame, variant: pd.DataFrame) -> pd.DataFrame:
+    """Variant minus base, draw by draw (rows in the same order), for every number of :func:`draw_summary`;
+    with the mean, its standard error over the draws and the number of draws."""
+    num = [c for c in base.select_dtypes("number").columns if c in variant]
+    d = pd.DataFrame(variant[num].to_numpy(float) - base[num].to_numpy(float), columns=num,
+                     index=base["run"].to_numpy())
+    n = d.notna().sum()
+    return d, pd.DataFrame({"mean": d.mean(), "se": d.std(ddof=1) / np.sqrt(n), "draws": n})
+
+
 def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", default="params/synthetic.yaml")
@@ -178,7 +253,12 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--prune", action="store_true", help="delete each finished draw's images and crops")
     ap.add_argument("--no-run", action="store_true",
                     help="run nothing: tabulate the draws of these seeds that have finished")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="also rerun every draw with this setting (cnn/signatures/evaluation keys; repeatable) and "
+                         "tabulate the paired differences")
+    ap.add_argument("--tag", default="variant", help="name of the variant runs: <run>-<tag>")
     a = ap.parse_args(argv)
+    sets = parse_sets(a.set)
     base = yaml.safe_load(Path(a.params).read_text())
     cfg = config.load(a.params, {})
     base_dir = ROOT / "results" / cfg.run
@@ -216,6 +296,21 @@ def main(argv: Optional[list] = None) -> int:
                 "DL_2.5D external", "DL_2.5D harmonised external"]
         print(table[[c for c in cols if c in table]].round(3).to_string(index=False))
         print(summary.round(3).to_string())
+    if sets:
+        base_params = {r: yaml.safe_load((out / f"{r.name}.yaml").read_text()) if r != base_dir else base
+                       for r in runs}
+        vruns = []
+        for i, r in enumerate(runs, 1):
+            print(f"[draws] variant {i}/{len(runs)}: {r.name}-{a.tag}", flush=True)
+            vruns.append(run_variant(base_params[r], sets, a.tag, r, out))
+        vtable = pd.DataFrame([draw_summary(r) for r in vruns])
+        diff, stats_ = paired(table, vtable)
+        diff.to_csv(out / f"tab-draws-{a.tag}.csv", index_label="run")
+        stats_.to_csv(out / f"tab-draws-{a.tag}-summary.csv")
+        keys = ["instance AUC training", "DL_2.5D internal", "DL_2.5D external", "CNN score internal",
+                "CNN score external", "Combined - Clinical internal", "Combined - Clinical external"]
+        print(f"[draws] {a.tag} ({', '.join(a.set)}) minus the default, paired by draw:")
+        print(stats_.loc[[k for k in keys if k in stats_.index]].round(4).to_string())
     print(f"[draws] tables and figure in {out.relative_to(ROOT)}")
     return 0
 
