@@ -198,15 +198,7 @@ def variant_params(params: dict, sets: dict, tag: str) -> dict:
     """A draw's params with ``sets`` (dotted key → value) applied, as run ``<run>-<tag>``."""
     out = copy.deepcopy(params)
     for key, value in sets.items():
-        node = out
-        *head, last = key.split(".")
-        for k in head:
-            if node.get(k) is None:
-                node[k] = {}
-            if not isinstance(node[k], dict):
-                raise ValueError(f"--set {key}: {k} is not a section")
-            node = node[k]
-        node[last] = value
+        config._set_dotted(out, key, value)  # the same rule as the runner's overrides
     out["run"] = f"{params['run']}-{tag}"
     out["description"] = f"{params['run']} with {', '.join(f'{k}={v}' for k, v in sets.items())} (tools/draws.py)"
     return out
@@ -236,9 +228,10 @@ def run_variant(params: dict, sets: dict, tag: str, draw_dir: Path, out_dir: Pat
     return vdir
 
 
-def paired(base: pd.DataFrame, variant: pd.DataFrame) -> pd.DataFrame:
-    """Variant minus base, draw by draw (rows in the same order), for every number of :func:`draw_summary`;
-    with the mean, its standard error over the draws and the number of draws."""
+def paired(base: pd.DataFrame, variant: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(differences, summary)``: variant minus base, draw by draw (rows in the same order, indexed by the
+    base run), for every number of :func:`draw_summary`; and their mean, standard error over the draws and
+    number of draws."""
     num = [c for c in base.select_dtypes("number").columns if c in variant]
     d = pd.DataFrame(variant[num].to_numpy(float) - base[num].to_numpy(float), columns=num,
                      index=base["run"].to_numpy())
