@@ -496,8 +496,12 @@ def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.D
                    threshold: float = VISIBLE_CONTRAST) -> pd.DataFrame:
     """The twin's instance-level reference: each instance scored with the part of the oracle that its slot
     can show — the log-likelihood ratio (as in :func:`oracle_probabilities`) of the latent traits that
-    :func:`visible_traits` finds on that slot, read exactly. No model that sees one slice can do better
-    than this except by chance or through what else goes with the outcome (the tumour's size, for
+    :func:`visible_traits` finds on that slot, read exactly. Visibility is decided per slot, on the mean
+    over the probed patients, not per patient: the peritumoral enhancement lies on one side of the tumour
+    (above or below its largest cross-section, towards one side in the plane) and the satellites at a few
+    angles, so a slot counted as showing a trait shows it for some patients only, and the reference then
+    reads a trait that the instance does not hold. It is a generous ceiling: a model that sees one slice
+    stays below it except by chance or through what else goes with the outcome (the tumour's size, for
     instance). The image-only reference is the same sum over all three traits, so it is this reference's
     patient-level counterpart.
 
