@@ -219,9 +219,8 @@ def instance_summary(run_dir: str | Path) -> str:
         from .evaluation import margin_share
 
         share = margin_share(t[name], t[SLOT_REFERENCE]).reindex(cohorts)
-        text += (f" The twin's instance-level reference (the latent traits each slot shows, read exactly; "
-                 f"a generous ceiling, since a slot is counted as showing a trait that only some patients' "
-                 f"images of it hold) reaches {row(SLOT_REFERENCE)}, so {name} recovers "
+        text += (f" The twin's instance-level reference (the latent traits each instance shows, read exactly) "
+                 f"reaches {row(SLOT_REFERENCE)}, so {name} recovers "
                  + ", ".join(f"{share[c]:.2f} {c}" for c in cohorts if pd.notna(share[c]))
                  + " of its margin over chance.")
     if LABEL_REFERENCE in t:
@@ -258,8 +257,8 @@ def _label_reference_sentence(t: pd.DataFrame, name: str, cohorts, label_ref: st
         if unread > cost.mean():
             text += (f" Most of the distance to the slot reference (on average {unread:.3f} of "
                      f"{unread + cost.mean():.3f}) remains when the network is told what to look for: it is what "
-                     f"this network does not read from single instances of this many patients, or what those "
-                     f"instances do not hold, not what the outcome labels fail to teach.")
+                     f"this network does not read from single instances of this many patients, not what the "
+                     f"outcome labels fail to teach.")
         else:
             text += (f" Most of the distance to the slot reference (on average {cost.mean():.3f} of "
                      f"{unread + cost.mean():.3f}) is what the outcome labels fail to teach.")

@@ -72,12 +72,14 @@ __all__ = [
     "PAE_OFFSET_MM",
     "PAE_Z_SD_MM",
     "SATELLITE_OFFSET_MM",
+    "PROBE_LATENT",
     "patient_rng",
     "draw_latent",
     "make_patient",
     "to_images",
     "TRAIT_REGIONS",
     "planted_contrast",
+    "trait_visibility",
     "write_patient",
     "oracle_probabilities",
     "VISIBLE_CONTRAST",
@@ -193,12 +195,32 @@ def _unit(rng):
     return v / np.linalg.norm(v)
 
 
-def make_patient(row: pd.Series, seed: int, prm: TwinCfg, latent: Optional[dict] = None) -> dict:
+#: the two values of a latent trait whose images :func:`planted_contrast` and the probe of
+#: :func:`make_patient` set against each other
+PROBE_LATENT = (-1.5, 1.5)
+
+
+def _trait_params(lat: dict) -> dict:
+    """What the latent traits set in the image: the PAE's amplitude (HU), the satellites' radius (mm)
+    and the tumour's heterogeneity (SD of its texture, HU)."""
+    return {"pae_amp": 80.0 * _sigmoid(1.5 * lat["u_pae"] - 0.5),
+            "sat_r": 1.0 + 4.5 * _sigmoid(1.5 * lat["u_satellites"] - 0.8),
+            "het_sd": 4.0 + 30.0 * _sigmoid(1.5 * lat["u_heterogeneity"] - 0.3)}
+
+
+def make_patient(row: pd.Series, seed: int, prm: TwinCfg, latent: Optional[dict] = None,
+                 probe: bool = False) -> dict:
     """Build one patient's three phases (HU, float32 arrays z, y, x), mask, geometry and traits.
 
     ``latent`` overrides the patient's latent imaging variables (``u_pae``, ``u_satellites``,
     ``u_heterogeneity``); everything else — anatomy, noise — stays the same, so two calls that differ
     only in ``latent`` isolate the visible expression of the traits (see :func:`planted_contrast`).
+
+    With ``probe`` the result also holds ``trait_delta``: for each peritumoral trait (``u_pae``,
+    ``u_satellites``) the arterial phase's difference (HU, before noise and rounding) between the trait's
+    latent at :data:`PROBE_LATENT` high and low, at this patient's own anatomy — what
+    :func:`planted_contrast` measures with two whole generations, here from one (see
+    :func:`trait_visibility`). The phases are the same with and without it.
     """
     pid = str(row["patient_id"])
     rng = patient_rng(seed, pid, 2)
@@ -275,9 +297,7 @@ def make_patient(row: pd.Series, seed: int, prm: TwinCfg, latent: Optional[dict]
     p_major = c + perp * (radii.max() * 0.95 + rv_major + gap)
     major = _tube_dist(X, Y, Z, p_major, d_major) < rv_major
     # ---- signal traits
-    pae_amp = 80.0 * _sigmoid(1.5 * lat["u_pae"] - 0.5)
-    sat_r = 1.0 + 4.5 * _sigmoid(1.5 * lat["u_satellites"] - 0.8)
-    het_sd = 4.0 + 30.0 * _sigmoid(1.5 * lat["u_heterogeneity"] - 0.3)
+    pae_amp, sat_r, het_sd = (_trait_params(lat)[k] for k in ("pae_amp", "sat_r", "het_sd"))
     # Where the traits sit along z is measured from the tumour's maximal axial cross-section (the slice
     # the 2.5D cropping centres on), found on this grid as crop25d does on the resampled one.
     from .crop25d import max_area_index
@@ -299,18 +319,24 @@ def make_patient(row: pd.Series, seed: int, prm: TwinCfg, latent: Optional[dict]
     pae_w = ndimage.gaussian_filter(pae_w.astype(np.float32), sigma=(0.0, 1.0 / sxy, 1.0 / sxy))
     # satellites: small nodules just outside the tumour, 3-5 mm above and below the maximal
     # cross-section, enhancing in the arterial phase only; partial volume over the slice thickness
-    sat_w = np.zeros(X.shape, np.float32)
-    sat_dz = []
+    sat_draws = []
     for k in range(3):
         dz = (1 if k % 2 == 0 else -1) * rng.uniform(*SATELLITE_OFFSET_MM)
         ang = rng.uniform(0, 2 * np.pi)
-        dz_used = 0.0 if central else dz
-        zrel = (z_max + dz_used) - c[2]
-        rr = radii[:2].mean() * np.sqrt(max(0.0, 1 - (zrel / radii[2]) ** 2)) + sat_r + rng.uniform(2, 5)
-        cs = np.array([c[0] + rr * np.cos(ang), c[1] + rr * np.sin(ang), z_max + dz_used])
-        sat_w = np.maximum(sat_w, _slab_ball(X, Y, z, cs, sat_r, sz))
-        sat_dz.append(dz_used)
-    sat_w[tumour] = 0.0
+        sat_draws.append((0.0 if central else dz, ang, rng.uniform(2, 5)))
+    sat_dz = [d for d, _, _ in sat_draws]
+
+    def satellites(r):  # the three nodules of radius r at the drawn places
+        w = np.zeros(X.shape, np.float32)
+        for dz_used, ang, gap_mm in sat_draws:
+            zrel = (z_max + dz_used) - c[2]
+            rr = radii[:2].mean() * np.sqrt(max(0.0, 1 - (zrel / radii[2]) ** 2)) + r + gap_mm
+            cs = np.array([c[0] + rr * np.cos(ang), c[1] + rr * np.sin(ang), z_max + dz_used])
+            w = np.maximum(w, _slab_ball(X, Y, z, cs, r, sz))
+        w[tumour] = 0.0
+        return w
+
+    sat_w = satellites(sat_r)
     texture = ndimage.gaussian_filter(rng.standard_normal(X.shape).astype(np.float32),
                                       sigma=(1.5 / sz, 1.5 / sxy, 1.5 / sxy))
     texture /= texture[tumour].std() + 1e-6 if tumour.any() else 1.0
@@ -332,6 +358,11 @@ def make_patient(row: pd.Series, seed: int, prm: TwinCfg, latent: Optional[dict]
             img += (pae_amp * timing) * pae_w
         img[major] = hu("major_vessel")
         if ph == "arterial":  # satellites: tumour-like arterial hyper-enhancement, invisible otherwise
+            if probe:
+                lo, hi = (_trait_params({**lat, "u_satellites": v})["sat_r"] for v in PROBE_LATENT)
+                delta = {"u_satellites": (satellites(hi) - satellites(lo)) * (hu("tumour") - img)}
+                amp_lo, amp_hi = (_trait_params({**lat, "u_pae": v})["pae_amp"] for v in PROBE_LATENT)
+                delta["u_pae"] = ((amp_hi - amp_lo) * timing) * pae_w * ~major
             img += sat_w * (hu("tumour") - img)
         for m in (tumour, other):
             img[m] = hu("tumour")
@@ -340,6 +371,9 @@ def make_patient(row: pd.Series, seed: int, prm: TwinCfg, latent: Optional[dict]
         viable = tumour & ~necrosis & ~capsule
         img[viable] += het_sd * texture[viable]
         sig = (max(prm.blur_mm[ci], 0.2 * sz) / sz, prm.blur_mm[ci] / sxy, prm.blur_mm[ci] / sxy)
+        if ph == "arterial" and probe:  # the lesions overwrite the traits; blurred like the phase
+            trait_delta = {k: ndimage.gaussian_filter(np.where(tumour | other, 0.0, d).astype(np.float32), sigma=sig)
+                           for k, d in delta.items()}
         img = ndimage.gaussian_filter(img, sigma=sig)
         img += noise_rng.normal(0, prm.noise_hu[ci], img.shape).astype(np.float32)
         img += prm.hu_offset[ci]
@@ -353,7 +387,10 @@ def make_patient(row: pd.Series, seed: int, prm: TwinCfg, latent: Optional[dict]
               "max_area_z_mm": z_max, "pae_offset_mm": float(zc - z_max),
               "satellite_offsets_mm": "|".join(f"{d:+.1f}" for d in sat_dz),
               "signal_position": prm.signal_position, **lat}
-    return {"phases": phases, "mask": mask, "spacing": (sxy, sxy, sz), "origin": origin, "traits": traits}
+    out = {"phases": phases, "mask": mask, "spacing": (sxy, sxy, sz), "origin": origin, "traits": traits}
+    if probe:
+        out["trait_delta"] = trait_delta
+    return out
 
 
 def to_images(vol: dict):
@@ -419,6 +456,38 @@ def planted_contrast(row: pd.Series, seed: int, prm: TwinCfg, crop_prm, trait: s
     df = pd.DataFrame(out)
     df["view"] = pd.Categorical(df["view"], VIEWS, ordered=True)
     return df
+
+
+def trait_visibility(vol: dict, crop_prm) -> pd.DataFrame:
+    """Per 2.5D slot, how much of each peritumoral trait *this* patient's instance shows: ``vol`` from
+    :func:`make_patient` with ``probe``; its ``trait_delta`` volumes (the arterial phase with the trait
+    high minus low) are cropped exactly as the cropping stage crops the phases, and the peak absolute
+    difference outside the tumour mask is the trait's planted contrast on that slot, in window units —
+    :func:`planted_contrast`'s measure, for every patient at the cost of three crops. The peritumoral
+    enhancement lies on one side of the tumour and the satellites at a few angles, so which slots show
+    them differs from patient to patient (heterogeneity, inside the tumour, shows on every slot).
+    Returns one row per trait and slot: ``trait``, ``slot``, ``view``, ``offset``, ``contrast``."""
+    from .crop25d import crop_arrays, resample_and_window
+
+    prm = crop_prm.model_copy(update={"channels": ("arterial",)})
+    base = np.full(vol["mask"].shape, prm.window_level, np.float32)
+
+    def crop(arr):
+        imgs, mask = to_images({**vol, "phases": {"arterial": arr}})
+        v, m, _, _ = resample_and_window(imgs, mask, prm)
+        return crop_arrays(v, m, prm, prm.spacing_mm)[0], v, m
+
+    (x0, idx, _), v, m = crop(base)
+    (mx, _, _) = crop_arrays(np.concatenate([v[:1] * 0, m[None].astype(np.float32)]), m, prm, prm.spacing_mm)[0]
+    outside = ~(mx[:, 1] > 0.5)
+    rows = []
+    for trait, delta in vol["trait_delta"].items():
+        (x1, _, _), _, _ = crop(base + delta)
+        d = np.abs(x1[:, 0] - x0[:, 0])
+        for i, r in enumerate(idx):
+            rows.append({"trait": trait, "slot": f"{r['view']}{int(r['offset']):+d}", "view": r["view"],
+                         "offset": int(r["offset"]), "contrast": float(d[i][outside[i]].max(initial=0.0))})
+    return pd.DataFrame(rows)
 
 
 def write_patient(vol: dict, out_dir: Path) -> dict:
@@ -493,17 +562,20 @@ _TRAIT_WORDS = {"pae": "peritumoral enhancement", "satellites": "satellites", "h
 
 def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.DataFrame,
                    contrast: pd.DataFrame, signal_scale: float = 1.0,
-                   threshold: float = VISIBLE_CONTRAST) -> pd.DataFrame:
+                   threshold: float = VISIBLE_CONTRAST, visibility: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """The twin's instance-level reference: each instance scored with the part of the oracle that its slot
-    can show — the log-likelihood ratio (as in :func:`oracle_probabilities`) of the latent traits that
-    :func:`visible_traits` finds on that slot, read exactly. Visibility is decided per slot, on the mean
-    over the probed patients, not per patient: the peritumoral enhancement lies on one side of the tumour
-    (above or below its largest cross-section, towards one side in the plane) and the satellites at a few
-    angles, so a slot counted as showing a trait shows it for some patients only, and the reference then
-    reads a trait that the instance does not hold. It is a generous ceiling: a model that sees one slice
-    stays below it except by chance or through what else goes with the outcome (the tumour's size, for
-    instance). The image-only reference is the same sum over all three traits, so it is this reference's
-    patient-level counterpart.
+    can show — the log-likelihood ratio (as in :func:`oracle_probabilities`) of the latent traits visible
+    on it, read exactly. A model that sees one slice stays below it except by chance or through what else
+    goes with the outcome (the tumour's size, for instance). The image-only reference is the same sum over
+    all three traits, so it is this reference's patient-level counterpart.
+
+    Which traits an instance shows is measured on the images (planted contrast at least ``threshold``).
+    With ``visibility`` (every patient's :func:`trait_visibility`: ``patient_id``, ``trait``, ``slot``,
+    ``contrast``) it is decided per patient for the traits that table holds — the peritumoral enhancement
+    lies on one side of the tumour and the satellites at a few angles, so the same slot shows them for
+    some patients and not others. Other traits (and all of them without ``visibility``) are decided per
+    slot by :func:`visible_traits` on ``contrast``, the mean over the probed patients: a slot is then
+    credited with a trait that only some of its images hold, and the reference is generous.
 
     ``instances``: one row per instance with ``patient_id``, ``cohort``, ``label``, ``view``, ``offset``
     (e.g. a CNN's instance predictions); ``traits``: per patient the latent ``u_<trait>`` columns (the data
@@ -523,6 +595,17 @@ def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.D
     missing = sorted(set(pid) - set(tr.index))
     if missing:
         raise ValueError(f"slot_reference: no latent traits for {len(missing)} patient(s), e.g. {missing[:3]}")
+    per_patient = {}
+    if visibility is not None:
+        v = visibility.assign(patient_id=visibility["patient_id"].astype(str))
+        for trait, g in v.groupby("trait", sort=False):
+            seen = g.set_index(["patient_id", "slot"])["contrast"].ge(threshold)
+            keys = pd.MultiIndex.from_arrays([pid, slot])
+            lacking = keys[~keys.isin(seen.index)]
+            if len(lacking):
+                raise ValueError(f"slot_reference: no {trait} visibility for {len(lacking)} instance(s), e.g. "
+                                 f"{list(lacking[:3])}")
+            per_patient[trait] = seen.reindex(keys).to_numpy(bool)
     mvi = patients["mvi"].copy() if "mvi" in patients else pd.Series(0, index=patients.index)
     mvi.index = mvi.index.astype(str)
     llr = np.zeros(len(out))
@@ -530,7 +613,9 @@ def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.D
     x = mvi.reindex(pid).fillna(0).to_numpy(float)
     for name in ("pae", "satellites", "heterogeneity"):
         part = _trait_llr(name, tr[f"u_{name}"].reindex(pid).to_numpy(float), x, signal_scale)
-        seen = slot.map(vis[f"u_{name} visible"]).to_numpy(bool)
+        seen = per_patient.get(f"u_{name}")
+        if seen is None:
+            seen = slot.map(vis[f"u_{name} visible"]).to_numpy(bool)
         llr += np.where(seen, part, 0.0)
         names.append(np.where(seen, _TRAIT_WORDS[name], ""))
     out["llr"] = llr
@@ -540,33 +625,37 @@ def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.D
 
 
 def _twin_worker(args):
-    row, seed, prm, out_dir = args
-    vol = make_patient(row, seed, prm)
+    row, seed, prm, out_dir, crop_prm = args
+    vol = make_patient(row, seed, prm, probe=crop_prm is not None)
     paths = write_patient(vol, out_dir / "images" / str(row["patient_id"]))
     rec = {"patient_id": row["patient_id"]}
     for name, p in paths.items():
         rec["mask" if name == "mask" else f"image_{name}"] = str(p.relative_to(out_dir))
-    return rec, vol["traits"]
+    vis = None if crop_prm is None else trait_visibility(vol, crop_prm).assign(patient_id=str(row["patient_id"]))
+    return rec, vol["traits"], vis
 
 
 def build_twin(patients: pd.DataFrame, seed: int, prm: TwinCfg, out_dir: Path,
-               clinical_variables, n_jobs: int = 1, backend: str = "loky", progress: bool = True):
+               clinical_variables, n_jobs: int = 1, backend: str = "loky", progress: bool = True,
+               crop=None):
     """Generate every patient's phantom under ``out_dir/images/<patient>/`` and write
     ``out_dir/manifest.csv`` in the own-data manifest format (paths relative to it).
 
-    Returns ``(manifest, traits)`` data frames.
+    Returns ``(manifest, traits, visibility)`` data frames; ``visibility`` (with ``crop``, the cropping
+    stage's settings; else ``None``) is every patient's :func:`trait_visibility`, with ``patient_id``.
     """
     from .io import write_csv
     from .parallel import map_patients
 
     out_dir = Path(out_dir)
-    items = [(row, seed, prm, out_dir) for _, row in patients.iterrows()]
+    items = [(row, seed, prm, out_dir, crop) for _, row in patients.iterrows()]
     res = map_patients(_twin_worker, items, n_jobs=n_jobs, backend=backend, desc="imaging twin",
                        progress=progress)
-    files = pd.DataFrame([r for r, _ in res])
-    traits = pd.DataFrame([t for _, t in res])
+    files = pd.DataFrame([r for r, _, _ in res])
+    traits = pd.DataFrame([t for _, t, _ in res])
+    visibility = None if crop is None else pd.concat([v for _, _, v in res], ignore_index=True)
     cols = ["patient_id", "centre", "cohort", "label"] + [v for v in clinical_variables if v in patients]
     manifest = patients[cols].merge(files, on="patient_id")
     manifest = manifest[cols + ["image_plain", "image_arterial", "image_portal", "mask"]]
     write_csv(manifest, out_dir / "manifest.csv")
-    return manifest, traits
+    return manifest, traits, visibility

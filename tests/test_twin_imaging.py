@@ -84,8 +84,8 @@ def test_patient_depends_only_on_seed_and_patient(patients, prm, tmp_path):
     # generating it among other patients (a subset) gives the same files
     sub1 = patients.iloc[[5, 6]]
     sub2 = patients.iloc[[3, 5]]
-    m1, _ = twin_imaging.build_twin(sub1, SEED, prm, tmp_path / "one", [])
-    m2, _ = twin_imaging.build_twin(sub2, SEED, prm, tmp_path / "two", [], n_jobs=2)
+    m1, _, _ = twin_imaging.build_twin(sub1, SEED, prm, tmp_path / "one", [])
+    m2, _, _ = twin_imaging.build_twin(sub2, SEED, prm, tmp_path / "two", [], n_jobs=2)
     pid = row["patient_id"]
     f1 = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one" / "images" / pid / "arterial.nii.gz")))
     f2 = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "two" / "images" / pid / "arterial.nii.gz")))
@@ -196,3 +196,59 @@ def test_slot_reference_reads_the_traits_each_slot_shows(patients, contrast):
         twin_imaging.slot_reference(inst.assign(offset=9), lat.set_index("patient_id"), pts, contrast["offcentre"])
     with pytest.raises(ValueError, match="no latent traits"):
         twin_imaging.slot_reference(inst, lat.set_index("patient_id").iloc[1:], pts, contrast["offcentre"])
+
+
+def test_trait_visibility_measures_each_patient_as_planted_contrast_does(patients, contrast):
+    """One generation with ``probe`` gives the same phases as without it, and its per-slot measure of each
+    peritumoral trait matches :func:`planted_contrast` (two generations per trait) on the same patients,
+    down to which slots show the trait; the slots that show the enhancement differ between patients."""
+    crop = config.CropCfg(image_size=64)
+    twin = config.TwinCfg(matrix=112, extent_z_mm=64.0)
+    rows = patients[(patients["tumor_size"] == 0) & (patients["tumor_number"] == 0)].iloc[:2]
+    pc = contrast["offcentre"]
+    pc = pc[pc["phase"] == "arterial"].set_index(["patient_id", "trait", "slot"])["contrast"]
+    shown = {}
+    for _, r in rows.iterrows():
+        v = twin_imaging.make_patient(r, SEED, twin, probe=True)
+        plain = twin_imaging.make_patient(r, SEED, twin)
+        assert all(np.array_equal(v["phases"][p], plain["phases"][p]) for p in twin_imaging.PHASES)
+        assert v["traits"] == plain["traits"] and "trait_delta" not in plain
+        vis = twin_imaging.trait_visibility(v, crop)
+        assert set(vis["trait"]) == {"u_pae", "u_satellites"} and len(vis) == 2 * 9
+        ref = pc.loc[r["patient_id"]].reindex(pd.MultiIndex.from_frame(vis[["trait", "slot"]])).to_numpy()
+        assert np.allclose(vis["contrast"], ref, atol=0.015)
+        limit = twin_imaging.VISIBLE_CONTRAST
+        assert ((vis["contrast"] >= limit) == (ref >= limit)).mean() >= 17 / 18
+        pae = vis[vis["trait"] == "u_pae"].set_index("slot")["contrast"]
+        shown[r["patient_id"]] = frozenset(pae.index[pae >= limit])
+        # the enhancement is on one side of the largest cross-section: one outer axial slot, not both
+        assert (pae["axial+4"] >= limit) != (pae["axial-4"] >= limit)
+    assert len(set(shown.values())) == 2  # two patients, two different sets of slots
+
+
+def test_slot_reference_per_patient_visibility(patients, contrast):
+    """With a per-patient visibility table, a patient is credited with a trait only on the slots its own
+    images show it on; without one, every patient on every slot the probed patients show it on."""
+    lat = pd.DataFrame([{"patient_id": r["patient_id"], **twin_imaging.draw_latent(r, SEED)}
+                        for _, r in patients.iloc[:6].iterrows()])
+    pts = patients.set_index("patient_id")
+    ids = list(lat["patient_id"])
+    inst = pd.DataFrame([{"patient_id": p, "cohort": pts.loc[p, "cohort"], "label": pts.loc[p, "label"],
+                          "view": "axial", "offset": o} for p in ids for o in (-4, 4)])
+    # the enhancement above the tumour for the first three patients, below it for the others
+    vis = pd.DataFrame([{"patient_id": p, "trait": "u_pae", "slot": f"axial{o:+d}",
+                         "contrast": 0.1 if (o > 0) == (k < 3) else 0.0}
+                        for k, p in enumerate(ids) for o in (-4, 4)])
+    per = twin_imaging.slot_reference(inst, lat.set_index("patient_id"), pts, contrast["offcentre"],
+                                      visibility=vis)
+    slot_wise = twin_imaging.slot_reference(inst, lat.set_index("patient_id"), pts, contrast["offcentre"])
+    above = per["patient_id"].isin(ids[:3]).to_numpy() == (per["offset"] > 0).to_numpy()
+    assert per.loc[above, "visible"].str.contains("peritumoral").all()
+    assert not per.loc[~above, "visible"].str.contains("peritumoral").any()
+    pae = twin_imaging._trait_llr("pae", lat.set_index("patient_id").loc[per["patient_id"], "u_pae"].to_numpy(),
+                                  pts.loc[per["patient_id"], "mvi"].to_numpy(), 1.0)
+    probed = slot_wise["visible"].str.contains("peritumoral").to_numpy()  # per slot, as the probe shows it
+    assert np.allclose(slot_wise["llr"] - per["llr"], pae * (probed.astype(float) - above))
+    with pytest.raises(ValueError, match="no u_pae visibility"):
+        twin_imaging.slot_reference(inst, lat.set_index("patient_id"), pts, contrast["offcentre"],
+                                    visibility=vis[vis["patient_id"] != ids[0]])
