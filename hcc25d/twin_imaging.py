@@ -412,8 +412,18 @@ def to_images(vol: dict):
 TRAIT_REGIONS = {"u_pae": "peritumoral", "u_satellites": "peritumoral", "u_heterogeneity": "tumour"}
 
 
+def _mask_instances(v: np.ndarray, m: np.ndarray, crop_prm) -> np.ndarray:
+    """The tumour mask cropped exactly like the instances of the windowed volume ``v`` (as a second
+    channel): booleans (instances, S, S), true inside the mask."""
+    from .crop25d import crop_arrays
+
+    mx, _, _ = crop_arrays(np.concatenate([v[:1] * 0, m[None].astype(np.float32)]), m, crop_prm,
+                           crop_prm.spacing_mm)[0]
+    return mx[:, 1] > 0.5
+
+
 def planted_contrast(row: pd.Series, seed: int, prm: TwinCfg, crop_prm, trait: str,
-                     low: float = -1.5, high: float = 1.5) -> pd.DataFrame:
+                     low: float = PROBE_LATENT[0], high: float = PROBE_LATENT[1]) -> pd.DataFrame:
     """The planted contrast of one trait, measured on the 2.5D instances rather than taken from the
     generator's parameters.
 
@@ -434,10 +444,7 @@ def planted_contrast(row: pd.Series, seed: int, prm: TwinCfg, crop_prm, trait: s
         imgs, mask = to_images(vol)
         v, m, names, _ = resample_and_window(imgs, mask, crop_prm)
         x, idx, _ = crop_arrays(v, m, crop_prm, crop_prm.spacing_mm)[0]
-        # the tumour mask cropped like the image (a fourth "channel")
-        mx, _, _ = crop_arrays(np.concatenate([v[:1] * 0, m[None].astype(np.float32)]), m, crop_prm,
-                               crop_prm.spacing_mm)[0]
-        crops.append((x, mx[:, 1] > 0.5, idx, names))
+        crops.append((x, _mask_instances(v, m, crop_prm), idx, names))
     (x0, in0, idx, names), (x1, in1, _, _) = crops
     region = TRAIT_REGIONS[trait]
     for i, r in enumerate(idx):
@@ -478,8 +485,7 @@ def trait_visibility(vol: dict, crop_prm) -> pd.DataFrame:
         return crop_arrays(v, m, prm, prm.spacing_mm)[0], v, m
 
     (x0, idx, _), v, m = crop(base)
-    (mx, _, _) = crop_arrays(np.concatenate([v[:1] * 0, m[None].astype(np.float32)]), m, prm, prm.spacing_mm)[0]
-    outside = ~(mx[:, 1] > 0.5)
+    outside = ~_mask_instances(v, m, prm)
     rows = []
     for trait, delta in vol["trait_delta"].items():
         (x1, _, _), _, _ = crop(base + delta)
@@ -598,9 +604,9 @@ def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.D
     per_patient = {}
     if visibility is not None:
         v = visibility.assign(patient_id=visibility["patient_id"].astype(str))
+        keys = pd.MultiIndex.from_arrays([pid, slot])
         for trait, g in v.groupby("trait", sort=False):
             seen = g.set_index(["patient_id", "slot"])["contrast"].ge(threshold)
-            keys = pd.MultiIndex.from_arrays([pid, slot])
             lacking = keys[~keys.isin(seen.index)]
             if len(lacking):
                 raise ValueError(f"slot_reference: no {trait} visibility for {len(lacking)} instance(s), e.g. "
