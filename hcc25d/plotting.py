@@ -572,16 +572,18 @@ def planted_contrast_heatmap(pc: pd.DataFrame):
              "u_heterogeneity": "heterogeneity (RMS inside the tumour)"}
     order = (pc.drop_duplicates("slot").assign(k=lambda d: d["view"].astype(str).map(
         {"axial": 0, "sagittal": 1, "coronal": 2}) * 100 + d["offset"]).sort_values("k")["slot"].tolist())
-    fig, axes = plt.subplots(1, len(traits), figsize=(4.8 * len(traits), 3.0), squeeze=False)
-    for ax, t in zip(axes[0], traits):
+    # one trait per row, the slots across: at the book's column width every number stays legible
+    fig, axes = plt.subplots(len(traits), 1, figsize=(7.5, 1.25 + 1.55 * len(traits)), squeeze=False)
+    for i, (ax, t) in enumerate(zip(axes[:, 0], traits)):
         m = pc[pc["trait"] == t].pivot_table(index="phase", columns="slot", values="contrast", aggfunc="mean")
         m = m.reindex(index=[p for p in ("arterial", "plain", "portal") if p in m.index], columns=order)
-        sns.heatmap(m, ax=ax, cmap="mako_r", vmin=0, annot=True, fmt=".2f", annot_kws={"fontsize": 6},
-                    cbar_kws={"label": "window units"})
-        ax.set(title=names.get(t, t), xlabel="", ylabel="")
-        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+        sns.heatmap(m, ax=ax, cmap="mako_r", vmin=0, annot=True, fmt=".2f", annot_kws={"fontsize": 8},
+                    cbar_kws={"label": "window units", "pad": 0.02})
+        ax.set_title(names.get(t, t), fontsize=10)
+        ax.set(xlabel="", ylabel="")
+        ax.tick_params(axis="x", labelrotation=0, labelsize=8, labelbottom=i == len(traits) - 1)
         ax.tick_params(axis="y", labelrotation=0, labelsize=8)
-    fig.suptitle("Planted contrast by instance slot and phase (measured on the crops)", y=1.04)
+    fig.suptitle("Planted contrast by instance slot and phase (measured on the crops)", fontsize=11)
     fig.tight_layout()
     return fig
 

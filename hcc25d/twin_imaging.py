@@ -86,6 +86,7 @@ __all__ = [
     "SLOT_REFERENCE",
     "visible_traits",
     "slot_reference",
+    "slot_reference_shares",
     "build_twin",
 ]
 
@@ -628,6 +629,18 @@ def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.D
     out["prob"] = 1 / (1 + np.exp(-llr))
     out["visible"] = [" + ".join(n for n in row if n) or "none" for row in zip(*names)]
     return out
+
+
+def slot_reference_shares(reference: pd.DataFrame) -> pd.DataFrame:
+    """Per trait (rows) and instance slot (columns: view and offset, e.g. ``axial+4``), the share of
+    :func:`slot_reference`'s instances on which that trait was counted (its ``visible`` column)."""
+    slot = reference["view"].astype(str) + reference["offset"].map("{:+d}".format)
+    order = (reference.assign(slot=slot, k=reference["view"].map({"axial": 0, "sagittal": 1, "coronal": 2})
+                              .fillna(3) * 100 + reference["offset"]).drop_duplicates("slot")
+             .sort_values("k")["slot"].tolist())
+    words = reference["visible"].astype(str).str.split(" + ", regex=False)
+    rows = {w: words.map(lambda ws, w=w: w in ws) for w in _TRAIT_WORDS.values()}
+    return pd.DataFrame(rows).groupby(slot.to_numpy()).mean().T.reindex(columns=order)
 
 
 def _twin_worker(args):

@@ -44,6 +44,15 @@ def test_a_narrow_table_that_needs_its_scroll_box_is_cut_off(tmp_path):
     assert check_book.check(html, tmp_path / "shots") == {}
 
 
+def test_a_cell_cut_short_by_pandas_fails(tmp_path):
+    """pandas shortens a cell past ``display.max_colwidth`` to its start and "..." — half a label."""
+    html = _book(tmp_path, "<table><tr><td>two-point intensity reference (parenchyma and ...</td></tr></table>")
+    found = check_book.check(html, tmp_path / "shots")["index.html"]
+    assert found == ["table cell cut short: 'two-point intensity reference (parenchyma and ...'"], found
+    html = _book(tmp_path, "<table><tr><td>two-point intensity reference (parenchyma and tumour)</td></tr></table>")
+    assert check_book.check(html, tmp_path / "shots") == {}
+
+
 def test_broken_image_console_error_and_plumbing(tmp_path):
     html = _book(tmp_path, "", text="written to .tmp-cohort/patients.csv",
                  extra='<img src="nope.png"><script>console.error("boom")</script><a href="missing.html">x</a>')

@@ -252,3 +252,10 @@ def test_slot_reference_per_patient_visibility(patients, contrast):
     with pytest.raises(ValueError, match="no u_pae visibility"):
         twin_imaging.slot_reference(inst, lat.set_index("patient_id"), pts, contrast["offcentre"],
                                     visibility=vis[vis["patient_id"] != ids[0]])
+    # the share table: half the patients show the enhancement on each outer slice, all the satellites
+    shares = twin_imaging.slot_reference_shares(per)
+    assert list(shares.columns) == ["axial-4", "axial+4"]
+    assert list(shares.index) == ["peritumoral enhancement", "satellites", "heterogeneity"]
+    assert shares.loc["peritumoral enhancement"].tolist() == [0.5, 0.5]
+    expected = per["visible"].str.contains("satellites").groupby(per["offset"]).mean().tolist()
+    assert shares.loc["satellites"].tolist() == expected

@@ -9,7 +9,9 @@ Playwright) at 1366 × 900 px, a common laptop screen. A page fails on
 * a broken image (not loaded) or a link to a local file that does not exist;
 * a JavaScript console error or an uncaught page error (a remote resource that cannot load because the
   machine is offline, e.g. MathJax from its CDN, is listed but not counted);
-* runner plumbing in the text: a temporary stage folder (``.tmp-``) or a parameters cell (``out_dir =``).
+* runner plumbing in the text: a temporary stage folder (``.tmp-``) or a parameters cell (``out_dir =``);
+* a table cell cut short by pandas (its text ends in ``...``: ``display.max_colwidth``), so the reader
+  sees half a label or note.
 
 A full-page screenshot of each page is saved under ``_build/screenshots/``. Exit status 1 lists every
 problem, page by page.
@@ -69,6 +71,12 @@ _IMAGES_JS = """
 () => Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'))
 """
 
+# pandas shortens a cell longer than display.max_colwidth to its first characters and "..."
+_TRUNCATED_JS = """
+() => Array.from(document.querySelectorAll('td, th')).map(c => c.innerText.trim())
+  .filter(t => t.length > 3 && t.endsWith('...')).map(t => t.slice(-60))
+"""
+
 _LINKS_JS = """
 () => Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))
 """
@@ -116,6 +124,7 @@ def check(html: Path, shots: Path, executable: str | None = None) -> dict:
             here = Path(unquote(urlparse(page.url).path))  # after a redirect (index.html)
             found += [f"overflow: {b}" for b in page.evaluate(_OVERFLOW_JS)]
             found += [f"broken image: {s}" for s in page.evaluate(_IMAGES_JS)]
+            found += [f"table cell cut short: {t!r}" for t in page.evaluate(_TRUNCATED_JS)]
             found += [f"broken link: {h}" for h in page.evaluate(_LINKS_JS) if _local_link_broken(here, h)]
             offline.update(remote)
             text = page.inner_text("body")
