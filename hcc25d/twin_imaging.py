@@ -632,15 +632,14 @@ def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.D
 
 
 def slot_reference_shares(reference: pd.DataFrame) -> pd.DataFrame:
-    """Per trait (rows) and instance slot (columns: view and offset, e.g. ``axial+4``), the share of
-    :func:`slot_reference`'s instances on which that trait was counted (its ``visible`` column)."""
-    slot = reference["view"].astype(str) + reference["offset"].map("{:+d}".format)
-    order = (reference.assign(slot=slot, k=reference["view"].map({"axial": 0, "sagittal": 1, "coronal": 2})
-                              .fillna(3) * 100 + reference["offset"]).drop_duplicates("slot")
-             .sort_values("k")["slot"].tolist())
+    """Per trait (rows) and instance slot (columns ``axial+0``, ``axial+1``, …, ``coronal+0``, in the order of
+    :func:`hcc25d.mil.bag_matrix`), the share of :func:`slot_reference`'s instances on which that trait was
+    counted (its ``visible`` column)."""
+    from .mil import bag_matrix  # the package's one slot naming and order
+
     words = reference["visible"].astype(str).str.split(" + ", regex=False)
-    rows = {w: words.map(lambda ws, w=w: w in ws) for w in _TRAIT_WORDS.values()}
-    return pd.DataFrame(rows).groupby(slot.to_numpy()).mean().T.reindex(columns=order)
+    return pd.DataFrame({w: bag_matrix(reference.assign(shown=words.map(lambda ws, w=w: w in ws).astype(float)),
+                                       prob="shown").mean() for w in _TRAIT_WORDS.values()}).T
 
 
 def _twin_worker(args):
