@@ -23,6 +23,8 @@ __all__ = [
     "instance_reference",
     "margin_share",
     "table5",
+    "threshold_transfer",
+    "threshold_transfer_summary",
     "ROC",
     "roc",
     "Calibration",
@@ -134,6 +136,45 @@ def table5(sigs: pd.DataFrame, names: Sequence[str], reference: Optional[dict] =
     rank = {n: i for i, n in enumerate(names)}
     return t.sort_values(["cohort", "signature"], key=lambda c: c.map(_ORDER if c.name == "cohort" else rank),
                          kind="stable").reset_index(drop=True)
+
+
+def threshold_transfer(sigs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """How each signature's training threshold carries over to the other cohorts: per signature and
+    cohort (the rows of :func:`table5` ``table``, whose threshold it uses), the patients with a prediction,
+    the observed recurrence rate, the mean predicted risk, and the share of patients the threshold flags
+    (risk ≥ threshold, as Table 5 counts them). Where a cohort's flagged share is far from its recurrence
+    rate while its AUC holds, the signature ranks that cohort's patients but its scores sit elsewhere."""
+    rows = []
+    for _, r in table.iterrows():
+        g = sigs[(sigs["cohort"] == r["cohort"]) & sigs[r["signature"]].notna()]
+        p = g[r["signature"]].to_numpy(float)
+        rows.append({"signature": r["signature"], "cohort": r["cohort"], "n": len(g),
+                     "recurrence rate": float(g["label"].mean()), "mean predicted risk": float(p.mean()),
+                     "flagged at the training threshold": float((p >= r["threshold"]).mean()),
+                     "threshold": float(r["threshold"]), "AUC": float(r["auc"])})
+    return pd.DataFrame(rows)
+
+
+def threshold_transfer_summary(t: pd.DataFrame, train: str = "training") -> str:
+    """Per validation cohort, the signature whose flagged share lies farthest from the recurrence rate,
+    with its AUC there and its flagged share and mean predicted risk against the training cohort's: one
+    sentence per cohort."""
+    out = []
+    base = t[t["cohort"] == train].set_index("signature")
+    for c, g in t[t["cohort"] != train].groupby("cohort", sort=False):
+        far = g.loc[(g["flagged at the training threshold"] - g["recurrence rate"]).abs().idxmax()]
+        s = far["signature"]
+        txt = (f"On the {c} cohort, where {100 * far['recurrence rate']:.0f} % of the patients had a recurrence, "
+               f"{s}'s training threshold flags {100 * far['flagged at the training threshold']:.0f} % of them")
+        if s in base.index:
+            b = base.loc[s]
+            txt += (f" (the {train} cohort: {100 * b['flagged at the training threshold']:.0f} %), while its AUC "
+                    f"there is {far['AUC']:.3f}; its mean predicted risk is {far['mean predicted risk']:.2f}, "
+                    f"against {b['mean predicted risk']:.2f} on the {train} cohort.")
+        else:
+            txt += f", while its AUC there is {far['AUC']:.3f}."
+        out.append(txt)
+    return " ".join(out)
 
 
 @dataclass

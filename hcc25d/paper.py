@@ -18,6 +18,7 @@ __all__ = [
     "compare_table2",
     "METRICS",
     "compare_metrics",
+    "threshold_extremes",
     "side_by_side",
 ]
 
@@ -142,6 +143,17 @@ def compare_metrics(table: str, ours: pd.DataFrame, name_map: dict, model_col: s
                              "reference AUC": ((reference or {}).get((which or (lambda _: "image"))(pname), {})
                                                .get(cohort_name)) if m == "auc" else np.nan})
     return pd.DataFrame(rows)
+
+
+def threshold_extremes(table: str = "table5", margin: float = 0.05) -> pd.DataFrame:
+    """The paper's rows of a metrics table (Tables 3–5) whose threshold flags almost no patient or almost
+    every one: sensitivity or specificity within ``margin`` of 0. Columns ``model``, ``cohort``,
+    ``sensitivity``, ``specificity``."""
+    i, j = METRICS.index("sensitivity"), METRICS.index("specificity")
+    rows = [{"model": m, "cohort": c, "sensitivity": v[i], "specificity": v[j]}
+            for m, cohorts in paper_tables()[table].items() for c, v in cohorts.items()
+            if min(v[i], v[j]) <= margin]
+    return pd.DataFrame(rows, columns=["model", "cohort", "sensitivity", "specificity"])
 
 
 def side_by_side(comp: pd.DataFrame, table: str, tolerance: float = 0.05, wide: bool = False):

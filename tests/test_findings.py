@@ -216,3 +216,17 @@ def test_margin_share_per_cohort():
     share = evaluation.margin_share(auc, ref)
     assert share["training"] == pytest.approx(0.5) and share["external"] == pytest.approx(0.5)
     assert np.isnan(share["internal"])  # a reference at chance has no margin to share
+
+
+def test_limits_say_where_a_training_threshold_does_not_carry_over(tmp_path):
+    run = _run_dir(tmp_path, 12)
+    assert not [x for x in findings.limits(run, twin=True) if "thresholds chosen" in x]  # no table, no claim
+    (run / "evaluation").mkdir()
+    pd.DataFrame({"signature": ["S", "S", "S"], "cohort": ["training", "internal", "external"], "n": [50, 20, 30],
+                  "recurrence rate": [0.6, 0.8, 0.5], "mean predicted risk": [0.5, 0.52, 0.2],
+                  "flagged at the training threshold": [0.6, 0.7, 0.03], "threshold": [0.45] * 3,
+                  "AUC": [0.7, 0.72, 0.71]}).to_csv(run / "evaluation" / "tab-threshold-transfer.csv", index=False)
+    said = [x for x in findings.limits(run, twin=True) if "thresholds chosen" in x]
+    assert len(said) == 1
+    assert "On the external cohort, where 50 % of the patients had a recurrence, S's training threshold flags 3 %" in said[0]
+    assert "mean predicted risk is 0.20, against 0.50 on the training cohort" in said[0]

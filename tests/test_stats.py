@@ -271,3 +271,30 @@ def test_delong_with_a_single_case_of_a_class_gives_no_interval_and_no_warning()
         t = stats.delong_test(y, s, s[::-1])
     assert r.auc == pytest.approx(0.75) and np.isnan(r.low) and np.isnan(r.high)
     assert np.isnan(t.p_value)
+
+
+def test_threshold_transfer_separates_a_score_shift_from_the_ranking():
+    from hcc25d import evaluation, paper
+
+    rng = np.random.default_rng(5)
+    n = 300
+    frame = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)],
+                          "cohort": np.repeat(["training", "internal", "external"], n // 3),
+                          "label": rng.integers(0, 2, n)})
+    logit = 1.5 * (frame["label"] - 0.5) + rng.normal(0, 0.8, n)
+    frame["A"] = 1 / (1 + np.exp(-logit))
+    frame["B"] = 1 / (1 + np.exp(-(logit - 4 * (frame["cohort"] == "external"))))  # same ranking, lower
+    t5 = evaluation.table5(frame, ["A", "B"])
+    t = evaluation.threshold_transfer(frame, t5)
+    ext = t[t["cohort"] == "external"].set_index("signature")
+    assert ext.loc["A", "AUC"] == pytest.approx(ext.loc["B", "AUC"])  # the ranking carries over
+    assert ext.loc["B", "flagged at the training threshold"] < 0.05 < ext.loc["A", "flagged at the training threshold"]
+    # the flagged share is what Table 5's sensitivity and specificity imply
+    r = t5[(t5["cohort"] == "external") & (t5["signature"] == "A")].iloc[0]
+    rate = ext.loc["A", "recurrence rate"]
+    assert ext.loc["A", "flagged at the training threshold"] == pytest.approx(
+        r["sensitivity"] * rate + (1 - r["specificity"]) * (1 - rate))
+    s = evaluation.threshold_transfer_summary(t)
+    assert "On the external cohort" in s and "B's training threshold flags" in s
+    odd = paper.threshold_extremes("table5")  # the paper's own Clinical row on its internal cohort
+    assert list(zip(odd["model"], odd["cohort"])) == [("Clinical", "internal")]
