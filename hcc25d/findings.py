@@ -422,12 +422,13 @@ def limits(run_dir: str | Path, twin: bool, training_scale: int = 1, arterial_ex
         if len(above):
             out.append(f"{len(above)} of the paper's AUCs exceed this twin's reference AUC for the same cohort: "
                        "no honest model could reach them on these data.")
-    tt = _read(run_dir, "evaluation", "tab-threshold-transfer.csv")
-    if tt is not None and (tt["cohort"] != "training").any():
-        from .evaluation import threshold_transfer_summary
+    from .evaluation import threshold_transfer_summary
 
+    tt = _read(run_dir, "evaluation", "tab-threshold-transfer.csv")
+    said = threshold_transfer_summary(tt) if tt is not None else ""
+    if said:
         out.append("Sensitivity, specificity, PPV and NPV on the validation cohorts use thresholds chosen on "
-                   "the training cohort. " + threshold_transfer_summary(tt) + " Where a cohort's flagged "
+                   "the training cohort. " + said + " Where a cohort's flagged "
                    "share lies far from its recurrence rate while the AUC holds, that cohort's scores sit "
                    "elsewhere; the signature still ranks its patients (the evaluation chapter's threshold "
                    "table).")

@@ -296,5 +296,9 @@ def test_threshold_transfer_separates_a_score_shift_from_the_ranking():
         r["sensitivity"] * rate + (1 - r["specificity"]) * (1 - rate))
     s = evaluation.threshold_transfer_summary(t)
     assert "On the external cohort" in s and "B's training threshold flags" in s
+    # no threshold (no training predictions): nothing flagged is claimed
+    nan_thr = evaluation.threshold_transfer(frame, t5.assign(threshold=np.nan))
+    assert nan_thr["flagged at the training threshold"].isna().all()
+    assert evaluation.threshold_transfer_summary(nan_thr) == ""
     odd = paper.threshold_extremes("table5")  # the paper's own Clinical row on its internal cohort
     assert list(zip(odd["model"], odd["cohort"])) == [("Clinical", "internal")]
