@@ -148,10 +148,10 @@ def threshold_transfer(sigs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     for _, r in table.iterrows():
         g = sigs[(sigs["cohort"] == r["cohort"]) & sigs[r["signature"]].notna()]
         p = g[r["signature"]].to_numpy(float)
+        flagged = stats.binary_metrics(g["label"], p, r["threshold"])["flagged"]
         rows.append({"signature": r["signature"], "cohort": r["cohort"], "n": len(g),
                      "recurrence rate": float(g["label"].mean()), "mean predicted risk": float(p.mean()),
-                     "flagged at the training threshold": (float((p >= r["threshold"]).mean())
-                                                           if np.isfinite(r["threshold"]) else np.nan),
+                     "flagged at the training threshold": flagged if np.isfinite(r["threshold"]) else np.nan,
                      "threshold": float(r["threshold"]), "AUC": float(r["auc"])})
     return pd.DataFrame(rows)
 
@@ -162,7 +162,8 @@ def threshold_transfer_summary(t: pd.DataFrame, train: str = "training") -> str:
     sentence per cohort."""
     out = []
     base = t[t["cohort"] == train].set_index("signature")
-    for c, g in t[(t["cohort"] != train) & t["flagged at the training threshold"].notna()].groupby("cohort", sort=False):
+    shown = t[(t["cohort"] != train) & t["flagged at the training threshold"].notna()]
+    for c, g in shown.groupby("cohort", sort=False):
         far = g.loc[(g["flagged at the training threshold"] - g["recurrence rate"]).abs().idxmax()]
         s = far["signature"]
         txt = (f"On the {c} cohort, where {100 * far['recurrence rate']:.0f} % of the patients had a recurrence, "

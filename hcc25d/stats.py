@@ -206,7 +206,8 @@ def youden_threshold(y_true, y_prob) -> float:
 
 
 def binary_metrics(y_true, y_prob, threshold: float) -> dict:
-    """Accuracy, sensitivity, specificity, PPV, NPV when predicting recurrence for risk ≥ ``threshold``."""
+    """Accuracy, sensitivity, specificity, PPV, NPV when predicting recurrence for risk ≥ ``threshold``, and
+    ``flagged``, the share of patients so predicted."""
     y = np.asarray(y_true).astype(int)
     pred = (np.asarray(y_prob, float) >= threshold).astype(int)
     tp = int(((pred == 1) & (y == 1)).sum())
@@ -218,7 +219,8 @@ def binary_metrics(y_true, y_prob, threshold: float) -> dict:
         return a / b if b else float("nan")
 
     return {"accuracy": div(tp + tn, len(y)), "sensitivity": div(tp, tp + fn), "specificity": div(tn, tn + fp),
-            "ppv": div(tp, tp + fp), "npv": div(tn, tn + fn), "threshold": float(threshold)}
+            "ppv": div(tp, tp + fp), "npv": div(tn, tn + fn), "flagged": div(tp + fp, len(y)),
+            "threshold": float(threshold)}
 
 
 def reference_auc_table(oracle: pd.DataFrame) -> pd.DataFrame:
