@@ -500,6 +500,30 @@ def timing_reference(bags: Bags):
     return art, excess, level.astype(np.float32)
 
 
+def _blur_each(xb, sd):
+    """Each image of a (B, C, H, W) batch smoothed in-plane by a Gaussian of its own SD ``sd[i]`` (pixels;
+    one per image, every channel alike; an SD below 0.05 pixel leaves the image as it is). Separable,
+    reflected at the borders, with a radius of 4 SD of the batch's largest; each kernel sums to one, so a
+    flat region keeps its value and only edges, texture and small nodules soften."""
+    import torch
+    import torch.nn.functional as F
+
+    b, c, h, w = xb.shape
+    sd = torch.as_tensor(sd, dtype=xb.dtype).reshape(b).to(xb.device)
+    top = float(sd.max()) if b else 0.0
+    if top < 0.05:
+        return xb
+    r = max(1, int(math.ceil(4 * top)))
+    t = torch.arange(-r, r + 1, dtype=xb.dtype, device=xb.device)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sd.clamp(min=0.05).view(-1, 1)) ** 2)
+    k = torch.where(sd.view(-1, 1) < 0.05, (t == 0).to(xb.dtype).view(1, -1), k)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B·C, K): one kernel per image, every channel
+    y = xb.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(b * c, 1, -1, 1), groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
 def _smooth_inplane(d, px: float):
     """Gaussian smoothing of a (N, [D,] H, W) tensor in the last two axes (``px`` pixels, radius 4 SD),
     as :class:`ArterialExcess` smooths its inputs."""
@@ -518,10 +542,13 @@ def _smooth_inplane(d, px: float):
 
 def _augment(xb, gen, prm, dims: int = 2, timing=None):
     """Random flips (and, for square 2D crops, transposition: together the 8 symmetries of the square),
-    small rotations (2D), additive image noise and intensity jitter on a batch tensor (same device).
+    small rotations (2D), scanner blur (2D), additive image noise and intensity jitter on a batch tensor
+    (same device).
 
     Flips and transpositions keep every pixel's value, so the intensity cue (a few hundredths of the
-    window) survives; ``noise`` adds Gaussian noise of a per-image SD drawn from [0, noise] (a noisier
+    window) survives; ``blur`` smooths each instance in-plane with a Gaussian of its own SD, drawn from
+    [0, blur] pixels (:func:`_blur_each`: a softer scanner; every channel alike, so the arterial-excess
+    channel is blurred as the phases it is computed from); ``noise`` adds Gaussian noise of a per-image SD drawn from [0, noise] (a noisier
     scanner); ``intensity`` (scale 1 ± x, shift ± x/2) is off by default because it is as large as the
     contrast a model has to find.
 
@@ -566,6 +593,9 @@ def _augment(xb, gen, prm, dims: int = 2, timing=None):
         theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
         grid = F.affine_grid(theta.to(dev, xb.dtype), list(xb.shape), align_corners=False)
         xb = F.grid_sample(xb, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    blur = float(getattr(prm, "blur", 0.0))
+    if blur > 0 and dims == 2:
+        xb = _blur_each(xb, torch.rand(b, generator=gen) * blur)
     noise = float(prm.noise)
     if noise > 0:
         shape = (b,) + (1,) * (xb.dim() - 1)

@@ -205,6 +205,10 @@ class AugmentCfg(Section):
     flip: bool = True
     #: random in-plane rotation range (degrees, 2D only; 0 = off).
     rotate_deg: float = Field(0.0, ge=0, le=180)
+    #: scanner blur: each instance smoothed in-plane by a Gaussian whose SD is drawn from [0, x] pixels of
+    #: the crop (every channel the same; 2D only; 0 = off) — a softer reconstruction kernel or a wider slice,
+    #: as another scanner gives it. Applied after the flips and rotation, before the noise.
+    blur: float = Field(0.0, ge=0, le=4)
     #: additive Gaussian image noise, per-image SD drawn from [0, x] (window units; 0.04 ≈ 10 HU).
     noise: float = Field(0.0, ge=0)
     #: intensity jitter: scale 1 ± x, shift ± x/2 (window units). Off by default: the planted contrasts of

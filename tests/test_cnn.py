@@ -790,3 +790,43 @@ def test_crossfit_with_timing_augmentation_keeps_its_output_columns():
                                         seed=1, folds=3, progress=False)
     assert list(on.columns) == list(off.columns) and not any(c.startswith("lvl_") for c in on.columns)
     assert not np.allclose(on["prob"], off["prob"])  # the augmentation reached the training
+
+
+def test_blur_augmentation_smooths_each_image_with_its_own_width():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(0.5, 0.05, (6, 4, 32, 32)).astype(np.float32))
+    # an SD of 0 leaves the image exactly; one of 1 pixel equals the fixed-width smoothing the excess uses
+    out = cnn._blur_each(x.clone(), torch.tensor([0.0, 1.0, 0.0, 2.0, 0.5, 0.0]))
+    for i in (0, 2, 5):
+        assert torch.equal(out[i], x[i])
+    np.testing.assert_allclose(out[1].numpy(), cnn._smooth_inplane(x[1:2], 1.0)[0].numpy(), atol=1e-5)
+    # wider blurs take more of the pixel noise away, a flat image keeps its value, the mean is kept
+    sd = [float(out[i].std()) for i in (4, 1, 3)]
+    assert sd[0] > sd[1] > sd[2] and sd[2] < 0.5 * float(x[3].std())
+    flat = torch.full((2, 3, 16, 16), 0.3)
+    assert torch.allclose(cnn._blur_each(flat, torch.tensor([1.5, 3.0])), flat, atol=1e-6)
+    np.testing.assert_allclose(out.mean((2, 3)).numpy(), x.mean((2, 3)).numpy(), atol=5e-3)
+    # through the augmentation: SDs drawn per image from [0, blur]; blur 0 (the default) changes nothing
+    prm = config.AugmentCfg(flip=False, blur=1.5)
+    aug = cnn._augment(x.clone(), torch.Generator().manual_seed(3), prm, dims=2)
+    drop = torch.stack([aug[i].std() / x[i].std() for i in range(len(x))])
+    # no image sharper, some much softer, each by its own amount (an SD near 0 leaves an image nearly as is)
+    assert float(drop.max()) <= 1.0 + 1e-6 and float(drop.min()) < 0.6 and float(drop.std()) > 0.05
+    assert torch.equal(cnn._augment(x.clone(), torch.Generator().manual_seed(3), config.AugmentCfg(flip=False),
+                                    dims=2), x)
+    with pytest.raises(ValueError):
+        config.AugmentCfg(blur=-1)
+
+
+def test_blurring_the_excess_channel_follows_the_excess_of_blurred_phases():
+    """The augmentation blurs the arterial-excess channel as it blurs the phases; on tissue, that is close to
+    the excess the table gives for the blurred phases (the table is smooth where tissue lies)."""
+    shifted, full, ae = _referenced_tissue_bags()
+    x = torch.from_numpy(full.x.astype(np.float32))
+    out = cnn._blur_each(x.clone(), torch.full((len(x),), 1.0))
+    want = ae.transform(out[:, :3].numpy())[:, 3]
+    got = out[:, 3].numpy()
+    inner = (slice(None), slice(5, -5), slice(5, -5))
+    err = np.abs(got[inner] - want[inner])
+    assert np.median(err) < 0.008
+    assert np.corrcoef(got[inner].ravel(), want[inner].ravel())[0, 1] > 0.95
