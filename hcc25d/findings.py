@@ -301,7 +301,35 @@ def _score_shift(run_dir: Path, cohorts, cnn_auc: pd.Series) -> str:
     else:
         text += (" The fusion's bins and thresholds were fitted on the training patients' scores; here DL_2.5D "
                  f"stays within {GAP_NOTE:.2f} of the CNN's own score despite the shift.")
-    return text + _harmonised(run_dir, big) + _timing_remedy(run_dir, big)
+    return text + _fusion_spread(run_dir, big) + _harmonised(run_dir, big) + _timing_remedy(run_dir, big)
+
+
+def _fusion_spread(run_dir: Path, cohorts) -> str:
+    """How much the fusion gains or loses against the CNN's own mean score on the shifted cohorts, over
+    every model the ablation stage retrained (DL features alone minus that model's CNN mean score): the
+    spread that says whether this run's main model keeping (or losing) the CNN's ranking is a rule or one
+    retraining's luck."""
+    t = _read(run_dir, "ablations", "tab-ablations.csv")
+    ca = _read(run_dir, "ablations", "tab-ablations-cnn-patient-mean.csv")
+    if t is None or ca is None or not {"features", "variant"} <= set(t.columns) or "variant" not in ca:
+        return ""
+    dl = t[t["features"] == "DL alone"].drop_duplicates("variant").set_index("variant")
+    ca = ca.drop_duplicates("variant").set_index("variant")
+    parts = []
+    for c in cohorts:
+        if f"AUC {c}" not in dl or c not in ca:
+            continue
+        d = (dl[f"AUC {c}"] - ca[c].reindex(dl.index)).dropna()
+        if len(d) < 3:
+            continue
+        parts.append(f"on the {c} patients by a median {d.median():+.3f} (from {d.min():+.3f} to {d.max():+.3f}; "
+                     f"more than {GAP_NOTE:.2f} below it for {int((d < -GAP_NOTE).sum())} of {len(d)})")
+    if not parts:
+        return ""
+    return (" Over the models the ablation chapter retrains (each with its own cross-fitting), the DL features "
+            "alone differ from the same model's CNN mean score " + "; ".join(parts) + ": whether the fusion "
+            "keeps the network's ranking on a shifted cohort changes from one retraining to the next, and this "
+            "run's main model is one of those draws.")
 
 
 def _timing_remedy(run_dir: Path, cohorts) -> str:
