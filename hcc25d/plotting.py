@@ -35,6 +35,7 @@ __all__ = [
     "ablation_plot",
     "planted_contrast_heatmap",
     "slot_auc_plot",
+    "fusion_bins_plot",
     "trait_loadings_plot",
     "trait_probe_plot",
 ]
@@ -611,6 +612,47 @@ def slot_auc_plot(tables: dict, title: str = ""):
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0.06, 1, 1))  # the legend goes below the panels, where it hides no point
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, y=1.02)
+    return fig
+
+
+def fusion_bins_plot(frozen: pd.DataFrame, bins: dict, harmonised: Optional[pd.DataFrame] = None,
+                     title: str = ""):
+    """Where each cohort's instance probabilities fall among the fusion's bins: one panel per cohort, the
+    distribution of the probabilities as the fusion reads them (``frozen`` and, where given and different,
+    ``harmonised``: frames of :func:`hcc25d.signatures.fusion_input_probs`), with the likelihood
+    histogram's bins (grid), its label threshold (red) and the bag of words' bin edges (dotted) from
+    :func:`hcc25d.signatures.fusion_bins`."""
+    seen = list(pd.unique(frozen["cohort"]))
+    cohorts = [c for c in COHORT_TITLES if c in seen] + [c for c in seen if c not in COHORT_TITLES]
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 3.4), squeeze=False, sharey=True)
+    grid = np.linspace(0, 1, 41)
+    for ax, c in zip(axes[0], cohorts):
+        p = frozen.loc[frozen["cohort"] == c, "prob"].to_numpy(float)
+        ax.hist(p, bins=grid, density=True, color="C0", alpha=0.55, label="as the frozen model scores them")
+        if harmonised is not None:
+            q = harmonised.loc[harmonised["cohort"] == c, "prob"].to_numpy(float)
+            if len(q) and not (len(q) == len(p) and np.allclose(np.sort(q), np.sort(p))):
+                ax.hist(q, bins=grid, density=True, histtype="step", color="C2", lw=1.4,
+                        label="harmonised (signatures.harmonise_centres)")
+        for e in bins.get("hist_edges", []):
+            ax.axvline(e, c="0.85", lw=0.6, zorder=0)
+        for k, e in enumerate(list(bins.get("bow_edges", []))[1:-1]):
+            ax.axvline(e, c="0.35", lw=0.8, ls=":", label="bag-of-words bin edges" if k == 0 else None)
+        if "hist_threshold" in bins:
+            ax.axvline(bins["hist_threshold"], c="#c0392b", lw=1.4, label="label threshold (fitted on training)")
+        ax.set_xlim(0, 1)
+        ax.set_title(COHORT_TITLES.get(c, c), fontsize=9)
+        ax.set_xlabel("instance probability")
+    axes[0][0].set_ylabel("density of instances")
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(len(handles), 3),
+               fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, y=1.02)
     return fig

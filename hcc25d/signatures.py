@@ -52,6 +52,9 @@ __all__ = [
     "predict_combined",
     "heldout_views",
     "harmonisation_effect",
+    "fusion_bins",
+    "fusion_input_probs",
+    "bin_occupancy",
     "predict_views",
     "FamilyResult",
     "fit_family",
@@ -517,6 +520,67 @@ def predict_views(estimator, X: pd.DataFrame, views: Sequence[pd.DataFrame], tra
         v = np.mean([estimator.predict_proba(V)[:, 1] for V in views], axis=0)
         p[~train_mask] = v[~train_mask]
     return p
+
+
+def fusion_bins(estimator) -> dict:
+    """The bins and thresholds that a fitted DL_2.5D pipeline's multi-instance features use, all fitted on
+    the training instances: ``hist_edges`` and ``hist_threshold`` (the likelihood histogram's bins and its
+    label histogram's instance threshold), ``bow_edges`` and ``bow_threshold`` (the bag of words' bin edges
+    and its label threshold). Empty where the pipeline has no multi-instance features."""
+    steps = getattr(estimator, "named_steps", {})
+    fusion = steps.get("fusion") if hasattr(steps, "get") else None
+    tr = dict(getattr(fusion, "named_transformers_", {}) or {})
+    out = {}
+    for key in ("hist", "bow"):
+        t = tr.get(key)
+        if t is not None and hasattr(t, "edges_"):
+            out[f"{key}_edges"] = np.asarray(t.edges_, float)
+            out[f"{key}_threshold"] = float(t.threshold_)
+    return out
+
+
+def fusion_input_probs(instance_probs: pd.DataFrame) -> pd.DataFrame:
+    """The instance probabilities as the multi-instance fusion reads them: a training instance's out-of-fold
+    ``prob``; every other instance once per fold model (``prob_fold<k>``, as :func:`heldout_views` gives the
+    validation patients to the fitted pipeline), or its ``prob`` where there are no fold columns. Columns
+    ``patient_id``, ``cohort``, ``prob``."""
+    ip = instance_probs
+    folds = sorted(c for c in ip.columns if c.startswith("prob_fold"))
+    train = ip["cohort"] == "training"
+    parts = [ip.loc[train, ["patient_id", "cohort", "prob"]]]
+    for c in folds or ["prob"]:
+        parts.append(ip.loc[~train, ["patient_id", "cohort", c]].rename(columns={c: "prob"}))
+    return pd.concat(parts, ignore_index=True).dropna(subset=["prob"])
+
+
+def bin_occupancy(frozen: pd.DataFrame, harmonised: Optional[pd.DataFrame], bins: dict) -> pd.DataFrame:
+    """Where each cohort's instances fall among the fusion's bins (:func:`fusion_bins`), as the fusion reads
+    them (:func:`fusion_input_probs`): per cohort, and for a cohort that harmonisation moved also with the
+    harmonised scores, the instances' median probability, the share at or above the label histogram's
+    threshold, and the shares in the likelihood histogram's lowest bin and in the bag of words' lowest bin.
+    Without multi-instance bins, an empty table."""
+    if "hist_edges" not in bins:
+        return pd.DataFrame()
+    he, bw = bins["hist_edges"], bins.get("bow_edges")
+    sets = {"frozen": fusion_input_probs(frozen)}
+    if harmonised is not None:
+        sets["harmonised"] = fusion_input_probs(harmonised)
+    rows = []
+    seen = list(pd.unique(sets["frozen"]["cohort"]))
+    for c in [c for c in ("training", "internal", "external") if c in seen] + [
+            c for c in seen if c not in ("training", "internal", "external")]:
+        for scale, d in sets.items():
+            p = d.loc[d["cohort"] == c, "prob"].to_numpy(float)
+            if scale == "harmonised" and np.allclose(
+                    p, sets["frozen"].loc[sets["frozen"]["cohort"] == c, "prob"].to_numpy(float)):
+                continue  # harmonisation left this cohort where it was
+            row = {"cohort": c, "scores": scale, "instances": len(p), "median probability": float(np.median(p)),
+                   "at or above the label threshold": float(np.mean(p >= bins["hist_threshold"])),
+                   "in the histogram's lowest bin": float(np.mean(p < he[1]))}
+            if bw is not None and len(bw) > 2:
+                row["in the lowest word bin"] = float(np.mean(p < bw[1]))
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def harmonisation_effect(estimator, X: pd.DataFrame, meta: pd.DataFrame, inst_cols: Sequence[str],

@@ -276,3 +276,54 @@ def test_harmonisation_effect_restores_a_shifted_centre_for_the_fusion():
     assert inn["DL_2.5D AUC (harmonised)"] == inn["DL_2.5D AUC (frozen)"] and inn["centres moved"] == "—"
     assert ext["centres moved"].startswith("centre 2: logit mean")
     assert ext["CNN score AUC"] > 0.7 and ext["n"] == 120
+
+
+def test_fusion_bins_show_where_a_shifted_centre_falls():
+    """The bins a fitted fusion pipeline uses are read back from it, the fusion's input counts a validation
+    instance once per fold model, and a centre whose scores moved down shows up below the label threshold
+    and in the lowest bins until harmonised."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from hcc25d import mil, plotting
+    from test_mil import _two_centre_instances
+
+    d = _two_centre_instances(seed=1, n_train=120, n_external=120, n_small=0)
+    centre = d.drop_duplicates("patient_id").set_index("patient_id")["centre"]
+    h, _ = mil.harmonise_centres(d, centre)
+    X = mil.bag_matrix(d)
+    cols = list(X.columns)
+    meta = d.drop_duplicates("patient_id").set_index("patient_id").loc[X.index, ["cohort", "label"]]
+    train = (meta["cohort"] == "training").to_numpy()
+    fusion = ColumnTransformer([("hist", mil.LikelihoodHistogram(n_bins=5), cols),
+                                ("bow", mil.BagOfWordsTfidf(n_words=4), cols)])
+    est = Pipeline([("fusion", fusion), ("clf", LogisticRegression())]).fit(X[train], meta["label"][train])
+    bins = sig.fusion_bins(est)
+    np.testing.assert_allclose(bins["hist_edges"], np.linspace(0, 1, 6))
+    assert 0 < bins["hist_threshold"] < 1 and len(bins["bow_edges"]) >= 3
+    assert sig.fusion_bins(Pipeline([("clf", LogisticRegression())])) == {}
+    # the fusion's input: training instances once, the others once per fold model
+    fin = sig.fusion_input_probs(d)
+    n_tr = int((d["cohort"] == "training").sum())
+    assert len(fin) == len(d)  # one fold column
+    two = sig.fusion_input_probs(d.assign(prob_fold2=d["prob_fold1"] * 0.5))
+    assert len(two) == n_tr + 2 * (len(d) - n_tr)
+    np.testing.assert_allclose(np.sort(two.loc[two["cohort"] == "training", "prob"]),
+                               np.sort(d.loc[d["cohort"] == "training", "prob"]))  # out of fold, once
+    assert np.isclose(two.loc[two["cohort"] == "external", "prob"].sum(),
+                      1.5 * d.loc[d["cohort"] == "external", "prob_fold1"].sum())  # each fold model's own
+    occ = sig.bin_occupancy(d, h, bins).set_index(["cohort", "scores"])
+    assert list(occ.index.get_level_values(0).unique()) == ["training", "internal", "external"]
+    assert ("internal", "harmonised") not in occ.index  # harmonisation left the internal centre alone
+    tr, ext, ext_h = occ.loc[("training", "frozen")], occ.loc[("external", "frozen")], occ.loc[("external", "harmonised")]
+    lab = "at or above the label threshold"
+    assert ext[lab] < tr[lab] - 0.2 and abs(ext_h[lab] - tr[lab]) < 0.1
+    assert ext["in the histogram's lowest bin"] > tr["in the histogram's lowest bin"] + 0.2
+    assert ext["median probability"] < tr["median probability"] < 1
+    fig = plotting.fusion_bins_plot(fin, bins, sig.fusion_input_probs(h))
+    titles = [a.get_title() for a in fig.axes]
+    assert titles == ["Training cohort", "Internal validation", "External validation"]
+    labels = fig.legends[0].texts
+    assert any("harmonised" in t.get_text() for t in labels) and any("threshold" in t.get_text() for t in labels)
+    assert sig.bin_occupancy(d, h, {}).empty
