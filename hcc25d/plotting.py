@@ -633,7 +633,7 @@ def fusion_bins_plot(frozen: pd.DataFrame, bins: dict, harmonised: Optional[pd.D
         ax.hist(p, bins=grid, density=True, color="C0", alpha=0.55, label="as the frozen model scores them")
         if harmonised is not None:
             q = harmonised.loc[harmonised["cohort"] == c, "prob"].to_numpy(float)
-            if len(q) and not (len(q) == len(p) and np.allclose(np.sort(q), np.sort(p))):
+            if len(q) and not (len(q) == len(p) and np.allclose(q, p)):  # as signatures.bin_occupancy
                 ax.hist(q, bins=grid, density=True, histtype="step", color="C2", lw=1.4,
                         label="harmonised (signatures.harmonise_centres)")
         for e in bins.get("hist_edges", []):

@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .cohort import COHORTS
 from .stats import two_sample_test
 
 __all__ = [
@@ -567,8 +568,7 @@ def bin_occupancy(frozen: pd.DataFrame, harmonised: Optional[pd.DataFrame], bins
         sets["harmonised"] = fusion_input_probs(harmonised)
     rows = []
     seen = list(pd.unique(sets["frozen"]["cohort"]))
-    for c in [c for c in ("training", "internal", "external") if c in seen] + [
-            c for c in seen if c not in ("training", "internal", "external")]:
+    for c in [c for c in COHORTS if c in seen] + [c for c in seen if c not in COHORTS]:
         for scale, d in sets.items():
             p = d.loc[d["cohort"] == c, "prob"].to_numpy(float)
             if scale == "harmonised" and np.allclose(

@@ -252,6 +252,20 @@ def test_fusion_pipeline_adjusts_radiomics_for_size_inside_the_folds():
     assert auc_ci(meta["label"].to_numpy()[ext], r.proba[ext]).auc > 0.75
 
 
+def _two_centre_bags():
+    """Two centres' instance probabilities (the external centre's shifted down), harmonised, as bags:
+    ``(instances, centre, harmonised instances, harmonisation log, X, instance columns, meta, train mask)``."""
+    from hcc25d import mil
+    from test_mil import _two_centre_instances
+
+    d = _two_centre_instances(seed=1, n_train=120, n_external=120, n_small=0)
+    centre = d.drop_duplicates("patient_id").set_index("patient_id")["centre"]
+    h, log = mil.harmonise_centres(d, centre)
+    X = mil.bag_matrix(d)
+    meta = d.drop_duplicates("patient_id").set_index("patient_id").loc[X.index, ["cohort", "label"]]
+    return d, centre, h, log, X, list(X.columns), meta, (meta["cohort"] == "training").to_numpy()
+
+
 def test_harmonisation_effect_restores_a_shifted_centre_for_the_fusion():
     """A histogram fusion fitted on centre 1's scores reads little from a centre whose scores all moved to
     one end of its bins; harmonised, the same fitted pipeline reads the signal again. The CNN score column
@@ -260,15 +274,8 @@ def test_harmonisation_effect_restores_a_shifted_centre_for_the_fusion():
     from sklearn.pipeline import make_pipeline
 
     from hcc25d import mil
-    from test_mil import _two_centre_instances
 
-    d = _two_centre_instances(seed=1, n_train=120, n_external=120, n_small=0)
-    centre = d.drop_duplicates("patient_id").set_index("patient_id")["centre"]
-    h, log = mil.harmonise_centres(d, centre)
-    X = mil.bag_matrix(d)
-    cols = list(X.columns)
-    meta = d.drop_duplicates("patient_id").set_index("patient_id").loc[X.index, ["cohort", "label"]]
-    train = (meta["cohort"] == "training").to_numpy()
+    d, centre, h, log, X, cols, meta, train = _two_centre_bags()
     est = make_pipeline(mil.LikelihoodHistogram(n_bins=5), LogisticRegression()).fit(X[train], meta["label"][train])
     t = sig.harmonisation_effect(est, X, meta, cols, d, h, log, centre).set_index("cohort")
     ext, inn = t.loc["external"], t.loc["internal"]
@@ -287,15 +294,8 @@ def test_fusion_bins_show_where_a_shifted_centre_falls():
     from sklearn.pipeline import Pipeline
 
     from hcc25d import mil, plotting
-    from test_mil import _two_centre_instances
 
-    d = _two_centre_instances(seed=1, n_train=120, n_external=120, n_small=0)
-    centre = d.drop_duplicates("patient_id").set_index("patient_id")["centre"]
-    h, _ = mil.harmonise_centres(d, centre)
-    X = mil.bag_matrix(d)
-    cols = list(X.columns)
-    meta = d.drop_duplicates("patient_id").set_index("patient_id").loc[X.index, ["cohort", "label"]]
-    train = (meta["cohort"] == "training").to_numpy()
+    d, _, h, _, X, cols, meta, train = _two_centre_bags()
     fusion = ColumnTransformer([("hist", mil.LikelihoodHistogram(n_bins=5), cols),
                                 ("bow", mil.BagOfWordsTfidf(n_words=4), cols)])
     est = Pipeline([("fusion", fusion), ("clf", LogisticRegression())]).fit(X[train], meta["label"][train])
