@@ -72,7 +72,7 @@ def stage(cfg, device: str, repeats) -> None:
           f"{C.backbones}, width {C.width}, {C.folds} folds x {C.repeats} repeats, {C.epochs} epochs, "
           f"loss {C.loss}")
     t0 = time.perf_counter()
-    preds, logs, _, _ = cnn.train_backbones(bags, C, cfg.seed, device, None, None, size=size)
+    preds, logs, _, _ = cnn.train_backbones(bags, C, cfg.cnn_seed(), device, None, None, size=size)
     _sync(device)
     wall = time.perf_counter() - t0
     steps = logs.groupby(["model", "fit"])["steps"].max()
@@ -89,7 +89,7 @@ def latent(cfg, device: str, repeats) -> None:
     C, bags, size = _inputs(cfg, repeats)
     llr = pd.read_csv(oracle, dtype={"patient_id": str}).set_index("patient_id")["imaging_llr"]
     t0 = time.perf_counter()
-    preds = cnn.latent_label_reference(bags, C, C.backbones[0], llr, cfg.seed, device, None,
+    preds = cnn.latent_label_reference(bags, C, C.backbones[0], llr, cfg.cnn_seed(), device, None,
                                        size if C.size_adjust else None)
     _sync(device)
     print(f"[latent] {C.backbones[0]} taught the latent image score: {time.perf_counter() - t0:.1f} s")

@@ -219,7 +219,7 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
         sub = Bags(sub.x[keep], sub.index[keep].assign(label=lab).reset_index(drop=True), sub.channels)
     make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width,  # noqa: E731
                                    in_channels=sub.x.shape[1])[0]
-    preds, _, _, _ = cnn.crossfit_predict(sub, make, C, cfg.seed + 7919 * variant.reseed, folds=C.folds,
+    preds, _, _, _ = cnn.crossfit_predict(sub, make, C, cfg.cnn_seed() + 7919 * variant.reseed, folds=C.folds,
                                           prediction=prediction or C.prediction,
                                           device=cnn.torch_device(C.device),
                                           cache_dir=cache_dir, name=name or f"{backbone} [{variant.name}]",

@@ -346,6 +346,11 @@ class CnnCfg(TrainCfg):
     #: paper's three phases (the ``gpu`` profile, whose torchvision backbones take three channels).
     arterial_excess: bool = True
     augment: AugmentCfg = Field(default_factory=AugmentCfg)
+    #: the slice-level networks' own seed (their initialisation, batches, augmentation and cross-fitting
+    #: folds, in the CNN stage and in the ablations that retrain them); ``null`` = the run's ``seed``. Another
+    #: value retrains the networks on the same patients and images: how much of a result is the noise of
+    #: training alone (``tools/draws.py --set cnn.seed=N``).
+    seed: Optional[int] = None
 
     @model_validator(mode="after")
     def _excess_needs_own_network(self):
@@ -480,7 +485,16 @@ class Params(Section):
     ablations: AblationsCfg = Field(default_factory=AblationsCfg)
     compute: ComputeCfg = Field(default_factory=ComputeCfg)
 
+    def cnn_seed(self) -> int:
+        """The seed the slice-level networks train with: ``cnn.seed``, or the run's ``seed``."""
+        return self.seed if self.cnn.seed is None else int(self.cnn.seed)
 
+
+
+
+#: the params sections each helper method of :class:`Params` reads (a stage that calls ``cfg.<method>()`` has
+#: them in its key).
+METHOD_SECTIONS = {"cnn_seed": ("cnn", "seed")}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -167,10 +167,13 @@ NEUTRAL_SECTIONS = ("compute", "run")
 
 def stage_sections(stage: Stage, nb_dir: Optional[Path] = None) -> list[str]:
     """The params sections in a stage's key: those it declares (read inside package functions) and
-    every ``cfg.<section>`` its notebook mentions, except :data:`NEUTRAL_SECTIONS`."""
+    every ``cfg.<section>`` its notebook mentions (``cfg.<method>()``: the sections that method reads,
+    :data:`hcc25d.config.METHOD_SECTIONS`), except :data:`NEUTRAL_SECTIONS`."""
     nb = json.loads((Path(nb_dir or NOTEBOOK_DIR) / stage.notebook).read_text())
     src = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    used = set(re.findall(r"\bcfg\.(\w+)", src)) & set(_config.Params.model_fields)
+    named = set(re.findall(r"\bcfg\.(\w+)", src))
+    used = named & set(_config.Params.model_fields)
+    used |= {s for m in named & set(_config.METHOD_SECTIONS) for s in _config.METHOD_SECTIONS[m]}
     return sorted((set(stage.sections) | used) - set(NEUTRAL_SECTIONS))
 
 

@@ -46,6 +46,33 @@ def test_overrides_and_defaults():
     assert config.to_dict(p)["compute"]["n_jobs"] == 1
 
 
+def test_the_networks_seed_is_the_runs_unless_cnn_seed_says_otherwise(monkeypatch):
+    p = config.from_dict({"run": "x", "seed": 11})
+    assert p.cnn.seed is None and p.cnn_seed() == 11
+    q = config.from_dict({"run": "x", "seed": 11}, overrides={"cnn.seed": 5})
+    assert q.cnn_seed() == 5 and q.seed == 11  # the twin keeps its draw; only the networks are reseeded
+    # the ablations retrain their networks with the same seed as the CNN stage (and its reseeded variant
+    # with another one)
+    import numpy as np
+    import pandas as pd
+
+    from hcc25d import ablation, cnn
+    from hcc25d.crop25d import Bags
+
+    seen = []
+    monkeypatch.setattr(cnn, "prepare_input", lambda raw, C, ch, ref=None: (raw, None, None))
+    monkeypatch.setattr(ablation, "subset_bags", lambda bags, variant, channels: bags)
+    monkeypatch.setattr(cnn, "crossfit_predict", lambda sub, make, C, seed, **kw: (seen.append(seed), 0, 0, 0))
+    raw = Bags(np.zeros((1, 3, 4, 4), np.float16), pd.DataFrame({"patient_id": ["a"]}),
+               ("arterial", "plain", "portal"))
+    full = next(v for v in ablation.VARIANTS if v.reseed == 0)
+    again = next(v for v in ablation.VARIANTS if v.reseed == 1)
+    for params in (p, q):
+        for v in (full, again):
+            ablation.retrain_cnn(raw, v, params, {}, "litecnn", progress=False)
+    assert seen[0] == 11 and seen[2] == 5 and seen[1] != 11 and seen[3] != 5 and seen[1] - 11 == seen[3] - 5
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(config.ConfigError, match="not found"):
         config.load(tmp_path / "nope.yaml")

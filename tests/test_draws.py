@@ -56,8 +56,17 @@ def test_draw_summary_and_bars(tmp_path):
     pd.DataFrame({"cohort": ["external", "internal"], "DL_2.5D AUC (harmonised)": [0.75, 0.74],
                   "CNN score AUC": [0.77, 0.73]}).to_csv(a / "signatures" / "tab-centre-harmonisation.csv",
                                                          index=False)
+    from hcc25d.cnn import LABEL_REFERENCE
+    from hcc25d.twin_imaging import SLOT_REFERENCE
+
+    pd.DataFrame({"cohort": ["training", "internal"], "litecnn": [0.66, 0.7], LABEL_REFERENCE: [0.68, 0.72],
+                  SLOT_REFERENCE: [0.76, 0.8]}).to_csv(a / "cnn" / "tab-instance-reference.csv", index=False)
     ra, rb = draws.draw_summary(a), draws.draw_summary(b)
     assert ra["CNN score external"] == 0.77 and ra["DL_2.5D harmonised internal"] == 0.74
+    # the instance AUC's yardsticks on the training cohort, and the CNN's share of the ceiling's margin
+    assert ra["instance reference training"] == 0.76 and ra["instance latent-taught training"] == 0.68
+    assert ra["instance share training"] == pytest.approx(0.16 / 0.26)
+    assert "instance reference training" not in rb and "instance share training" not in rb
     assert "CNN score external" not in rb  # a run without the table: the columns are left out
     # share = (AUC - 0.5) / (reference - 0.5): internal 0.24 / 0.3, external 0.28 / 0.4
     assert ra["DL_2.5D share internal"] == pytest.approx(0.8)
@@ -73,8 +82,19 @@ def test_draw_summary_and_bars(tmp_path):
     assert s.loc["instance AUC training", "sd"] == pytest.approx(np.std([0.66, 0.62], ddof=1))
     assert s.loc["meets share bar", "met"] == 2 and s.loc["meets instance bar", "met"] == 1
     assert s.loc["meets Combined >= Clinical", "met"] == 1 and s.loc["meets Combined >= Clinical", "draws"] == 2
-    fig = draws.draws_figure(pd.DataFrame([ra, rb]))
-    assert len(fig.axes) == 3 and "2 draws" in fig._suptitle.get_text()
+    fig = draws.draws_figure(pd.DataFrame([ra, rb]), highlight="a")
+    assert len(fig.axes) == 3 and "2 draws" in fig._suptitle.get_text() and "ringed: a" in fig._suptitle.get_text()
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["CNN", "taught the\nlatent score", "slot\nreference"]
+    from matplotlib.collections import PathCollection
+
+    dots = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    # one column of dots per yardstick, both draws, each with a black ring around run a's dot
+    assert [len(d.get_offsets()) for d in dots] == [2, 1, 2, 1, 2, 1]
+    assert np.allclose(dots[1].get_offsets(), dots[0].get_offsets()[:1])
+    assert tuple(dots[1].get_edgecolors()[0][:3]) == (0, 0, 0) and dots[1].get_facecolors().size == 0
+    fig = draws.draws_figure(pd.DataFrame([rb]))  # draws without the yardsticks: the CNN alone
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["CNN"]
 
 
 def test_draw_summary_needs_one_out_of_fold_row(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hcc25d import runner
+from hcc25d import config, runner
 from tools.mknb import write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,7 +223,17 @@ def test_every_module_a_notebook_names_is_in_its_key():
         named = {m for m in named if (ROOT / "hcc25d" / f"{m}.py").exists()}
         assert named <= set(runner.notebook_modules(ROOT / "notebooks" / s.notebook)), s.name
         used = set(re.findall(r"\bcfg\.(\w+)", src)) - set(runner.NEUTRAL_SECTIONS)
+        methods = used & set(config.METHOD_SECTIONS)  # a helper method counts as the sections it reads
+        used = (used - methods) | {x for m in methods for x in config.METHOD_SECTIONS[m]}
         assert used <= set(runner.stage_sections(s)), s.name
+
+
+def test_a_helper_method_puts_the_sections_it_reads_into_the_key(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "source": ["seed = cfg.cnn_seed()\n", "x = cfg.crop.image_size\n"]}]}
+    (tmp_path / "x.ipynb").write_text(json.dumps(nb))
+    stage = runner.Stage("x", "x.ipynb", "X")
+    assert runner.stage_sections(stage, tmp_path) == ["cnn", "crop", "seed"]
+    assert set(config.METHOD_SECTIONS) <= {m for m in dir(config.Params) if callable(getattr(config.Params, m))}
 
 
 def test_hand_run_writes_to_scratch_not_into_recorded_results(tmp_path, capsys):

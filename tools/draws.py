@@ -14,7 +14,11 @@ and every draw:
   0.5)``, on the validation cohorts,
 * the Clinical and Combined AUCs and whether Combined is at least Clinical on both validation cohorts,
 * the slice-level CNN's instance AUC out of fold on the training cohort (Table 3) with its interval that
-  resamples whole patients,
+  resamples whole patients, and, where the CNN chapter computed them, its two instance-level yardsticks on the
+  training cohort: the twin's slot reference (the latent traits each instance shows, read exactly: the ceiling
+  the draw's training cohort allows) and the same network taught the latent image score instead of the
+  outcome; with the CNN's share of the slot reference's margin over chance — so that a draw whose training
+  cohort holds less signal is told apart from a network that reads less of it,
 * on the validation cohorts, the CNN's own patient score (mean instance logit) and DL_2.5D with the new
   centre's scores harmonised (the signatures chapter's table): where DL_2.5D falls below the CNN's score,
   the multi-instance fusion lost ranking; where the harmonised DL_2.5D recovers it, the loss was the new
@@ -49,7 +53,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from hcc25d import config  # noqa: E402
+from hcc25d.cnn import LABEL_REFERENCE  # noqa: E402
 from hcc25d.evaluation import margin_share  # noqa: E402
+from hcc25d.twin_imaging import SLOT_REFERENCE  # noqa: E402
 
 STAGES = ("cohort", "data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation")
 VALIDATION = ("internal", "external")
@@ -95,6 +101,16 @@ def draw_summary(run_dir: Path) -> dict:
     row["instance AUC training"] = float(oof["auc"])
     for k in ("ci_low_patients", "ci_high_patients"):
         row[f"instance {k.replace('_patients', '')} training"] = float(oof[k]) if k in oof else np.nan
+    yard = run_dir / "cnn" / "tab-instance-reference.csv"
+    if yard.exists():  # the instance AUC's yardsticks on the same training cohort
+        y = pd.read_csv(yard).set_index("cohort")
+        if "training" in y.index:
+            for col, key in ((SLOT_REFERENCE, "instance reference"), (LABEL_REFERENCE, "instance latent-taught")):
+                if col in y:
+                    row[f"{key} training"] = float(y.loc["training", col])
+            if "instance reference training" in row:
+                row["instance share training"] = float(margin_share(
+                    pd.Series([row["instance AUC training"]]), pd.Series([row["instance reference training"]]))[0])
     harm = run_dir / "signatures" / "tab-centre-harmonisation.csv"
     if harm.exists():  # where the fusion loses ranking: the CNN's own score, and DL_2.5D harmonised
         h = pd.read_csv(harm).set_index("cohort")
@@ -123,16 +139,21 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def draws_figure(table: pd.DataFrame):
-    """Three panels, one dot per draw: the instance AUC against its bar, DL_2.5D's share of the
-    reference's margin against its bar, and Combined minus Clinical against zero."""
+def draws_figure(table: pd.DataFrame, highlight: Optional[str] = None):
+    """Three panels, one dot per draw: the instance AUC against its bar (beside it, where the draws have them,
+    the same network taught the latent score and the slot reference), DL_2.5D's share of the reference's
+    margin against its bar, and Combined minus Clinical against zero. ``highlight``: a run whose dots get a
+    black ring (the base run: the draw the book shows)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     share = [f"DL_2.5D share {c}" for c in VALIDATION]
     share += [c for c in ("DL_2.5D harmonised share external",) if c in table]
+    inst = {"instance AUC training": "CNN"}
+    inst.update({c: n for c, n in (("instance latent-taught training", "taught the\nlatent score"),
+                                   ("instance reference training", "slot\nreference")) if c in table})
     panels = [
-        ("instance AUC, training out of fold", "AUC", ["instance AUC training"], INSTANCE_BAR),
+        ("instance AUC, training out of fold", "AUC", inst, INSTANCE_BAR),
         ("DL_2.5D: share of the reference's margin", "share", share, SHARE_BAR),
         ("Combined minus Clinical", "AUC difference", [f"Combined - Clinical {c}" for c in VALIDATION], 0.0),
     ]
@@ -140,16 +161,23 @@ def draws_figure(table: pd.DataFrame):
     for ax, (title, ylabel, cols, bar) in zip(axes, panels):
         for i, col in enumerate(cols):
             v = table[col].to_numpy(float)
-            ax.scatter(i + rng.uniform(-0.08, 0.08, len(v)), v, s=28, alpha=0.8)
+            x = i + rng.uniform(-0.08, 0.08, len(v))
+            ax.scatter(x, v, s=28, alpha=0.8)
+            ring = (table["run"] == highlight).to_numpy() if highlight is not None else np.zeros(len(v), bool)
+            if ring.any():
+                ax.scatter(x[ring], v[ring], s=70, facecolors="none", edgecolors="black", linewidths=1.3)
             ax.hlines(np.nanmean(v), i - 0.25, i + 0.25, color="black", lw=2)
         ax.axhline(bar, color="tab:red", ls="--", lw=1)
-        names = [c.replace("DL_2.5D harmonised share ", "harmonised\n").rsplit(" ", 1)[-1] for c in cols]
+        names = (list(cols.values()) if isinstance(cols, dict) else
+                 [c.replace("DL_2.5D harmonised share ", "harmonised\n").rsplit(" ", 1)[-1] for c in cols])
         ax.set_xticks(range(len(cols)), names)
         ax.set_xlim(-0.6, len(cols) - 0.4)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
-    fig.suptitle(f"{len(table)} draws of the twin: one dot per draw, black line the mean, red dashed line "
-                 "the bar", fontsize=11)
+    ringed = highlight is not None and (table["run"] == highlight).any()
+    fig.suptitle(f"{len(table)} draws of the twin: one dot per draw"
+                 + (f" (ringed: {highlight})" if ringed else "")
+                 + ", black line the mean, red dashed line the bar", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -282,10 +310,11 @@ def main(argv: Optional[list] = None) -> int:
     from hcc25d import plotting
 
     plotting.set_style()
-    plotting.savefig(draws_figure(table), out, "draws")
+    plotting.savefig(draws_figure(table, highlight=cfg.run), out, "draws")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         cols = ["run", "DL_2.5D share internal", "DL_2.5D share external", "Combined - Clinical internal",
-                "Combined - Clinical external", "instance AUC training", "CNN score external",
+                "Combined - Clinical external", "instance AUC training", "instance reference training",
+                "instance share training", "CNN score external",
                 "DL_2.5D external", "DL_2.5D harmonised external"]
         print(table[[c for c in cols if c in table]].round(3).to_string(index=False))
         print(summary.round(3).to_string())
@@ -300,7 +329,7 @@ def main(argv: Optional[list] = None) -> int:
         diff, stats_ = paired(table, vtable)
         diff.to_csv(out / f"tab-draws-{a.tag}.csv", index_label="run")
         stats_.to_csv(out / f"tab-draws-{a.tag}-summary.csv")
-        keys = ["instance AUC training", "DL_2.5D internal", "DL_2.5D external", "CNN score internal",
+        keys = ["instance AUC training", "instance latent-taught training", "DL_2.5D internal", "DL_2.5D external", "CNN score internal",
                 "CNN score external", "Combined - Clinical internal", "Combined - Clinical external"]
         print(f"[draws] {a.tag} ({', '.join(a.set)}) minus the default, paired by draw:")
         print(stats_.loc[[k for k in keys if k in stats_.index]].round(4).to_string())

@@ -107,19 +107,19 @@ def main(argv=None) -> int:
     print(f"run {cfg.run}: {name}, {C.folds} folds x {C.repeats} repeats; patient AUC (mean instance logit) "
           f"{_by_cohort(run)}")
     if "1" not in skip:
-        s = patient_scores(crossfit(bags, C.model_copy(update={"repeats": a.repeats}), cfg.seed))
+        s = patient_scores(crossfit(bags, C.model_copy(update={"repeats": a.repeats}), cfg.cnn_seed()))
         print(f"1. {a.repeats} repeats: {_by_cohort(s)}")
     if "2" not in skip:
         prm = C.model_copy(update={"repeats": 1, "size_adjust": False})
         null = []
         for k in range(a.permutations):
-            s = patient_scores(crossfit(permute_training_labels(bags, k), prm, cfg.seed + k))
+            s = patient_scores(crossfit(permute_training_labels(bags, k), prm, cfg.cnn_seed() + k))
             t = s[s["cohort"] == "training"]
             null.append(auc(t["label"], t["score"]))
         print(f"2. permuted outcomes: out-of-fold training AUC {np.mean(null):.3f} "
               f"(SD {np.std(null):.3f} over {len(null)} permutations: {np.round(null, 3).tolist()})")
     if "3" not in skip:
-        s = patient_scores(crossfit(pool_cohorts(bags), C, cfg.seed))
+        s = patient_scores(crossfit(pool_cohorts(bags), C, cfg.cnn_seed()))
         s["origin"] = bags.patients().set_index("patient_id")["cohort"]
         got = {o: round(auc(g["label"], g["score"]), 3) for o, g in s.groupby("origin")}
         print(f"3. training + internal cross-fitted together: out-of-fold {got}; the internal patients as "
