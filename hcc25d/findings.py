@@ -4,7 +4,7 @@ what the ablations say, and what cannot be reproduced and why."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -225,6 +225,44 @@ def instance_summary(run_dir: str | Path) -> str:
                  + " of its margin over chance.")
     if LABEL_REFERENCE in t:
         text += " " + _label_reference_sentence(t, name, cohorts, LABEL_REFERENCE, SLOT_REFERENCE)
+    views = _view_sentence(Path(run_dir), name, [LABEL_REFERENCE, SLOT_REFERENCE])
+    return text + (" " + views if views else "")
+
+
+#: how much more of the slot reference a view group has to lose to be named as where the shortfall lies
+VIEW_GAP = 0.05
+
+
+def _view_sentence(run_dir: Path, name: str, references: Sequence[str]) -> str:
+    """Where the CNN's instance AUC falls short, by view: the training cohort's mean instance AUC over the
+    axial slots and over the sagittal and coronal ones, for ``name`` and each of ``references`` present in the
+    CNN chapter's per-slot table (``tab-slot-auc-references.csv``). Names the view group whose distance to the
+    slot reference (the last of ``references``) is larger by :data:`VIEW_GAP` or more, and says whether the
+    reference reads that group about as well as the other. Empty without the table or a training row."""
+    t = _read(run_dir, "cnn", "tab-slot-auc-references.csv")
+    if t is None or "training" not in set(t["cohort"]):
+        return ""
+    t = t[t["cohort"] == "training"].set_index("model").drop(columns="cohort")
+    axial = [c for c in t.columns if c.startswith("axial")]
+    other = [c for c in t.columns if c.split("+")[0].split("-")[0] in ("sagittal", "coronal")]
+    models = [m for m in [name, *references] if m in t.index]
+    if not axial or not other or name not in models:
+        return ""
+    mean = {m: (t.loc[m, axial].astype(float).mean(), t.loc[m, other].astype(float).mean()) for m in models}
+    parts = [f"{'the slot reference' if m == references[-1] else m} {a:.3f} and {o:.3f}" for m, (a, o) in mean.items()]
+    text = ("By view (training cohort, mean instance AUC over the axial slots and over the sagittal and coronal "
+            "ones): " + "; ".join(parts) + ".")
+    ref = references[-1]
+    if ref in mean:
+        gap_axial, gap_other = (mean[ref][i] - mean[name][i] for i in (0, 1))
+        if gap_other >= gap_axial + VIEW_GAP:
+            even = abs(mean[ref][1] - mean[ref][0]) <= VIEW_GAP / 2
+            text += (f" {name} loses most against the reference on the sagittal and coronal instances"
+                     + (", which by the reference carry about as much as the axial ones: the network has not learnt "
+                        "to read the traits those instances show (the data chapter measures which, slot by slot)"
+                        if even else "") + ".")
+        elif gap_axial >= gap_other + VIEW_GAP:
+            text += f" {name} loses most against the reference on the axial instances."
     return text
 
 

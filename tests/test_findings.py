@@ -158,6 +158,44 @@ def test_fusion_input_summary_calls_out_a_centre_shift_of_the_scores(tmp_path):
     assert "Centre shift" not in findings.fusion_input_summary(run)
 
 
+def test_instance_summary_says_which_views_the_cnn_loses_on(tmp_path):
+    from hcc25d.cnn import LABEL_REFERENCE
+
+    (tmp_path / "cnn").mkdir()
+    pd.DataFrame({"cohort": ["training", "internal"], "litecnn": [0.63, 0.68], "histogram reference": [0.55, 0.6],
+                  twin_imaging.SLOT_REFERENCE: [0.73, 0.74]}).to_csv(tmp_path / "cnn" / "tab-instance-reference.csv",
+                                                                   index=False)
+    assert "By view" not in findings.instance_summary(tmp_path)  # no per-slot table: no sentence
+    slots = ["axial+0", "axial-1", "axial+1", "sagittal+0", "coronal+0"]
+
+    def write(rows):
+        pd.DataFrame([{"model": m, "cohort": c, **dict(zip(slots, v))} for m, c, v in rows]).to_csv(
+            tmp_path / "cnn" / "tab-slot-auc-references.csv", index=False)
+
+    write([("litecnn", "training", [0.64, 0.66, 0.68, 0.52, 0.54]),
+           (LABEL_REFERENCE, "training", [0.66, 0.68, 0.70, 0.56, 0.58]),
+           (twin_imaging.SLOT_REFERENCE, "training", [0.70, 0.73, 0.76, 0.72, 0.74]),
+           ("litecnn", "internal", [0.9, 0.9, 0.9, 0.9, 0.9])])  # other cohorts are not read
+    text = findings.instance_summary(tmp_path)
+    assert ("By view (training cohort, mean instance AUC over the axial slots and over the sagittal and coronal "
+            f"ones): litecnn 0.660 and 0.530; {LABEL_REFERENCE} 0.680 and 0.570; the slot reference 0.730 and "
+            "0.730.") in text
+    assert "loses most against the reference on the sagittal and coronal instances, which by the reference carry " \
+           "about as much as the axial ones" in text
+    # the reference reads less on the other views: the shortfall is named, without the 'as much' clause
+    write([("litecnn", "training", [0.64, 0.66, 0.68, 0.52, 0.54]),
+           (twin_imaging.SLOT_REFERENCE, "training", [0.70, 0.73, 0.76, 0.69, 0.71])])
+    text = findings.instance_summary(tmp_path)
+    assert "on the sagittal and coronal instances." in text and "carry about as much" not in text
+    # the same distance on both views: nothing is named; a larger one on the axial slots is
+    write([("litecnn", "training", [0.64, 0.66, 0.68, 0.61, 0.63]),
+           (twin_imaging.SLOT_REFERENCE, "training", [0.70, 0.73, 0.76, 0.68, 0.70])])
+    assert "loses most" not in findings.instance_summary(tmp_path)
+    write([("litecnn", "training", [0.60, 0.62, 0.64, 0.66, 0.68]),
+           (twin_imaging.SLOT_REFERENCE, "training", [0.70, 0.73, 0.76, 0.70, 0.72])])
+    assert "loses most against the reference on the axial instances." in findings.instance_summary(tmp_path)
+
+
 def test_instance_summary_sets_the_cnn_beside_its_instance_yardstick(tmp_path):
     (tmp_path / "cnn").mkdir()
     pd.DataFrame({"cohort": ["training", "internal", "external"], "litecnn": [0.63, 0.68, 0.65],
