@@ -226,7 +226,7 @@ def instance_summary(run_dir: str | Path) -> str:
     if LABEL_REFERENCE in t:
         text += " " + _label_reference_sentence(t, name, cohorts, LABEL_REFERENCE, SLOT_REFERENCE)
     views = _view_sentence(Path(run_dir), name, [LABEL_REFERENCE, SLOT_REFERENCE])
-    return text + (" " + views if views else "")
+    return text + ("\n\n" + views if views else "")  # a paragraph of its own
 
 
 #: how much more of the slot reference a view group has to lose to be named as where the shortfall lies

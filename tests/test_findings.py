@@ -177,6 +177,7 @@ def test_instance_summary_says_which_views_the_cnn_loses_on(tmp_path):
            (twin_imaging.SLOT_REFERENCE, "training", [0.70, 0.73, 0.76, 0.72, 0.74]),
            ("litecnn", "internal", [0.9, 0.9, 0.9, 0.9, 0.9])])  # other cohorts are not read
     text = findings.instance_summary(tmp_path)
+    assert "\n\nBy view (training cohort" in text  # its own paragraph
     assert ("By view (training cohort, mean instance AUC over the axial slots and over the sagittal and coronal "
             f"ones): litecnn 0.660 and 0.530; {LABEL_REFERENCE} 0.680 and 0.570; the slot reference 0.730 and "
             "0.730.") in text
