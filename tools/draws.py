@@ -109,8 +109,8 @@ def draw_summary(run_dir: Path) -> dict:
                 if col in y:
                     row[f"{key} training"] = float(y.loc["training", col])
             if "instance reference training" in row:
-                row["instance share training"] = float(margin_share(
-                    pd.Series([row["instance AUC training"]]), pd.Series([row["instance reference training"]]))[0])
+                inst, ceiling = pd.Series([row["instance AUC training"]]), pd.Series([row["instance reference training"]])
+                row["instance share training"] = float(margin_share(inst, ceiling).iloc[0])
     harm = run_dir / "signatures" / "tab-centre-harmonisation.csv"
     if harm.exists():  # where the fusion loses ranking: the CNN's own score, and DL_2.5D harmonised
         h = pd.read_csv(harm).set_index("cohort")
@@ -329,7 +329,8 @@ def main(argv: Optional[list] = None) -> int:
         diff, stats_ = paired(table, vtable)
         diff.to_csv(out / f"tab-draws-{a.tag}.csv", index_label="run")
         stats_.to_csv(out / f"tab-draws-{a.tag}-summary.csv")
-        keys = ["instance AUC training", "instance latent-taught training", "DL_2.5D internal", "DL_2.5D external", "CNN score internal",
+        keys = ["instance AUC training", "instance latent-taught training", "DL_2.5D internal", "DL_2.5D external",
+                "CNN score internal",
                 "CNN score external", "Combined - Clinical internal", "Combined - Clinical external"]
         print(f"[draws] {a.tag} ({', '.join(a.set)}) minus the default, paired by draw:")
         print(stats_.loc[[k for k in keys if k in stats_.index]].round(4).to_string())
