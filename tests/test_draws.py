@@ -119,7 +119,7 @@ def test_share_is_nan_where_the_reference_is_at_chance(tmp_path):
 def test_variant_sets_only_what_it_names():
     assert draws.parse_sets(["cnn.augment.timing=0.3", "signatures.harmonise_centres=true"]) == \
         {"cnn.augment.timing": 0.3, "signatures.harmonise_centres": True}
-    with pytest.raises(ValueError, match="only cnn"):
+    with pytest.raises(ValueError, match="only crop, cnn, signatures settings"):
         draws.parse_sets(["twin.signal_scale=2"])  # the twin is the draw's: a variant cannot change it
     with pytest.raises(ValueError, match="key=value"):
         draws.parse_sets(["cnn.epochs"])
@@ -147,3 +147,16 @@ def test_paired_differences():
     assert np.isclose(s.loc["DL_2.5D external", "mean"], 0.2 / 3)
     assert np.isclose(s.loc["DL_2.5D external", "se"], np.std([0.1, 0, 0.1], ddof=1) / np.sqrt(3))
     assert "meets share bar" not in s.index  # booleans are not differenced
+
+
+def test_a_variant_reruns_the_stages_its_settings_reach():
+    # the runner's own stage keys decide: a CNN setting reruns the CNN stage onward, not the 3D baseline
+    assert draws.variant_stages({"cnn.augment.timing": 0.3}) == ["cnn", "signatures", "evaluation"]
+    assert draws.variant_stages({"signatures.harmonise_centres": True}) == ["signatures", "evaluation"]
+    # a cropping setting reaches the images stage's per-slot trait tables, the crops and all that reads them
+    crop = draws.variant_stages({"crop.scale": "fixed"})
+    assert crop == ["data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation"]
+    assert "cohort" not in crop  # the draw's patients
+    assert draws.parse_sets(["crop.scale=fixed"]) == {"crop.scale": "fixed"}
+    v = draws.variant_params(draws.draw_params(_base(), 7), {"crop.scale": "fixed"}, "fixed")
+    assert config.from_dict(v).crop.scale == "fixed"

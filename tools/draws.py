@@ -29,10 +29,10 @@ minimum, maximum over the draws, and how many draws meet each bar) and ``fig-dra
 summary. Twin runs only: a study of real patients is one draw. Each draw keeps its results (about 1.3 GB, most
 of it the twin's images; ``--prune`` deletes a finished draw's ``data`` and ``crop25d`` folders, after
 which only ``--no-run`` tabulates it without drawing it again).
-With ``--set KEY=VALUE`` (``cnn``, ``signatures`` or ``evaluation`` settings, repeatable) and ``--tag NAME``
-every draw, the base run included, is also rerun with that setting as ``<draw>-<NAME>`` (the stages before the
-CNN linked from the draw, not recomputed), and ``tab-draws-<NAME>.csv`` gives the variant minus the draw for
-every number, ``tab-draws-<NAME>-summary.csv`` their mean and standard error over the draws.
+With ``--set KEY=VALUE`` (``crop``, ``cnn`` or ``signatures`` settings, repeatable) and ``--tag NAME`` every
+draw, the base run included, is also rerun with that setting as ``<draw>-<NAME>`` (the stages the setting does
+not reach linked from the draw, not recomputed: a ``cnn`` setting reruns the CNN stage onward, a ``crop``
+setting the images stage onward), and ``tab-draws-<NAME>.csv`` gives the variant minus the draw for every number, ``tab-draws-<NAME>-summary.csv`` their mean and standard error over the draws.
 Nothing of the base run's results changes.
 """
 from __future__ import annotations
@@ -203,13 +203,13 @@ def run_draw(params: dict, out_dir: Path, stages: Iterable[str] = STAGES, prune:
     return run_dir
 
 
-#: the sections a variant may change: everything before the CNN stage is then the draw's own (linked, not rerun)
-VARIANT_SECTIONS = ("cnn", "signatures", "evaluation")
+#: the sections a variant may change (the twin, the cohort and the images stay the draw's own)
+VARIANT_SECTIONS = ("crop", "cnn", "signatures")
 
 
 def parse_sets(items: Iterable[str]) -> dict:
     """``["cnn.augment.timing=0.3", ...]`` → ``{"cnn.augment.timing": 0.3}`` (values read as YAML). Only keys of
-    :data:`VARIANT_SECTIONS`: a variant reuses the draw's twin, crops and radiomics, so it cannot change them."""
+    :data:`VARIANT_SECTIONS`: a variant reuses the draw's patients and images, so it cannot change them."""
     out = {}
     for item in items:
         key, sep, value = str(item).partition("=")
@@ -217,7 +217,7 @@ def parse_sets(items: Iterable[str]) -> dict:
             raise ValueError(f"--set wants key=value, not {item!r}")
         if key.split(".")[0] not in VARIANT_SECTIONS:
             raise ValueError(f"--set {key}: a variant may change only {', '.join(VARIANT_SECTIONS)} settings "
-                             f"(it reuses the draw's twin, crops and radiomics features)")
+                             f"(it reuses the draw's patients and images)")
         out[key] = yaml.safe_load(value)
     return out
 
@@ -232,19 +232,37 @@ def variant_params(params: dict, sets: dict, tag: str) -> dict:
     return out
 
 
+def variant_stages(sets: dict) -> list:
+    """The stages of :data:`STAGES` a variant with ``sets`` reruns, in order: every stage whose key holds a
+    section that ``sets`` changes (the runner's own :func:`hcc25d.runner.stage_sections`), every stage that
+    depends on one of those, and always the signatures and the evaluation. A ``cnn`` setting reruns the CNN
+    stage onward; a ``crop`` setting also the images stage (its per-slot trait tables follow the cropping; the
+    twin is drawn again from the same seed, so the images are the draw's own), the cropping, the radiomics
+    and the 3D baseline."""
+    from hcc25d import runner
+
+    changed = {k.split(".")[0] for k in sets}
+    by_name = {st.name: st for st in runner.STAGES}
+    out = []
+    for name in STAGES:
+        st = by_name[name]
+        if changed & set(runner.stage_sections(st)) or any(d in out for d in st.deps) \
+                or name in ("signatures", "evaluation"):
+            out.append(name)
+    return out
+
+
 def run_variant(params: dict, sets: dict, tag: str, draw_dir: Path, out_dir: Path) -> Path:
-    """Rerun a finished draw with ``sets``: the stages before the CNN are linked from ``draw_dir`` (so the
-    variant sees the same patients, images, crops and radiomics features), the CNN stage too where nothing
-    of ``cnn`` changes; the rest run again. Returns the variant's results folder."""
+    """Rerun a finished draw with ``sets``: the stages :func:`variant_stages` names run again, the others are
+    linked from ``draw_dir`` (so the variant sees the same patients and images, and where no cropping or CNN
+    setting changes, the same crops, radiomics features and networks). Returns the variant's results folder."""
     from hcc25d import runner
 
     vp = variant_params(params, sets, tag)
     config.from_dict(vp, None, source="variant")
     vdir = ROOT / "results" / vp["run"]
     vdir.mkdir(parents=True, exist_ok=True)
-    rerun = ["signatures", "evaluation"]
-    if any(k.split(".")[0] == "cnn" for k in sets):
-        rerun.insert(0, "cnn")
+    rerun = variant_stages(sets)
     for stage in STAGES:
         if stage not in rerun and not (vdir / stage).exists():
             (vdir / stage).symlink_to(Path(draw_dir).resolve() / stage, target_is_directory=True)
@@ -275,8 +293,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--no-run", action="store_true",
                     help="run nothing: tabulate the draws of these seeds that have finished")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="also rerun every draw with this setting (cnn/signatures/evaluation keys; repeatable) and "
-                         "tabulate the paired differences")
+                    help="also rerun every draw with this setting (crop/cnn/signatures keys; "
+                         "repeatable) and tabulate the paired differences")
     ap.add_argument("--tag", default="variant", help="name of the variant runs: <run>-<tag>")
     a = ap.parse_args(argv)
     sets = parse_sets(a.set)
