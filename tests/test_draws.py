@@ -153,10 +153,10 @@ def test_a_variant_reruns_the_stages_its_settings_reach():
     # the runner's own stage keys decide: a CNN setting reruns the CNN stage onward, not the 3D baseline
     assert draws.variant_stages({"cnn.augment.timing": 0.3}) == ["cnn", "signatures", "evaluation"]
     assert draws.variant_stages({"signatures.harmonise_centres": True}) == ["signatures", "evaluation"]
-    # a cropping setting reaches the images stage's per-slot trait tables, the crops and all that reads them
+    # a cropping setting reaches the images stage's per-slot trait tables, the crops and all that reads them;
+    # not the radiomics, which read only the images (the draw's own, drawn again bit for bit)
     crop = draws.variant_stages({"crop.scale": "fixed"})
-    assert crop == ["data", "crop25d", "radiomics", "cnn", "cnn3d", "signatures", "evaluation"]
-    assert "cohort" not in crop  # the draw's patients
+    assert crop == ["data", "crop25d", "cnn", "cnn3d", "signatures", "evaluation"]
     assert draws.parse_sets(["crop.scale=fixed"]) == {"crop.scale": "fixed"}
     v = draws.variant_params(draws.draw_params(_base(), 7), {"crop.scale": "fixed"}, "fixed")
     assert config.from_dict(v).crop.scale == "fixed"

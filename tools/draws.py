@@ -32,7 +32,9 @@ which only ``--no-run`` tabulates it without drawing it again).
 With ``--set KEY=VALUE`` (``crop``, ``cnn`` or ``signatures`` settings, repeatable) and ``--tag NAME`` every
 draw, the base run included, is also rerun with that setting as ``<draw>-<NAME>`` (the stages the setting does
 not reach linked from the draw, not recomputed: a ``cnn`` setting reruns the CNN stage onward, a ``crop``
-setting the images stage onward), and ``tab-draws-<NAME>.csv`` gives the variant minus the draw for every number, ``tab-draws-<NAME>-summary.csv`` their mean and standard error over the draws.
+setting the images stage's per-slot tables, the cropping, both networks and what follows; see
+:func:`variant_stages`), and ``tab-draws-<NAME>.csv`` gives the variant minus the draw for every number,
+``tab-draws-<NAME>-summary.csv`` their mean and standard error over the draws.
 Nothing of the base run's results changes.
 """
 from __future__ import annotations
@@ -236,9 +238,10 @@ def variant_stages(sets: dict) -> list:
     """The stages of :data:`STAGES` a variant with ``sets`` reruns, in order: every stage whose key holds a
     section that ``sets`` changes (the runner's own :func:`hcc25d.runner.stage_sections`), every stage that
     depends on one of those, and always the signatures and the evaluation. A ``cnn`` setting reruns the CNN
-    stage onward; a ``crop`` setting also the images stage (its per-slot trait tables follow the cropping; the
-    twin is drawn again from the same seed, so the images are the draw's own), the cropping, the radiomics
-    and the 3D baseline."""
+    stage onward. A ``crop`` setting reruns the images stage for its per-slot trait tables (which follow the
+    cropping), the cropping, the CNN stage (which reads both) and the 3D baseline; the images themselves are
+    the draw's own, drawn again bit for bit from the same seed and twin settings, so a stage that reads only
+    them (the radiomics) is not rerun."""
     from hcc25d import runner
 
     changed = {k.split(".")[0] for k in sets}
@@ -246,7 +249,7 @@ def variant_stages(sets: dict) -> list:
     out = []
     for name in STAGES:
         st = by_name[name]
-        if changed & set(runner.stage_sections(st)) or any(d in out for d in st.deps) \
+        if changed & set(runner.stage_sections(st)) or any(d in out and d != "data" for d in st.deps) \
                 or name in ("signatures", "evaluation"):
             out.append(name)
     return out
