@@ -35,3 +35,20 @@ def test_histogram_features_are_fractions_per_phase():
     assert np.all(sums > 0.95) and np.all(sums <= 1.0 + 1e-9)
     s = od.patient_scores(bags.index.assign(prob=0.6)).loc[bags.patients()["patient_id"]]
     assert np.allclose(s["score"], np.log(0.6 / 0.4))
+
+
+def test_view_subset_keeps_only_those_views():
+    import pandas as pd
+    import pytest
+
+    bags = make_bags(n_train=6, n_int=2, n_ext=2, inst=3, size=16)
+    views = np.array(["axial", "sagittal", "coronal"])[np.arange(len(bags.index)) % 3]
+    bags = od.crop25d.Bags(bags.x, bags.index.assign(view=views), bags.channels)
+    sub = od.view_subset(bags, ["sagittal", "coronal"])
+    assert len(sub.index) == 2 * len(bags.index) // 3 and set(sub.index["view"]) == {"sagittal", "coronal"}
+    assert np.array_equal(sub.x, bags.x[views != "axial"]) and sub.index.index.equals(pd.RangeIndex(len(sub.index)))
+    with pytest.raises(ValueError, match="no instance"):
+        od.view_subset(bags, ["oblique"])
+    prob = np.where(bags.index["label"] == 1, 0.8, 0.2)
+    got = od.view_auc(bags.index.assign(prob=prob), ["sagittal"])
+    assert got == {"training": 1.0, "internal": 1.0, "external": 1.0}

@@ -17,6 +17,9 @@ new patients, the fused signatures fall below the CNN's own validation AUCs.
 4. **A low-variance learner.** Logistic regression on each phase's intensity histogram of the same crops
    (averaged over a patient's instances): its cross-validated training AUC against its validation AUCs,
    and (3) for it.
+5. **A view's own network.** Cross-fit the network on the sagittal and coronal instances alone (the CNN
+   stage's folds and settings): if those views' instances stay near chance because the shared network
+   spends itself on the axial ones, their own network reads them better than the run's does.
 
 Everything here is a diagnostic of the run: no result of the book changes.
 """
@@ -76,6 +79,20 @@ def histogram_features(bags: crop25d.Bags, lo: float = 0.2, hi: float = 1.0, bin
         "patient_id").mean()
 
 
+def view_subset(bags: crop25d.Bags, views) -> crop25d.Bags:
+    """The instances of the given views only (every patient keeps its instances of those views)."""
+    keep = bags.index["view"].isin(list(views)).to_numpy()
+    if not keep.any():
+        raise ValueError(f"no instance of the views {list(views)} (the crops have {sorted(set(bags.index['view']))})")
+    return crop25d.Bags(np.ascontiguousarray(bags.x[keep]), bags.index[keep].reset_index(drop=True), bags.channels)
+
+
+def view_auc(preds: pd.DataFrame, views) -> dict:
+    """Instance AUC per cohort over the instances of ``views`` (pooled)."""
+    p = preds[preds["view"].isin(list(views))]
+    return {c: round(auc(g["label"], g["prob"]), 3) for c, g in p.groupby("cohort")}
+
+
 def _by_cohort(s: pd.DataFrame) -> dict:
     return {c: round(auc(g["label"], g["score"]), 3) for c, g in s.groupby("cohort")}
 
@@ -98,12 +115,12 @@ def main(argv=None) -> int:
     make = lambda: cnn.build_model(name, C.weights, C.on_missing_weights, C.dropout, width=C.width,  # noqa: E731
                                    in_channels=bags.x.shape[1])[0]
 
-    def crossfit(b, prm, seed):
+    def crossfit(b, prm, seed, fold_of=None):
         return cnn.crossfit_predict(b, make, prm, seed, folds=prm.folds, progress=False, verbose=False,
-                                    size=size if prm.size_adjust else None)[0]
+                                    size=size if prm.size_adjust else None, fold_of=fold_of)[0]
 
-    run = patient_scores(pd.read_csv(paths.stage_dir("cnn") / "instance_probs_selected.csv",
-                                     dtype={"patient_id": str}))
+    run_preds = pd.read_csv(paths.stage_dir("cnn") / "instance_probs_selected.csv", dtype={"patient_id": str})
+    run = patient_scores(run_preds)
     print(f"run {cfg.run}: {name}, {C.folds} folds x {C.repeats} repeats; patient AUC (mean instance logit) "
           f"{_by_cohort(run)}")
     if "1" not in skip:
@@ -149,6 +166,13 @@ def main(argv=None) -> int:
               f"training + internal cross-validated together: training "
               f"{auc(y[pool][cp == 'training'], pp[cp == 'training']):.3f}, internal "
               f"{auc(y[pool][cp == 'internal'], pp[cp == 'internal']):.3f}")
+    if "5" not in skip:
+        views = ("sagittal", "coronal")
+        f = run_preds.dropna(subset=["fold"]).drop_duplicates("patient_id")
+        fold_of = f.set_index("patient_id")["fold"].astype(int).to_dict()
+        own = crossfit(view_subset(bags, views), C, cfg.cnn_seed(), fold_of)
+        print(f"5. the sagittal and coronal instances' AUC (training cohort out of fold): their own "
+              f"network {view_auc(own, views)}; the run's network {view_auc(run_preds, views)}")
     return 0
 
 
