@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import signatures as sig
+from .cohort import COHORTS, in_cohort_order
 from .stats import auc_ci, delong_test
 
 __all__ = [
@@ -61,8 +62,6 @@ __all__ = [
     "probe_table",
     "trait_probe",
 ]
-
-COHORTS = ("training", "internal", "external")
 
 
 @dataclass(frozen=True)
@@ -644,7 +643,8 @@ def patient_mean_auc(preds: pd.DataFrame) -> dict:
     instances' probabilities."""
     pat = preds.groupby("patient_id").agg(cohort=("cohort", "first"), label=("label", "first"),
                                           prob=("prob", "mean"))
-    return {c: auc_ci(g["label"], g["prob"]).auc for c, g in pat.groupby("cohort") if g["label"].nunique() == 2}
+    return {c: auc_ci(g["label"], g["prob"]).auc for c in in_cohort_order(pat["cohort"])
+            if (g := pat[pat["cohort"] == c])["label"].nunique() == 2}
 
 
 def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -726,7 +726,8 @@ def yardstick_table(ctx: Context, readout: pd.DataFrame, dl25d: pd.Series, refer
     levels = ctx.meta.assign(reading=readout_yardstick(readout, ctx.meta, ctx.cv, ctx.cfg.seed),
                              dl=dl25d.reindex(ctx.meta.index))
     rows = []
-    for c, g in levels.groupby("cohort", sort=False):
+    for c in in_cohort_order(levels["cohort"]):
+        g = levels[levels["cohort"] == c]
         r = {"cohort": c, "n": len(g)}
         ref = (reference or {}).get("image", {}).get(c)
         if ref is not None:

@@ -27,6 +27,7 @@ from scipy import stats
 __all__ = [
     "COHORTS",
     "COHORT_LABELS",
+    "in_cohort_order",
     "DEFAULT_SPEC",
     "KNOWN_VARIABLES",
     "CohortSpecError",
@@ -47,6 +48,13 @@ COHORTS = ("training", "internal", "external")
 COHORT_LABELS = {"training": "Training cohort", "internal": "Internal validation cohort",
                  "external": "External validation cohort"}
 DEFAULT_SPEC = Path(__file__).parent / "data" / "table1_spec.yaml"
+
+
+def in_cohort_order(names) -> list:
+    """The distinct cohort names among ``names`` in the book's order (training, internal, external), any
+    other name after them in order of appearance: every table and figure lists the cohorts alike."""
+    present = list(pd.unique(pd.Series(list(names), dtype=object)))
+    return [c for c in COHORTS if c in present] + [c for c in present if c not in COHORTS]
 
 #: the clinical variables the pipeline knows (keys of the specification and patient-table columns).
 KNOWN_VARIABLES = (

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .cohort import COHORTS, in_cohort_order
 
 __all__ = [
     "COHORTS",
@@ -39,7 +40,6 @@ __all__ = [
     "auc_text",
 ]
 
-COHORTS = ("training", "internal", "external")
 _ORDER = {c: i for i, c in enumerate(COHORTS)}
 
 
@@ -94,7 +94,7 @@ def slot_auc(preds: pd.DataFrame, prob: str = "prob") -> pd.DataFrame:
         out[cohort] = {slot: (auc(y[B[slot].notna()], B[slot].dropna()) if len(set(y[B[slot].notna()])) == 2
                               else np.nan) for slot in B.columns}
     t = pd.DataFrame(out).T
-    return t.reindex([c for c in COHORTS if c in t.index] + [c for c in t.index if c not in COHORTS])
+    return t.reindex(in_cohort_order(t.index))
 
 
 def margin_share(auc: pd.Series, reference: pd.Series) -> pd.Series:
@@ -123,7 +123,7 @@ def instance_reference(models: dict) -> pd.DataFrame:
         out[name] = {c: (stats.auc(g["label"], g["prob"]) if g["label"].nunique() == 2 else np.nan)
                      for c, g in p.groupby("cohort", sort=False)}
     t = pd.DataFrame(out)
-    return t.reindex([c for c in COHORTS if c in t.index] + [c for c in t.index if c not in COHORTS])
+    return t.reindex(in_cohort_order(t.index))
 
 
 def table5(sigs: pd.DataFrame, names: Sequence[str], reference: Optional[dict] = None) -> pd.DataFrame:

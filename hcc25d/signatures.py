@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.feature_selection import SelectorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .cohort import COHORTS
+from .cohort import COHORTS, in_cohort_order
 from .stats import two_sample_test
 
 __all__ = [
@@ -609,7 +609,7 @@ def harmonisation_effect(estimator, X: pd.DataFrame, meta: pd.DataFrame, inst_co
     moved = (log[log["harmonised"].astype(bool) & (log["column"] == "prob")].set_index("centre") if len(log)
              else pd.DataFrame())
     rows = []
-    for c in [c for c in pd.unique(meta["cohort"]) if c != "training"]:
+    for c in [c for c in in_cohort_order(meta["cohort"]) if c != "training"]:
         k = (meta["cohort"] == c).to_numpy()
         y = meta["label"].to_numpy()[k]
         row = {"cohort": c, "n": int(k.sum())}

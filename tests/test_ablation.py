@@ -302,3 +302,24 @@ def test_variants_fusion_reads_the_scores_as_the_signatures_stage_does():
     got = ablation.Context(on, None, preds, None, None, "lr", centre=centre).fusion_input(preds)
     pd.testing.assert_frame_equal(got, mil.harmonise_centres(preds, centre)[0])
     assert got.loc[preds.cohort == "external", "prob"].mean() > preds.loc[preds.cohort == "external", "prob"].mean() + 0.1
+
+
+def test_yardstick_table_rows_in_cohort_order_with_margin_shares():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cohorts = ["external"] * 30 + ["training"] * 60 + ["internal"] * 30  # the manifest's order, not the book's
+    ids = [f"p{i:03d}" for i in range(len(cohorts))]
+    y = np.tile([0, 1], len(ids) // 2)
+    meta = pd.DataFrame({"cohort": cohorts, "label": y}, index=ids)
+    readout = pd.DataFrame({"pae": y + rng.normal(0, 1.0, len(ids)), "nodules": rng.normal(0, 1, len(ids))},
+                           index=ids)
+    dl = pd.Series(np.where(y == 1, 0.7, 0.3), index=ids)  # separates perfectly
+    ctx = SimpleNamespace(meta=meta, cv=None, cfg=SimpleNamespace(seed=1))
+    ref = {"image": {"training": 0.8, "internal": 0.75, "external": 0.9}}
+    t = ablation.yardstick_table(ctx, readout, dl, ref)
+    assert t["cohort"].tolist() == ["training", "internal", "external"]
+    assert t["n"].tolist() == [60, 30, 30] and np.allclose(t["DL_2.5D"], 1.0)
+    share = t.set_index("cohort")["DL_2.5D: share of the reference margin"]
+    assert np.allclose(share, [0.5 / 0.3, 0.5 / 0.25, 0.5 / 0.4])
+    assert t["knowledge-driven reading"].between(0.5, 1.0).all()  # the readout carries the label

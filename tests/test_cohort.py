@@ -130,3 +130,11 @@ def test_paper_example_rows(spec, patients):
 def test_format_p():
     assert cohort.format_p(0.0004) == "<0.001"
     assert cohort.format_p(0.0456) == "0.046"
+
+
+def test_in_cohort_order_puts_the_book_order_first():
+    from hcc25d.cohort import in_cohort_order
+
+    assert in_cohort_order(["external", "training", "external", "internal"]) == ["training", "internal", "external"]
+    assert in_cohort_order(["centre B", "external", "training"]) == ["training", "external", "centre B"]
+    assert in_cohort_order([]) == []
