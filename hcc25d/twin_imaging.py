@@ -67,6 +67,7 @@ from .config import TwinCfg
 
 __all__ = [
     "PHASES",
+    "TRAIT_NAMES",
     "HU",
     "SIGNAL",
     "PAE_OFFSET_MM",
@@ -565,6 +566,8 @@ def visible_traits(contrast: pd.DataFrame, threshold: float = VISIBLE_CONTRAST) 
 
 
 _TRAIT_WORDS = {"pae": "peritumoral enhancement", "satellites": "satellites", "heterogeneity": "heterogeneity"}
+#: the latent traits' column names (``u_pae``, …) as a reader's words, for the tables of the book
+TRAIT_NAMES = {f"u_{k}": v for k, v in _TRAIT_WORDS.items()}
 
 
 def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.DataFrame,
