@@ -566,8 +566,9 @@ def visible_traits(contrast: pd.DataFrame, threshold: float = VISIBLE_CONTRAST) 
 
 
 _TRAIT_WORDS = {"pae": "peritumoral enhancement", "satellites": "satellites", "heterogeneity": "heterogeneity"}
-#: the latent traits' column names (``u_pae``, …) as a reader's words, for the tables of the book
-TRAIT_NAMES = {f"u_{k}": v for k, v in _TRAIT_WORDS.items()}
+#: the traits' names in the twin's tables (``pae`` in :data:`SIGNAL`, ``u_pae`` for a latent trait, …) as a
+#: reader's words, for the tables of the book
+TRAIT_NAMES = {**_TRAIT_WORDS, **{f"u_{k}": v for k, v in _TRAIT_WORDS.items()}}
 
 
 def slot_reference(instances: pd.DataFrame, traits: pd.DataFrame, patients: pd.DataFrame,
