@@ -56,6 +56,7 @@ def in_cohort_order(names) -> list:
     present = list(pd.unique(pd.Series(list(names), dtype=object)))
     return [c for c in COHORTS if c in present] + [c for c in present if c not in COHORTS]
 
+
 #: the clinical variables the pipeline knows (keys of the specification and patient-table columns).
 KNOWN_VARIABLES = (
     "TBIL", "differentiation", "cirrhosis", "tumor_size", "tumor_number", "necrosis", "tumor_margin",
