@@ -25,6 +25,7 @@ import pandas as pd
 from . import signatures as sig
 from .cohort import COHORTS, in_cohort_order
 from .stats import auc_ci, delong_test
+from .twin_imaging import TRAIT_NAMES
 
 __all__ = [
     "COHORTS",
@@ -784,9 +785,8 @@ def raw_patient_scores(preds: pd.DataFrame, pooling: str = "mean") -> pd.DataFra
 
 #: what :func:`trait_loadings` regresses a patient score on: the twin's three latent traits (standardised)
 #: and what else its images show that varies between patients (from the twin's trait table)
-LOADING_TERMS = {"u_pae": "peritumoral enhancement", "u_satellites": "satellites",
-                 "u_heterogeneity": "heterogeneity", "ln_diameter": "ln diameter",
-                 "irregular_margin": "irregular margin", "necrosis": "necrosis",
+LOADING_TERMS = {**{t: TRAIT_NAMES[t] for t in ("u_pae", "u_satellites", "u_heterogeneity")},
+                 "ln_diameter": "ln diameter", "irregular_margin": "irregular margin", "necrosis": "necrosis",
                  "vessel_contact": "vessel contact", "extra_tumours": "more than one tumour"}
 
 

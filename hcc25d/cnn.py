@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from .cohort import in_cohort_order
 from .config import TrainCfg, to_dict
 from .crop25d import Bags
 from .stats import auc
@@ -1152,8 +1153,8 @@ def score_size_outcome(preds: pd.DataFrame, extent: pd.Series) -> pd.DataFrame:
     ext.index = ext.index.astype(str)
     pat["ld"] = np.log(ext.reindex(pat.index).astype(float))
     rows = []
-    for cohort, g in pat.groupby("cohort", sort=False):
-        g = g[np.isfinite(g["ld"]) & np.isfinite(g["raw"])]
+    for cohort in in_cohort_order(pat["cohort"]):
+        g = pat[(pat["cohort"] == cohort) & np.isfinite(pat["ld"]) & np.isfinite(pat["raw"])]
         row = {"cohort": cohort, "n": len(g)}
         if len(g) < 5 or g["label"].nunique() < 2:
             rows.append(row)
@@ -1166,9 +1167,7 @@ def score_size_outcome(preds: pd.DataFrame, extent: pd.Series) -> pd.DataFrame:
                     "AUC adjusted": auc(g["label"], g["adj"]), "size slope": beta[1], "size slope SE": se[1],
                     "outcome": beta[2], "outcome SE": se[2]})
         rows.append(row)
-    order = {c: i for i, c in enumerate(("training", "internal", "external"))}
-    return pd.DataFrame(rows).sort_values("cohort", key=lambda c: c.map(order).fillna(len(order)),
-                                          kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows)
 
 
 def deconfounding_weights(y, confounders: pd.DataFrame) -> np.ndarray:

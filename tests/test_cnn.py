@@ -343,6 +343,10 @@ def test_score_size_outcome_recovers_slope_and_outcome_per_cohort():
     out, _ = cnn.size_adjust(preds, ext)
     t = cnn.score_size_outcome(out, ext).set_index("cohort")
     assert list(t.index) == ["training", "internal", "external"] and (t["n"] == 200).all()
+    # the book's cohort order whatever order the predictions come in
+    rev = cnn.score_size_outcome(out.iloc[::-1], ext)
+    assert list(rev["cohort"]) == ["training", "internal", "external"]
+    assert np.allclose(rev.set_index("cohort")["outcome"], t["outcome"])
     # the raw score is logit = 1.0 log(extent) + 0.8 outcome: both recovered in every cohort, from raw scores
     assert np.allclose(t["size slope"], 1.0, atol=0.1) and np.allclose(t["outcome"], 0.8, atol=0.1)
     assert (t["outcome SE"] > 0).all() and (t["outcome SE"] < 0.1).all()
