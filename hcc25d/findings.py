@@ -18,9 +18,11 @@ __all__ = [
     "reproduction_summary",
     "ceiling_table",
     "ceiling_summary",
+    "ablation_effects",
     "ablation_summary",
     "fusion_input_summary",
     "instance_summary",
+    "instance_references",
     "limits",
 ]
 
@@ -110,6 +112,7 @@ def ceiling_table(run_dir: str | Path) -> pd.DataFrame:
         ref = r.get(ref_col, np.nan)
         share = (r["auc"] - 0.5) / (ref - 0.5) if pd.notna(ref) and ref > 0.5 else np.nan
         out.append({"signature": r["signature"], "cohort": r["cohort"], "AUC": r["auc"],
+                    "CI low": r.get("ci_low", np.nan), "CI high": r.get("ci_high", np.nan),
                     "reference AUC": ref, "margin over chance recovered": share})
     return pd.DataFrame(out)
 
@@ -178,16 +181,13 @@ def instance_summary(run_dir: str | Path) -> str:
     reference, trained on the same folds) and, where the CNN's scores are size-adjusted, the training row
     before the adjustment; on the twin also against its instance-level ceiling (the slot reference) and
     the share of that ceiling's margin over chance that the CNN recovers."""
-    t = _read(Path(run_dir), "cnn", "tab-instance-reference.csv")
+    t, name = instance_references(run_dir)
     ref = "histogram reference"
-    if t is None or ref not in t or "training" not in set(t["cohort"]):
+    if t.empty:
         return ""
-    t = t.set_index("cohort")
     from .cnn import LABEL_REFERENCE
     from .twin_imaging import SLOT_REFERENCE
 
-    name = next(c for c in t.columns
-                if c not in (ref, SLOT_REFERENCE, LABEL_REFERENCE) and not c.endswith("before size adjustment"))
     cohorts = [c for c in ("training", "internal", "external") if c in t.index and pd.notna(t.loc[c, name])]
 
     def row(col):
@@ -227,6 +227,23 @@ def instance_summary(run_dir: str | Path) -> str:
         text += " " + _label_reference_sentence(t, name, cohorts, LABEL_REFERENCE, SLOT_REFERENCE)
     views = _view_sentence(Path(run_dir), name, [LABEL_REFERENCE, SLOT_REFERENCE])
     return text + ("\n\n" + views if views else "")  # a paragraph of its own
+
+
+def instance_references(run_dir: str | Path) -> tuple[pd.DataFrame, str]:
+    """The CNN stage's instance AUCs beside their yardsticks (``tab-instance-reference.csv``, indexed by
+    cohort) and the name of the selected CNN's column; an empty table and ``""`` where the stage did not
+    write it."""
+    t = _read(Path(run_dir), "cnn", "tab-instance-reference.csv")
+    ref = "histogram reference"
+    if t is None or ref not in t or "training" not in set(t["cohort"]):
+        return pd.DataFrame(), ""
+    from .cnn import LABEL_REFERENCE
+    from .twin_imaging import SLOT_REFERENCE
+
+    t = t.set_index("cohort")
+    name = next(c for c in t.columns
+                if c not in (ref, SLOT_REFERENCE, LABEL_REFERENCE) and not c.endswith("before size adjustment"))
+    return t, name
 
 
 #: how much more of the slot reference a view group has to lose to be named as where the shortfall lies
@@ -436,6 +453,42 @@ def ablation_summary(run_dir: str | Path) -> str:
     return summary(t, _read(Path(run_dir), "ablations", "tab-negative-control.csv"),
                    _read(Path(run_dir), "ablations", "tab-ablations-cnn-patient-mean.csv"), loadings,
                    _read(Path(run_dir), "ablations", "tab-trait-probe.csv"))
+
+
+def ablation_effects(run_dir: str | Path) -> pd.DataFrame:
+    """Each ablation variant's DL-alone AUC minus the full model's, per validation cohort, with its DeLong
+    P against the full model and the training noise (how far retraining the full model with another seed
+    moved it, the largest over the validation cohorts, as :func:`hcc25d.ablation.summary` reads it). The
+    negative-control twin's 2D variant follows the default twin's 2D row, and the seed replicate comes
+    last. Empty when the ablation stage did not run."""
+    run_dir = Path(run_dir)
+    t = _read(run_dir, "ablations", "tab-ablations.csv")
+    if t is None or "features" not in t:
+        return pd.DataFrame(columns=["variant", "cohort", "difference", "P", "noise"])
+    dl = t[t["features"] == "DL alone"]
+    full = dl[dl["factor"] == "reference"].iloc[0]
+    cohorts = [c for c in ("internal", "external") if f"AUC {c}" in dl]
+    seed = dl[dl["factor"] == "training noise"]
+    noise = (max(abs(full[f"AUC {c}"] - seed.iloc[0][f"AUC {c}"]) for c in cohorts) if len(seed)
+             else np.nan)
+    nc = _read(run_dir, "ablations", "tab-negative-control.csv")
+    extra = []
+    if nc is not None and len(nc) and "twin" in nc:
+        for twin, g in nc.groupby("twin", sort=False):
+            if len(g) >= 2 and not str(twin).startswith("default"):
+                f, d = g.iloc[0], g.iloc[1]
+                extra.append((f"{d['variant']}, {twin} twin", f, d))
+    rows = []
+    for _, r in dl[dl["factor"] != "reference"].iterrows():
+        items = [(r["variant"], full, r)]
+        if r["factor"] == "2.5D":
+            items += extra
+        for name, base, v in items:
+            for c in cohorts:
+                rows.append({"variant": name, "cohort": c, "difference": v[f"AUC {c}"] - base[f"AUC {c}"],
+                             "P": v.get(f"DeLong P vs full ({c})", np.nan), "noise": noise,
+                             "seed replicate": r["factor"] == "training noise"})
+    return pd.DataFrame(rows)
 
 
 def limits(run_dir: str | Path, twin: bool, training_scale: int = 1, arterial_excess: bool = False) -> list[str]:

@@ -33,6 +33,9 @@ __all__ = [
     "nomogram_plot",
     "probe_heatmap",
     "ablation_plot",
+    "ceiling_plot",
+    "ablation_effect_plot",
+    "instance_reference_plot",
     "planted_contrast_heatmap",
     "slot_auc_plot",
     "fusion_bins_plot",
@@ -494,6 +497,123 @@ def ablation_plot(table: pd.DataFrame, cohorts=("training", "internal", "externa
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, y=1.02)
+    return fig
+
+
+def ceiling_plot(table: pd.DataFrame, title: str = ""):
+    """Each signature's AUC (95 % CI) per cohort (panels) beside the reference AUC of the same data (a
+    diamond; on the twin, the ceiling of any model of them), with the share of the reference's margin over
+    chance that the signature recovers written at the right. ``table``: :func:`hcc25d.findings.ceiling_table`;
+    without reference AUCs (own data) only the AUCs are drawn."""
+    seen = list(pd.unique(table["cohort"]))
+    cohorts = [c for c in COHORT_TITLES if c in seen] + [c for c in seen if c not in COHORT_TITLES]
+    sigs = list(dict.fromkeys(table["signature"]))
+    ypos = np.arange(len(sigs))[::-1]
+    height = 0.5 * len(sigs) + 2.1
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(3.6 * len(cohorts), height), sharey=True, squeeze=False)
+    for ax, c in zip(axes[0], cohorts):
+        g = table[table["cohort"] == c].set_index("signature").reindex(sigs)
+        auc = g["AUC"].to_numpy(float)
+        lo = g.get("CI low", pd.Series(np.nan, index=g.index)).to_numpy(float)
+        hi = g.get("CI high", pd.Series(np.nan, index=g.index)).to_numpy(float)
+        err = np.nan_to_num(np.vstack([auc - lo, hi - auc]), nan=0.0)
+        ax.errorbar(auc, ypos, xerr=err, fmt="o", ms=6, capsize=2, lw=1.2, c="C0", label="AUC (95% CI)")
+        ref = g["reference AUC"].to_numpy(float)
+        if np.isfinite(ref).any():
+            ax.plot(ref, ypos, "D", mfc="none", mec="0.2", ms=7, label="reference AUC of the same data")
+            for y, s in zip(ypos, g["margin over chance recovered"].to_numpy(float)):
+                if np.isfinite(s):
+                    ax.text(1.03, y, f"{100 * s + 0.0:.0f} %".replace("-0 %", "0 %"), va="center", ha="right", fontsize=8, color="0.3")
+        ax.axvline(0.5, ls="--", c="0.6", lw=0.8)
+        ax.set(title=COHORT_TITLES.get(c, c), xlabel="AUC", xlim=(0.3, 1.05))
+    axes[0][0].set_yticks(ypos, sigs)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if "reference AUC of the same data" in labels:
+        handles.append(plt.Line2D([], [], ls="none"))
+        labels.append("% : share of the reference's margin over chance recovered")
+    fig.tight_layout(rect=(0, 0.65 / height, 1, 1))  # the legend above the bottom line, clear of its note
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.2 / height), ncol=len(labels),
+               fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, y=1.02)
+    return fig
+
+
+def ablation_effect_plot(effects: pd.DataFrame, title: str = ""):
+    """Each ablation variant's AUC minus the full model's, one panel per validation cohort: filled where
+    DeLong P < 0.05, open otherwise; the grey band is the training noise (the seed replicate's largest
+    difference), inside which a difference says nothing about the factor. ``effects``:
+    :func:`hcc25d.findings.ablation_effects`."""
+    import textwrap
+
+    cohorts = list(dict.fromkeys(effects["cohort"]))
+    variants = list(dict.fromkeys(effects["variant"]))
+    ypos = np.arange(len(variants))[::-1]
+    span = max(0.1, float(np.nanmax(np.abs(effects["difference"].to_numpy(float)))) + 0.03)
+    height = 0.5 * len(variants) + 1.9
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(3.4 * len(cohorts) + 3.0, height), sharey=True,
+                             squeeze=False)
+    for ax, c in zip(axes[0], cohorts):
+        g = effects[effects["cohort"] == c].set_index("variant").reindex(variants)
+        noise = float(g["noise"].dropna().iloc[0]) if g["noise"].notna().any() else np.nan
+        if np.isfinite(noise):
+            ax.axvspan(-noise, noise, color="0.88", zorder=0, label="training noise (seed replicate)")
+        d, p = g["difference"].to_numpy(float), g["P"].to_numpy(float)
+        rep = g["seed replicate"].fillna(False).to_numpy(bool)
+        sig = (p < 0.05) & ~rep
+        ax.plot(d[sig], ypos[sig], "o", c="C3", ms=7, label="P < 0.05 (DeLong)")
+        ax.plot(d[~sig & ~rep], ypos[~sig & ~rep], "o", mfc="none", mec="C0", mew=1.4, ms=7,
+                label="P ≥ 0.05")
+        ax.plot(d[rep], ypos[rep], "s", c="0.4", ms=6, label="the full model retrained")
+        ax.axvline(0, c="0.3", lw=0.9)
+        ax.set(title=COHORT_TITLES.get(c, c), xlabel="AUC − full model's AUC", xlim=(-span, span))
+    wrapped = [v.replace(" (", "\n(", 1) if len(v) > 40 and " (" in v else textwrap.fill(v, 44)
+               for v in variants]  # a parenthesis on a line of its own
+    axes[0][0].set_yticks(ypos, wrapped, fontsize=8.5)
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.tight_layout(rect=(0, 0.7 / height, 1, 1))  # the legend above the bottom line, clear of its note
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
+               bbox_to_anchor=(0.5, 0.2 / height), ncol=min(len(handles), 4), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, y=1.02)
+    return fig
+
+
+def instance_reference_plot(table: pd.DataFrame, name: str, title: str = ""):
+    """The slice-level CNN's instance AUC per cohort (rows) beside its instance-level yardsticks: the
+    logistic regression on the instances' intensity histograms (the floor a simple reader sets), the same
+    network taught the twin's latent image score instead of the outcome, and the twin's slot reference (the
+    traits each instance shows, read exactly: the ceiling); the CNN's training row also before its size
+    adjustment. ``table``: the CNN stage's ``tab-instance-reference.csv`` indexed by cohort; ``name``: the
+    CNN's column. Yardsticks missing from the table (own data: the twin's two) are left out."""
+    from .cnn import LABEL_REFERENCE
+    from .twin_imaging import SLOT_REFERENCE
+
+    cohorts = [c for c in COHORT_TITLES if c in table.index]
+    ypos = np.arange(len(cohorts))[::-1]
+    series = [("histogram reference", "^", "C1", "histogram reference (logistic regression)"),
+              (LABEL_REFERENCE, "s", "C2", LABEL_REFERENCE),
+              (SLOT_REFERENCE, "D", "0.2", SLOT_REFERENCE),
+              (f"{name}, before size adjustment", "o", "C0", f"{name} before the size adjustment"),
+              (name, "o", "C0", name)]
+    fig, ax = plt.subplots(figsize=(7.6, 0.55 * len(cohorts) + 2.2))
+    for col, m, colour, label in series:
+        if col not in table:
+            continue
+        x = table[col].reindex(cohorts).to_numpy(float)
+        open_ = col.endswith("before size adjustment")
+        ax.plot(x, ypos, m, ms=8 if col == name else 7, c=colour, mfc="none" if open_ or m == "D" else colour,
+                mew=1.4, label=label, zorder=3 if col == name else 2)
+    ax.axvline(0.5, ls="--", c="0.6", lw=0.8)
+    ax.set_yticks(ypos, [COHORT_TITLES[c] + (" (out of fold)" if c == "training" else "") for c in cohorts])
+    ax.set(xlabel="instance AUC", xlim=(0.4, 0.9), ylim=(-0.6, len(cohorts) - 0.4))
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.4, -0.28), ncol=2, fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title)
     return fig
 
 

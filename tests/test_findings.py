@@ -274,3 +274,81 @@ def test_limits_say_where_a_training_threshold_does_not_carry_over(tmp_path):
     assert len(said) == 1
     assert "On the external cohort, where 50 % of the patients had a recurrence, S's training threshold flags 3 %" in said[0]
     assert "mean predicted risk is 0.20, against 0.50 on the training cohort" in said[0]
+
+
+def _ablation_run(tmp_path):
+    (tmp_path / "ablations").mkdir(parents=True)
+    cols = ["AUC internal", "AUC external", "DeLong P vs full (internal)", "DeLong P vs full (external)"]
+    rows = [("reference", "full", [0.76, 0.70, np.nan, np.nan]), ("2.5D", "2D", [0.70, 0.71, 0.03, 0.8]),
+            ("phases", "portal", [0.74, 0.66, 0.4, 0.2]), ("training noise", "seed", [0.74, 0.75, 0.6, 0.3])]
+    t = pd.DataFrame([{"factor": f, "features": feat, "variant": v, **dict(zip(cols, vals))}
+                      for f, v, vals in rows for feat in ("DL alone", "DL + radiomics")])
+    t.loc[t["features"] == "DL + radiomics", "AUC internal"] = 0.99  # must not be read
+    t.to_csv(tmp_path / "ablations" / "tab-ablations.csv", index=False)
+    nc = pd.DataFrame({"variant": ["full", "2D"] * 2, "AUC internal": [0.76, 0.70, 0.80, 0.81],
+                       "AUC external": [0.70, 0.71, 0.72, 0.70], "DeLong P vs full (internal)": [np.nan, 0.03, np.nan, 0.9],
+                       "DeLong P vs full (external)": [np.nan, 0.8, np.nan, 0.7],
+                       "twin": ["default (off centre)"] * 2 + ["negative control (central)"] * 2})
+    nc.to_csv(tmp_path / "ablations" / "tab-negative-control.csv", index=False)
+    return tmp_path
+
+
+def test_ablation_effects_are_variant_minus_full_with_the_seed_noise_and_the_negative_control(tmp_path):
+    e = findings.ablation_effects(_ablation_run(tmp_path))
+    # the default twin's 2D row, then the negative-control twin's, then the other variants; the seed last
+    assert list(dict.fromkeys(e["variant"])) == ["2D", "2D, negative control (central) twin", "portal", "seed"]
+    d = e.set_index(["variant", "cohort"])
+    assert d.loc[("2D", "internal"), "difference"] == pytest.approx(-0.06)
+    assert d.loc[("2D", "internal"), "P"] == pytest.approx(0.03)
+    assert d.loc[("2D, negative control (central) twin", "internal"), "difference"] == pytest.approx(0.01)
+    assert d.loc[("2D, negative control (central) twin", "external"), "P"] == pytest.approx(0.7)
+    assert d.loc[("portal", "external"), "difference"] == pytest.approx(-0.04)
+    # training noise: the seed replicate's largest move over the validation cohorts (0.05 external)
+    assert e["noise"].unique() == pytest.approx([0.05])
+    assert e["seed replicate"].tolist() == [False] * 6 + [True] * 2
+    assert findings.ablation_effects(tmp_path / "nowhere").empty
+
+
+def test_findings_figures_draw_what_the_tables_hold(tmp_path):
+    from hcc25d import plotting
+
+    e = findings.ablation_effects(_ablation_run(tmp_path))
+    fig = plotting.ablation_effect_plot(e)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "2D" and labels[-1] == "seed"
+    filled = [ln for ln in ax.lines if ln.get_label() == "P < 0.05 (DeLong)"][0]
+    assert filled.get_xdata().tolist() == pytest.approx([-0.06])  # only the internal 2D difference
+    ceiling = pd.DataFrame({"signature": ["DL_2.5D", "DL_2.5D"], "cohort": ["internal", "external"],
+                            "AUC": [0.7, 0.5], "CI low": [0.6, 0.4], "CI high": [0.8, 0.6],
+                            "reference AUC": [0.8, 0.8], "margin over chance recovered": [2 / 3, 0.0]})
+    fig = plotting.ceiling_plot(ceiling)
+    assert [a.get_title() for a in fig.axes] == ["Internal validation", "External validation"]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["67 %"]
+    own = ceiling.assign(**{"reference AUC": np.nan, "margin over chance recovered": np.nan})
+    fig = plotting.ceiling_plot(own)  # own data: no reference, no share
+    assert not fig.axes[0].texts
+    assert "reference AUC of the same data" not in [ln.get_label() for ln in fig.axes[0].lines]
+    with_ref = [ln.get_label() for ln in plotting.ceiling_plot(ceiling).axes[0].lines]
+    assert "reference AUC of the same data" in with_ref
+
+
+def test_instance_reference_plot_draws_each_yardstick_the_table_has(tmp_path):
+    from hcc25d import cnn, plotting
+
+    (tmp_path / "cnn").mkdir()
+    t = pd.DataFrame({"cohort": ["training", "internal"], "net": [0.62, 0.68], "net, before size adjustment":
+                      [0.66, 0.67], "histogram reference": [0.55, 0.69]})
+    t.to_csv(tmp_path / "cnn" / "tab-instance-reference.csv", index=False)
+    table, name = findings.instance_references(tmp_path)
+    assert name == "net" and list(table.index) == ["training", "internal"]
+    ax = plotting.instance_reference_plot(table, name).axes[0]
+    drawn = {ln.get_label(): ln.get_xdata().tolist() for ln in ax.lines if not ln.get_label().startswith("_")}
+    assert drawn["net"] == pytest.approx([0.62, 0.68])  # rows top to bottom: training, internal
+    assert drawn["net before the size adjustment"] == pytest.approx([0.66, 0.67])
+    assert cnn.LABEL_REFERENCE not in drawn and twin_imaging.SLOT_REFERENCE not in drawn  # own data: absent
+    t[twin_imaging.SLOT_REFERENCE] = [0.73, 0.74]
+    t.to_csv(tmp_path / "cnn" / "tab-instance-reference.csv", index=False)
+    ax = plotting.instance_reference_plot(*findings.instance_references(tmp_path)).axes[0]
+    assert twin_imaging.SLOT_REFERENCE in [ln.get_label() for ln in ax.lines]
+    assert findings.instance_references(tmp_path / "nowhere")[0].empty
