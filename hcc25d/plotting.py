@@ -511,6 +511,8 @@ def ceiling_plot(table: pd.DataFrame, title: str = ""):
     ypos = np.arange(len(sigs))[::-1]
     height = 0.5 * len(sigs) + 2.1
     fig, axes = plt.subplots(1, len(cohorts), figsize=(3.6 * len(cohorts), height), sharey=True, squeeze=False)
+    shown = table[[c for c in ("AUC", "CI low") if c in table]].to_numpy(float)
+    low = min(0.3, float(np.nanmin(shown)) - 0.03) if np.isfinite(shown).any() else 0.3  # every point drawn
     for ax, c in zip(axes[0], cohorts):
         g = table[table["cohort"] == c].set_index("signature").reindex(sigs)
         auc = g["AUC"].to_numpy(float)
@@ -523,9 +525,10 @@ def ceiling_plot(table: pd.DataFrame, title: str = ""):
             ax.plot(ref, ypos, "D", mfc="none", mec="0.2", ms=7, label="reference AUC of the same data")
             for y, s in zip(ypos, g["margin over chance recovered"].to_numpy(float)):
                 if np.isfinite(s):
-                    ax.text(1.03, y, f"{100 * s + 0.0:.0f} %".replace("-0 %", "0 %"), va="center", ha="right", fontsize=8, color="0.3")
+                    ax.text(1.02, y, f"{100 * s + 0.0:.0f} %".replace("-0 %", "0 %"), va="center", ha="left",
+                            fontsize=8, color="0.3", transform=ax.get_yaxis_transform())  # right of the panel
         ax.axvline(0.5, ls="--", c="0.6", lw=0.8)
-        ax.set(title=COHORT_TITLES.get(c, c), xlabel="AUC", xlim=(0.3, 1.05))
+        ax.set(title=COHORT_TITLES.get(c, c), xlabel="AUC", xlim=(low, 1.02))
     axes[0][0].set_yticks(ypos, sigs)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if "reference AUC of the same data" in labels:
@@ -609,7 +612,11 @@ def instance_reference_plot(table: pd.DataFrame, name: str, title: str = ""):
                 mew=1.4, label=label, zorder=3 if col == name else 2)
     ax.axvline(0.5, ls="--", c="0.6", lw=0.8)
     ax.set_yticks(ypos, [COHORT_TITLES[c] + (" (out of fold)" if c == "training" else "") for c in cohorts])
-    ax.set(xlabel="instance AUC", xlim=(0.4, 0.9), ylim=(-0.6, len(cohorts) - 0.4))
+    vals = table.reindex(cohorts)[[c for c, *_ in series if c in table]].to_numpy(float)
+    vals = vals[np.isfinite(vals)]
+    low = min(0.4, float(vals.min()) - 0.03) if len(vals) else 0.4  # every point on the chart
+    high = max(0.9, float(vals.max()) + 0.03) if len(vals) else 0.9
+    ax.set(xlabel="instance AUC", xlim=(low, min(high, 1.02)), ylim=(-0.6, len(cohorts) - 0.4))
     fig.tight_layout(rect=(0, 0.22, 1, 1))
     ax.legend(loc="upper center", bbox_to_anchor=(0.4, -0.28), ncol=2, fontsize=8, frameon=False)
     if title:

@@ -325,6 +325,9 @@ def test_findings_figures_draw_what_the_tables_hold(tmp_path):
     fig = plotting.ceiling_plot(ceiling)
     assert [a.get_title() for a in fig.axes] == ["Internal validation", "External validation"]
     assert [t.get_text() for t in fig.axes[0].texts] == ["67 %"]
+    assert fig.axes[0].get_xlim()[0] == pytest.approx(0.3)
+    low = plotting.ceiling_plot(ceiling.assign(**{"CI low": [0.2, 0.4]}))
+    assert low.axes[0].get_xlim()[0] < 0.2  # an interval reaching below the usual axis is drawn whole
     own = ceiling.assign(**{"reference AUC": np.nan, "margin over chance recovered": np.nan})
     fig = plotting.ceiling_plot(own)  # own data: no reference, no share
     assert not fig.axes[0].texts
@@ -351,4 +354,9 @@ def test_instance_reference_plot_draws_each_yardstick_the_table_has(tmp_path):
     t.to_csv(tmp_path / "cnn" / "tab-instance-reference.csv", index=False)
     ax = plotting.instance_reference_plot(*findings.instance_references(tmp_path)).axes[0]
     assert twin_imaging.SLOT_REFERENCE in [ln.get_label() for ln in ax.lines]
+    assert ax.get_xlim()[0] <= 0.4
+    low = t.assign(net=[0.31, 0.68])  # a model below the usual axis still shows
+    low.to_csv(tmp_path / "cnn" / "tab-instance-reference.csv", index=False)
+    ax = plotting.instance_reference_plot(*findings.instance_references(tmp_path)).axes[0]
+    assert ax.get_xlim()[0] < 0.31
     assert findings.instance_references(tmp_path / "nowhere")[0].empty
