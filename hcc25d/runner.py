@@ -322,8 +322,40 @@ def package_versions() -> dict:
     return out
 
 
+def _cpu_model() -> Optional[str]:
+    """The processor's model name (Linux: /proc/cpuinfo; elsewhere what ``platform`` knows, or None)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _simd() -> dict:
+    """The vector instruction sets the numerical libraries use on this CPU: numpy's dispatched targets
+    that the CPU supports, and PyTorch's CPU capability. Two CPUs that differ here can round differently
+    in the last bits, so a run is bit-identical only on the same kind of machine."""
+    out = {}
+    try:
+        from numpy._core import _multiarray_umath as um
+
+        out["numpy_simd"] = " ".join(f for f in um.__cpu_dispatch__ if um.__cpu_features__.get(f)) or "baseline"
+    except (ImportError, AttributeError):  # another numpy layout: leave it out
+        pass
+    try:
+        import torch
+
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # torch missing or too old to say
+        pass
+    return out
+
+
 def _device() -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu": _cpu_model(),
+            "cpus": os.cpu_count(), **_simd()}
     try:
         import torch
 

@@ -59,6 +59,13 @@ def test_skip_rerun_and_force(setup):
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert prov["seed"] == 2 and set(prov["stages"]) == {"a", "b"}
     assert prov["stages"]["a"]["wall_s"] >= 0 and "numpy" in prov["packages"]
+    # the device record says which CPU and vector instructions computed the numbers
+    dev = prov["device"]
+    assert dev["cpus"] >= 1 and "cpu" in dev
+    import torch
+
+    assert dev["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert dev["numpy_simd"] and isinstance(dev["numpy_simd"], str)
 
 
 def test_failure_names_notebook_cell_and_error_and_keeps_results(setup):
