@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
 from hcc25d import cnn, config, crop25d  # noqa: E402
 from hcc25d.io import RunPaths  # noqa: E402
 from hcc25d.stats import auc  # noqa: E402
+from tools.oof_diagnostics import patient_scores  # noqa: E402
 
 PLAIN_PREDICT = cnn.predict
 
@@ -81,8 +82,7 @@ def stage_predictions(params: str, tta: bool) -> pd.DataFrame:
 def summary(preds: pd.DataFrame) -> dict:
     tr = preds[preds["cohort"] == "training"]
     out = {"instance AUC training (out of fold)": auc(tr["label"].to_numpy(), tr["prob"].to_numpy())}
-    pat = (preds.assign(logit=cnn._logit(preds["prob"])).groupby("patient_id")
-           .agg(cohort=("cohort", "first"), label=("label", "first"), score=("logit", "mean")))
+    pat = patient_scores(preds)  # the CNN's own patient score: mean instance logit
     for c, g in pat.groupby("cohort"):
         out[f"CNN patient score {c}"] = auc(g["label"].to_numpy(), g["score"].to_numpy())
     return out
