@@ -173,6 +173,32 @@ def fusion_input_summary(run_dir: str | Path) -> str:
                      f"{cv.max():.3f}")
             text += (": all within 0.1 of chance, so the rule that picks the highest picks "
                      "among near-chance scores." if (cv - 0.5).abs().max() < 0.1 else ".")
+            text += _family_disagreement(t4, cv)
+    return text
+
+
+def _family_disagreement(t4: pd.DataFrame, cv: pd.Series) -> str:
+    """The fusion families' AUC range per validation cohort (Table 4) beside the range of their
+    cross-validated AUCs: where the families tie in cross-validation but not on a validation cohort, the
+    rule's pick decides that cohort's AUC by a margin the cross-validation cannot see."""
+    spans = {}
+    for c in ("internal", "external"):
+        v = t4[t4["cohort"] == c].set_index("model")["auc"].reindex(cv.index).dropna()
+        if len(v) == len(cv) > 1:
+            spans[c] = (float(v.min()), float(v.max()))
+    if not spans:
+        return ""
+    text = (" On the validation cohorts the same families' AUCs span "
+            + " and ".join(f"{lo:.3f}–{hi:.3f} {c}" for c, (lo, hi) in spans.items()) + ".")
+    width = float(cv.max() - cv.min())
+    wide = [c for c, (lo, hi) in spans.items() if hi - lo > max(GAP_NOTE, 2 * width)]
+    if len(cv) > 1 and wide:
+        text += (f" The families lie within {width:.3f} of each other in cross-validation but "
+                 + " and ".join(f"{spans[c][1] - spans[c][0]:.3f} on the {c} patients" for c in wide)
+                 + ": which family the rule picks decides there by more than the cross-validation can "
+                 "tell, and a near-tie can go either way with nothing meaningful changed "
+                 "(`tools/fusion_spread.py` refits the fusion with another seed, or with the CNN's "
+                 "logits moved by 0.1 %, and shows how far the picked family's AUC moves).")
     return text
 
 

@@ -92,6 +92,29 @@ def test_fusion_input_summary_calls_out_a_low_training_row_and_near_chance_famil
     assert findings.fusion_input_summary(tmp_path / "nowhere") == ""
 
 
+def test_fusion_input_summary_sets_the_families_validation_spread_beside_their_cv_spread(tmp_path):
+    run = _fusion_run(tmp_path / "a", {"training": 0.66, "internal": 0.70, "external": 0.70},
+                      {"LR": 0.63, "ExtraTrees": 0.635, "XGBoost": 0.62})
+    t4 = pd.read_csv(run / "signatures" / "tab-table4.csv")
+    ext = pd.DataFrame({"model": ["LR", "ExtraTrees", "XGBoost"], "cohort": "external",
+                        "auc": [0.62, 0.66, 0.70], "cv_auc": [0.63, 0.635, 0.62]})
+    t4.loc[t4["cohort"] == "internal", "auc"] = [0.78, 0.79, 0.77]
+    pd.concat([t4, ext]).to_csv(run / "signatures" / "tab-table4.csv", index=False)
+    text = findings.fusion_input_summary(run)
+    assert "AUCs span 0.770–0.790 internal and 0.620–0.700 external." in text
+    assert "within 0.015 of each other in cross-validation but 0.080 on the external patients" in text
+    assert "on the internal patients" not in text and "fusion_spread.py" in text
+    # families that agree on the validation cohorts as well: the spans alone
+    ext["auc"] = [0.66, 0.67, 0.68]
+    pd.concat([t4, ext]).to_csv(run / "signatures" / "tab-table4.csv", index=False)
+    calm = findings.fusion_input_summary(run)
+    assert "0.660–0.680 external." in calm and "fusion_spread" not in calm
+    # a Table 4 without validation rows: nothing added
+    t4[t4["cohort"] == "training"].to_csv(run / "signatures" / "tab-table4.csv", index=False)
+    bare = findings.fusion_input_summary(run)
+    assert "span 0.620–0.635." in bare and "validation cohorts the same" not in bare
+
+
 def test_fusion_input_summary_calls_out_a_centre_shift_of_the_scores(tmp_path):
     run = _fusion_run(tmp_path / "a", {"training": 0.66, "internal": 0.70, "external": 0.70}, {"LR": 0.6})
     rng = np.random.default_rng(0)
