@@ -45,14 +45,43 @@ def test_stage_check_stops_on_another_table4(tmp_path):
 
 def test_spread_summary_counts_the_selected_family_per_kind():
     rows = []
-    for kind, rep, fam_sel, ext in [("stage", 0, "ET", 0.66), ("seed", 1, "ET", 0.70), ("seed", 2, "LR", 0.62),
-                                    ("jitter", 1, "ET", 0.68), ("jitter", 2, "ET", 0.64)]:
-        for fam in ("ET", "LR"):
+    for kind, rep, fam_sel, ext, avg in [("stage", 0, "ET", 0.66, 0.67), ("seed", 1, "ET", 0.70, 0.68),
+                                         ("seed", 2, "LR", 0.62, 0.66), ("jitter", 1, "ET", 0.68, 0.67),
+                                         ("jitter", 2, "ET", 0.64, 0.67)]:
+        for fam in ("ET", "LR", fs.MEAN_FAMILIES):
             rows.append({"run": "r", "kind": kind, "repeat": rep, "family": fam, "selected": fam == fam_sel,
-                         "AUC internal": 0.8, "AUC external": ext if fam == fam_sel else 0.5})
-    s = fs.spread_summary(pd.DataFrame(rows)).set_index("kind")
-    assert s.loc["seed", "other family chosen"] == 0.5
-    assert s.loc["jitter", "other family chosen"] == 0.0
-    assert s.loc["seed", "external min"] == 0.62 and s.loc["seed", "external max"] == 0.70
-    assert s.loc["jitter", "external SD"] == pytest.approx(np.std([0.68, 0.64], ddof=1))
-    assert s.loc["seed", "external stage"] == 0.66 and s.loc["seed", "internal SD"] == 0.0
+                         "AUC internal": 0.8,
+                         "AUC external": avg if fam == fs.MEAN_FAMILIES else ext if fam == fam_sel else 0.5})
+    s = fs.spread_summary(pd.DataFrame(rows)).set_index(["signature", "kind"])
+    pick, mean = s.loc["picked family"], s.loc[fs.MEAN_FAMILIES]
+    assert pick.loc["seed", "other family chosen"] == 0.5
+    assert pick.loc["jitter", "other family chosen"] == 0.0
+    assert pick.loc["seed", "external min"] == 0.62 and pick.loc["seed", "external max"] == 0.70
+    assert pick.loc["jitter", "external SD"] == pytest.approx(np.std([0.68, 0.64], ddof=1))
+    assert pick.loc["seed", "external stage"] == 0.66 and pick.loc["seed", "internal SD"] == 0.0
+    assert mean.loc["seed", "external stage"] == 0.67 and mean.loc["jitter", "external SD"] == 0.0
+    assert mean.loc["seed", "external min"] == 0.66 and np.isnan(mean.loc["seed", "other family chosen"])
+
+
+def test_refit_adds_the_mean_of_the_families_and_marks_the_rules_pick(monkeypatch):
+    from types import SimpleNamespace
+
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    cohort = np.array(["training"] * 4 + ["internal"] * 2 + ["external"] * 2)
+    a = np.array([0.2, 0.4, 0.3, 0.1, 0.2, 0.9, 0.6, 0.5])  # external reversed
+    b = np.array([0.1, 0.3, 0.2, 0.4, 0.4, 0.5, 0.1, 0.9])
+    fake = {"lr": SimpleNamespace(cv_auc=0.6, oof=a[:4], scores=a),
+            "et": SimpleNamespace(cv_auc=0.7, oof=b[:4], scores=b)}
+    monkeypatch.setattr(fs.sig, "build_models", lambda *args, **kw: fake)
+    cfg = SimpleNamespace(signatures=SimpleNamespace(dl25d_model="cv"), compute=SimpleNamespace(n_jobs=1))
+    meta = pd.DataFrame({"label": y, "cohort": cohort})
+    d = {"X": None, "meta": meta, "inst_cols": [], "rad_cols": [], "cv": None, "views": None,
+         "sample_weight": None, "size_col": None}
+    t = fs.refit(cfg, d, 0).set_index("family")
+    assert t.loc["ExtraTrees", "selected"] and not t.loc["LR", "selected"]
+    assert t.loc["LR", "AUC external"] == 0.0 and t.loc["ExtraTrees", "AUC external"] == 1.0
+    m = (a + b) / 2
+    assert not t.loc[fs.MEAN_FAMILIES, "selected"]
+    assert t.loc[fs.MEAN_FAMILIES, "AUC external"] == (1.0 if m[7] > m[6] else 0.0)
+    from hcc25d.stats import auc
+    assert t.loc[fs.MEAN_FAMILIES, "cv AUC"] == pytest.approx(auc(y[:4], m[:4]))

@@ -18,7 +18,8 @@ folds), and the tool stops if that refit does not give the stage's Table 4 AUCs 
 changed since). Then ``--repeats`` refits per kind. Printed and written (``results/<first run>/draws/
 tab-fusion-spread.csv``, one row per refit and family; ``tab-fusion-spread-summary.csv``): per run, kind and
 cohort, the SD and range of the AUC of the family the stage's rule selects at each refit, and how often
-that rule picks another family. No result of any run changes.
+that rule picks another family; the same for the mean of the five families' probabilities (a diagnostic
+beside the rule: nothing to pick, so nothing to flip). No result of any run changes.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ from hcc25d.io import RunPaths  # noqa: E402
 from hcc25d.stats import auc, logit  # noqa: E402
 
 COHORTS = ("internal", "external")
+#: the row of the five families' probabilities averaged (a diagnostic beside the stage's rule)
+MEAN_FAMILIES = "mean of the families"
 
 
 def jitter_logits(instance_probs: pd.DataFrame, eps: float, rng: np.random.Generator) -> pd.DataFrame:
@@ -101,6 +104,15 @@ def refit(cfg, inputs: dict, seed: int) -> pd.DataFrame:
             m = cohort == c
             row[f"AUC {c}"] = auc(y[m], r.scores[m]) if len(set(y[m])) == 2 else np.nan
         rows.append(row)
+    # the diagnostic beside the rule: the five families' probabilities averaged (no pick to flip)
+    train = cohort == "training"
+    row = {"family": MEAN_FAMILIES, "selected": False,
+           "cv AUC": auc(y[train], np.mean([r.oof for r in models.values()], axis=0))}
+    mean = np.mean([r.scores for r in models.values()], axis=0)
+    for c in COHORTS:
+        m = cohort == c
+        row[f"AUC {c}"] = auc(y[m], mean[m]) if len(set(y[m])) == 2 else np.nan
+    rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -117,21 +129,28 @@ def stage_check(paths: RunPaths, fit: pd.DataFrame, tol: float = 1e-9) -> None:
 
 
 def spread_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per run and kind (``seed``, ``jitter``), over its refits: the selected family's AUC per cohort (SD,
-    min, max, and the stage's own value from the unchanged refit) and the share of refits whose rule picked
-    a family other than the stage's."""
+    """Per run, kind (``seed``, ``jitter``) and signature (the family the rule picks at each refit, and the
+    mean of the families), over the refits: the AUC per cohort (SD, min, max, and the stage's own value
+    from the unchanged refit) and the share of refits whose rule picked a family other than the stage's."""
     rows = []
     for run, g in table.groupby("run", sort=False):
-        base = g[(g["kind"] == "stage") & g["selected"]]
-        for kind, h in g[g["kind"] != "stage"].groupby("kind", sort=False):
-            sel = h[h["selected"]]
-            row = {"run": run, "kind": kind, "refits": int(h["repeat"].nunique()),
-                   "other family chosen": float((sel["family"] != base["family"].iloc[0]).mean())}
-            for c in COHORTS:
-                v = sel[f"AUC {c}"]
-                row.update({f"{c} stage": float(base[f"AUC {c}"].iloc[0]), f"{c} SD": float(v.std(ddof=1)),
-                            f"{c} min": float(v.min()), f"{c} max": float(v.max())})
-            rows.append(row)
+        picked = g[g["selected"]]
+        mean = g[g["family"] == MEAN_FAMILIES]
+        stage_family = picked.loc[picked["kind"] == "stage", "family"].iloc[0]
+        for name, t in (("picked family", picked), (MEAN_FAMILIES, mean)):
+            base = t[t["kind"] == "stage"]
+            if base.empty:
+                continue
+            for kind, h in t[t["kind"] != "stage"].groupby("kind", sort=False):
+                row = {"run": run, "kind": kind, "signature": name, "refits": int(h["repeat"].nunique()),
+                       "other family chosen": (float((h["family"] != stage_family).mean())
+                                               if name == "picked family" else np.nan)}
+                for c in COHORTS:
+                    v = h[f"AUC {c}"]
+                    row.update({f"{c} stage": float(base[f"AUC {c}"].iloc[0]),
+                                f"{c} SD": float(v.std(ddof=1)), f"{c} min": float(v.min()),
+                                f"{c} max": float(v.max())})
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -148,9 +167,11 @@ def run_one(params: str, repeats: int, eps: float) -> pd.DataFrame:
         jit = fusion_inputs(cfg, paths, jitter_logits(inst, eps, np.random.default_rng([cfg.seed, r])))
         parts.append(refit(cfg, jit, cfg.seed).assign(kind="jitter", repeat=r))
         sel = [p[p["selected"]].iloc[0] for p in parts[-2:]]
+        avg = [p[p["family"] == MEAN_FAMILIES].iloc[0] for p in parts[-2:]]
         print(f"{cfg.run} refit {r}/{repeats}: " + "; ".join(
-            f"{k} {s['family']} internal {s['AUC internal']:.3f} external {s['AUC external']:.3f}"
-            for k, s in zip(("seed", "jitter"), sel)), flush=True)
+            f"{k} {s['family']} internal {s['AUC internal']:.3f} external {s['AUC external']:.3f} "
+            f"(mean of the families {m['AUC internal']:.3f}, {m['AUC external']:.3f})"
+            for k, s, m in zip(("seed", "jitter"), sel, avg)), flush=True)
     return pd.concat(parts, ignore_index=True).assign(run=cfg.run, eps=eps)
 
 
