@@ -67,6 +67,9 @@ __all__ = [
     "signal_sources",
     "compact_sources",
     "selected_by_cohort",
+    "saturation_note",
+    "ONE_VALUE",
+    "SATURATED",
 ]
 
 
@@ -771,13 +774,52 @@ def signal_sources(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, key
     return pd.DataFrame(rows)
 
 
+#: the column prefix of :func:`selected_by_cohort`'s share of a cohort's patients at the feature's most common value
+ONE_VALUE = "share at one value"
+#: :func:`saturation_note`: a feature is saturated on a cohort where at least this share of its patients take
+#: one value
+SATURATED = 0.9
+
+
+def saturation_note(selected: pd.DataFrame, threshold: float = SATURATED) -> str:
+    """The selected features that take one value for at least ``threshold`` of a validation cohort's patients
+    but not of the training patients (from :func:`selected_by_cohort`'s ``share at one value`` columns): such
+    a feature cannot rank that cohort's patients, whatever model reads it. A multi-instance feature saturates
+    where the cohort's instance scores sit at one end of the bins and thresholds fitted on the training
+    scores (a centre shift). Returns "" where none does."""
+    tr = f"{ONE_VALUE} training"
+    if tr not in selected:
+        return ""
+    parts = []
+    for c in ("internal", "external"):
+        col = f"{ONE_VALUE} {c}"
+        if col not in selected:
+            continue
+        hit = selected[(selected[col] >= threshold) & (selected[tr] < threshold)]
+        if len(hit):
+            parts.append(f"on the {c} patients, {len(hit)} of the {len(selected)} selected features take one value "
+                         f"for at least {threshold * 100:.0f} % of them (training: at most "
+                         f"{hit[tr].max() * 100:.0f} %): " + ", ".join(
+                             f"{f.replace('rad__', '').replace('original_', '')} ({v * 100:.0f} %)"
+                             for f, v in zip(hit["feature"], hit[col])))
+    if not parts:
+        return ""
+    return ("Saturated on a validation cohort: " + "; ".join(parts) + ". Such a feature cannot rank that "
+            "cohort's patients, whatever model reads it; for a multi-instance feature it means that the cohort's "
+            "instance scores sit at one end of the bins and thresholds fitted on the training scores (a centre "
+            "shift, as the figure of the fusion's bins below shows), and the model's ranking of those patients "
+            "rests on its other features.")
+
+
 def selected_by_cohort(pipe, X: pd.DataFrame, meta: pd.DataFrame,
                        extent: Optional[pd.Series] = None) -> pd.DataFrame:
     """The features a fitted fusion pipeline keeps (:func:`selected_features`), each with its own AUC per
     cohort (oriented as in the training cohort, so below 0.5 elsewhere means the association reverses)
     and, with ``extent`` (each patient's ROI extent in mm, e.g. :func:`hcc25d.crop25d.roi_extent_mm`),
     its Spearman correlation with the ROI's size on the training patients: a feature that is mostly size
-    carries the tumour-size association of the training cohort, wherever that holds."""
+    carries the tumour-size association of the training cohort, wherever that holds. The ``share at one
+    value <cohort>`` columns give the share of each cohort's patients at the feature's most common value
+    (:func:`saturation_note`)."""
     from scipy.stats import spearmanr
 
     from .stats import auc
@@ -797,6 +839,10 @@ def selected_by_cohort(pipe, X: pd.DataFrame, meta: pd.DataFrame,
             m = (meta["cohort"] == c).to_numpy() & np.isfinite(v)
             if m.sum() and len(np.unique(y[m])) == 2:
                 row[f"AUC {c}"] = auc(y[m], sign * v[m])
+        for c in ("training", "internal", "external"):
+            m = (meta["cohort"] == c).to_numpy() & np.isfinite(v)
+            if m.sum():
+                row[f"{ONE_VALUE} {c}"] = float(pd.Series(v[m]).value_counts(normalize=True).iloc[0])
         if extent is not None:
             e = extent.reindex(X.index).to_numpy(float)
             ok = train & np.isfinite(e) & np.isfinite(v)

@@ -206,6 +206,37 @@ def test_selected_by_cohort_shows_reversal_and_size():
     f1 = out.loc["rad__arterial_original_firstorder_F1"]  # a real signal: same direction everywhere
     assert min(f1["AUC training"], f1["AUC internal"], f1["AUC external"]) > 0.6
     assert abs(f1["Spearman with ROI size (training)"]) < 0.3
+    # continuous features: no value shared by many patients, so nothing is saturated
+    assert (out[[f"{sig.ONE_VALUE} {c}" for c in ("training", "internal", "external")]] < 0.1).all().all()
+    assert sig.saturation_note(out.reset_index()) == ""
+
+
+def test_saturation_note_names_features_stuck_at_one_value_on_a_validation_cohort():
+    sel = pd.DataFrame({"feature": ["bow__bow_p7", "hist__hist_label0", "rad__plain_original_glcm_X"],
+                        f"{sig.ONE_VALUE} training": [0.43, 0.17, 0.01],
+                        f"{sig.ONE_VALUE} internal": [0.36, 0.23, 0.02],
+                        f"{sig.ONE_VALUE} external": [1.0, 0.60, 0.95]})
+    note = sig.saturation_note(sel)
+    assert note.startswith("Saturated on a validation cohort: on the external patients, 2 of the 3 selected")
+    assert "bow__bow_p7 (100 %)" in note and "plain_glcm_X (95 %)" in note  # prefixes dropped
+    assert "hist__hist_label0" not in note and "internal patients" not in note
+    assert "training: at most 43 %" in note
+    # a feature already at one value on the training patients is not news on a validation cohort
+    sel[f"{sig.ONE_VALUE} training"] = [0.95, 0.17, 0.92]
+    assert sig.saturation_note(sel) == ""
+    assert sig.saturation_note(sel.drop(columns=[f"{sig.ONE_VALUE} training"])) == ""
+
+
+def test_selected_by_cohort_measures_a_multi_instance_feature_saturated_by_a_score_shift():
+    X, meta, ic, rc = dataset(signal=1.5)
+    ext = (meta["cohort"] == "external").to_numpy()
+    X.loc[ext, ic] = X.loc[ext, ic] * 0.05  # the external instance scores pushed to the bottom bin
+    S1 = config.SignaturesCfg(cv_folds=3, models=("lr",), grids={"lr": {"C": [1.0]}})
+    pipe = sig.build_models(X, meta, ic, [], S1, seed=0)["lr"].search.best_estimator_
+    out = sig.selected_by_cohort(pipe, X, meta)
+    assert (out[f"{sig.ONE_VALUE} external"] >= 0.9).any()
+    assert (out[f"{sig.ONE_VALUE} training"] < 0.9).any()
+    assert "on the external patients" in sig.saturation_note(out)
 
 
 def test_size_adjust_takes_the_size_slope_out_and_keeps_the_outcome():
