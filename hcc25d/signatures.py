@@ -790,12 +790,13 @@ def saturation_note(selected: pd.DataFrame, threshold: float = SATURATED) -> str
     tr = f"{ONE_VALUE} training"
     if tr not in selected:
         return ""
-    parts = []
+    parts, mil = [], False
     for c in ("internal", "external"):
         col = f"{ONE_VALUE} {c}"
         if col not in selected:
             continue
         hit = selected[(selected[col] >= threshold) & (selected[tr] < threshold)]
+        mil |= bool(hit["feature"].str.startswith(("hist__", "bow__")).any())
         if len(hit):
             parts.append(f"on the {c} patients, {len(hit)} of the {len(selected)} selected features take one value "
                          f"for at least {threshold * 100:.0f} % of them (training: at most "
@@ -805,10 +806,11 @@ def saturation_note(selected: pd.DataFrame, threshold: float = SATURATED) -> str
     if not parts:
         return ""
     return ("Saturated on a validation cohort: " + "; ".join(parts) + ". Such a feature cannot rank that "
-            "cohort's patients, whatever model reads it; for a multi-instance feature it means that the cohort's "
-            "instance scores sit at one end of the bins and thresholds fitted on the training scores (a centre "
-            "shift, as the figure of the fusion's bins below shows), and the model's ranking of those patients "
-            "rests on its other features.")
+            "cohort's patients, whatever model reads it, and the model's ranking of those patients rests on its "
+            "other features."
+            + (" For a multi-instance feature it means that the cohort's instance scores sit at one end of the "
+               "bins and thresholds fitted on the training scores (a centre shift, as the figure of the fusion's "
+               "bins below shows)." if mil else ""))
 
 
 def selected_by_cohort(pipe, X: pd.DataFrame, meta: pd.DataFrame,

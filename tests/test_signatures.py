@@ -220,7 +220,10 @@ def test_saturation_note_names_features_stuck_at_one_value_on_a_validation_cohor
     assert note.startswith("Saturated on a validation cohort: on the external patients, 2 of the 3 selected")
     assert "bow__bow_p7 (100 %)" in note and "plain_glcm_X (95 %)" in note  # prefixes dropped
     assert "hist__hist_label0" not in note and "internal patients" not in note
-    assert "training: at most 43 %" in note
+    assert "training: at most 43 %" in note and "fusion's bins below" in note
+    # only radiomics features saturated: no word about the fusion's bins
+    rad = sig.saturation_note(sel.iloc[[2]])
+    assert "plain_glcm_X (95 %)" in rad and "bins" not in rad
     # a feature already at one value on the training patients is not news on a validation cohort
     sel[f"{sig.ONE_VALUE} training"] = [0.95, 0.17, 0.92]
     assert sig.saturation_note(sel) == ""
