@@ -694,6 +694,25 @@ def pool_probabilities(prob: np.ndarray, groups: np.ndarray, pooling: str = "lse
     return torch.sigmoid(pooled).numpy()
 
 
+def _state_copy(model) -> dict:
+    """A detached copy of a model's parameters and buffers (on the model's device)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _ema_update(ema_state: dict, model, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * current`` for every floating-point parameter and buffer; other
+    buffers (batch-norm's batch counter) are copied."""
+    import torch
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            e = ema_state[k]
+            if e.is_floating_point():
+                e.mul_(decay).add_(v.detach(), alpha=1.0 - decay)
+            else:
+                e.copy_(v)
+
+
 def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.ndarray, prm: TrainCfg, seed: int,
                 device: str = "cpu", dims: int = 2, checkpoint: Optional[Path] = None, desc: str = "train",
                 progress: bool = True, val_ids=None, weights: Optional[np.ndarray] = None, timing=None):
@@ -703,7 +722,9 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     rate warms up linearly over ``warmup_epochs`` and then follows ``schedule``, stepped after every batch.
     With ``val_ids`` (patients drawn from the training patients) the weights of the epoch with the lowest
     validation loss are kept and training stops after ``patience`` epochs without improvement — the loss,
-    not the AUC, because on a few dozen patients the AUC jumps by chance from epoch to epoch.
+    not the AUC, because on a few dozen patients the AUC jumps by chance from epoch to epoch. With ``prm.ema``
+    > 0 an exponential moving average of the weights is kept per optimiser step, and it is the averaged model
+    that is validated, kept and returned.
 
     ``weights``: a loss weight per instance (see :func:`deconfounding_weights`); they replace the class
     weighting, which they include. ``timing``: with ``prm.augment.timing`` > 0, the arterial channels and
@@ -759,6 +780,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     gen = torch.Generator().manual_seed(seed)
     log, best, best_state, start, bad_epochs, steps = [], -np.inf, None, 0, 0, 0
+    ema_decay = float(getattr(prm, "ema", 0.0) or 0.0)
+    ema_state = _state_copy(model) if ema_decay > 0 else None
     data_hash = hashlib.sha1(np.ascontiguousarray(x).view(np.uint8)).hexdigest()
     code_hash = hashlib.sha1(Path(__file__).read_bytes()).hexdigest()  # a changed training loop retrains
     arch_hash = _architecture_hash(model)  # so does a changed network (its parameters or its module's code)
@@ -774,6 +797,7 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             sched.load_state_dict(ck["scheduler"])
             log, best, bad_epochs, start = ck["log"], ck["best"], ck["bad_epochs"], ck["epoch"] + 1
             best_state, steps = ck["best_state"], ck["steps"]
+            ema_state = ck.get("ema_state", ema_state)
             gen.set_state(ck["gen"])
             torch.set_rng_state(ck["torch_rng"])
     aug = prm.augment
@@ -817,9 +841,15 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             scaler.update()
             sched.step()
             steps += 1
+            if ema_state is not None:
+                _ema_update(ema_state, model, min(ema_decay, steps / (steps + 1.0)))
             losses.append(float(loss.detach()))
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "lr": opt.param_groups[0]["lr"], "steps": steps}
+        live = None
+        if ema_state is not None:  # validate and keep the averaged weights; train on from the live ones
+            live = _state_copy(model)
+            model.load_state_dict(ema_state)
         if len(va_idx):
             pv = predict(model, x[va_idx], device=device, dims=dims, amp=amp)
             yv = y[va_idx]
@@ -840,6 +870,8 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
+        if live is not None:
+            model.load_state_dict(live)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", steps=steps)
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -847,7 +879,7 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
             torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "epoch": epoch, "steps": steps,
                         "log": log, "best": best, "bad_epochs": bad_epochs, "best_state": best_state,
-                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "ema_state": ema_state}, tmp)
             os.replace(tmp, checkpoint)
     bar.close()
     if best_state is not None:

@@ -243,6 +243,11 @@ class TrainCfg(Section):
     class_weight: Literal["balanced", "none"] = "balanced"
     #: dropout before the classification head.
     dropout: float = Field(0.2, ge=0, lt=1)
+    #: exponential moving average of the weights (and batch-norm statistics) per optimiser step, with this
+    #: decay (``min(ema, t / (t + 1))`` at step ``t``: the plain mean of the states so far until it reaches
+    #: ``ema``, which averages over about ``1 / (1 - ema)`` steps); the averaged weights are the ones
+    #: validated, kept and used. 0 = off: the weights of the last (or best) epoch.
+    ema: float = Field(0.0, ge=0, lt=1)
     #: fraction of each model's training patients held out for early stopping on the validation *loss*
     #: (0 = no early stopping: the fixed budget of ``epochs``).
     val_fraction: float = Field(0.0, ge=0, lt=1)

@@ -248,6 +248,42 @@ def test_training_is_deterministic_and_learns():
     assert {"epoch", "train_loss", "lr", "steps", "seconds", "images_per_s"} <= set(log1.columns)
 
 
+def test_ema_returns_the_moving_average_of_the_weights_and_trains_on_the_live_ones():
+    bags = make_bags(signal=3.0)
+    y = bags.index["label"].to_numpy()
+    g = bags.index["patient_id"].to_numpy()
+    prm = P(epochs=3, lr=0.01, val_fraction=0.0)
+    seen = []
+    real = cnn._ema_update
+
+    def spy(ema_state, model, decay):
+        seen.append(({k: v.detach().clone() for k, v in model.state_dict().items()}, decay))
+        real(ema_state, model, decay)
+
+    plain, _ = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=3, progress=False)
+    cnn._ema_update = spy
+    try:
+        avg, log = cnn.train_model(tiny_model, bags.x, y, g, prm.model_copy(update={"ema": 0.9}), seed=3,
+                                   progress=False)
+    finally:
+        cnn._ema_update = real
+    assert len(seen) == int(log["steps"].iloc[-1]) > 3  # one update per optimiser step
+    # the live trajectory is the plain one: the averaging does not feed back into training
+    last = seen[-1][0]
+    assert all(torch.allclose(last[k], v) for k, v in plain.state_dict().items())
+    # the returned weights are the average: start from the initial weights (a run that cannot move them),
+    # then decay per step with the warmed-up decay
+    init = cnn.train_model(tiny_model, bags.x, y, g, prm.model_copy(update={"epochs": 1, "lr": 1e-12}), seed=3,
+                           progress=False)[0].state_dict()
+    expect = {k: v.clone() for k, v in init.items()}
+    for t, (state, d) in enumerate(seen, start=1):
+        assert d == pytest.approx(min(0.9, t / (t + 1)))
+        expect = {k: d * expect[k] + (1 - d) * state[k] for k in expect}
+    got = avg.state_dict()
+    assert all(torch.allclose(got[k], expect[k], atol=1e-5) for k in expect)
+    assert not all(torch.allclose(got[k], last[k]) for k in expect)
+
+
 def test_pool_logits():
     t = torch.tensor([1.0, 1.0, 1.0, -2.0, 0.0, 4.0])
     lse = cnn.pool_logits(t, [3, 3], "lse")
