@@ -52,6 +52,8 @@ __all__ = [
     "fit_combined",
     "predict_combined",
     "heldout_views",
+    "FusionInputs",
+    "fusion_inputs",
     "harmonisation_effect",
     "fusion_bins",
     "fusion_input_probs",
@@ -513,6 +515,92 @@ def heldout_views(instance_probs: pd.DataFrame, X: pd.DataFrame, inst_cols: Sequ
         v.loc[others, list(inst_cols)] = B.reindex(index=others, columns=list(inst_cols)).to_numpy()
         views.append(v)
     return views
+
+
+@dataclass
+class FusionInputs:
+    """What the DL_2.5D fusion is fitted on (:func:`fusion_inputs`); ``fit_kwargs`` are the keyword arguments
+    of :func:`build_models` and :func:`signal_sources` that come from it."""
+
+    X: pd.DataFrame  #: patients × (instance slots, radiomics features[, the ROI extent])
+    meta: pd.DataFrame  #: ``cohort`` and ``label``, in ``X``'s order
+    inst_cols: list  #: the instance-slot columns of ``X`` (the bag)
+    rad_cols: list  #: the radiomics columns of ``X``
+    size_col: Optional[str]  #: the ROI-extent column of ``X`` for the size adjustment, or None
+    extent: pd.Series  #: every patient's ROI extent in mm
+    views: list  #: the validation patients as each CNN fold model sees them (:func:`heldout_views`)
+    cv: object  #: the CNN's cross-fitting folds as a splitter, or None (stratified folds)
+    cv_note: str  #: the cross-validation in words
+    sample_weight: Optional[np.ndarray]  #: the training patients' deconfounding weights, or None
+    inst: pd.DataFrame  #: the instance scores the fusion reads (harmonised where the run asks for it)
+    inst_frozen: pd.DataFrame  #: the CNN's scores as the frozen model gives them
+    inst_harm: pd.DataFrame  #: the same with every centre without training patients harmonised
+    harm_log: pd.DataFrame  #: :func:`hcc25d.mil.harmonise_centres`' log
+
+    @property
+    def train(self) -> np.ndarray:
+        return (self.meta["cohort"] == "training").to_numpy()
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.meta["label"].to_numpy()
+
+    def fit_kwargs(self) -> dict:
+        return {"cv": self.cv, "views": self.views, "sample_weight": self.sample_weight,
+                "size_col": self.size_col}
+
+
+def fusion_inputs(cfg, patients: pd.DataFrame, inst: pd.DataFrame, radf: pd.DataFrame) -> FusionInputs:
+    """The inputs of the DL_2.5D fusion from a run's stage outputs, in the signatures stage's steps.
+
+    ``patients``: the cohort table (``patient_id``, ``centre``, ``cohort``, ``label`` and the clinical
+    variables); ``inst``: the CNN's instance predictions (``instance_probs_selected.csv``); ``radf``: the
+    radiomics features indexed by ``patient_id``.
+
+    1. The scores of every centre without training patients are also harmonised
+       (:func:`hcc25d.mil.harmonise_centres`, for the chapter's comparison); the fusion reads them only
+       with ``signatures.harmonise_centres``.
+    2. The bag matrix (one column per instance slot) joined with the radiomics columns that hold a value,
+       and, with ``signatures.size_adjust``, the ROI's extent (the radiomics features' size adjustment).
+    3. The validation patients as each CNN fold model sees them (:func:`heldout_views`).
+    4. The cross-validation: the CNN's own cross-fitting folds (``signatures.cv: cnn``, when every training
+       patient has one), else stratified folds.
+    5. With ``cnn.deconfound``, the training patients' deconfounding weights.
+    """
+    from . import crop25d, mil
+
+    S = cfg.signatures
+    pat = patients.set_index("patient_id")
+    inst_harm, harm_log = mil.harmonise_centres(inst, pat["centre"])
+    used = inst_harm if S.harmonise_centres else inst
+    bags = mil.bag_matrix(used)
+    inst_cols = list(bags.columns)
+    rad_cols = [c for c in radf.columns if radf[c].notna().any()]
+    X = bags.join(radf[rad_cols], how="inner")
+    extent = crop25d.roi_extent_mm(used, cfg.crop.spacing_mm).rename(SIZE_COL)
+    size_col = SIZE_COL if S.size_adjust and rad_cols else None
+    if size_col:
+        X = X.join(extent)
+    meta = pat.loc[X.index, ["cohort", "label"]]
+    train = (meta["cohort"] == "training").to_numpy()
+    fold = used.drop_duplicates("patient_id").set_index("patient_id")["fold"].reindex(X.index[train])
+    if S.cv == "cnn" and fold.notna().all():
+        cv = folds_cv(fold)
+        cv_note = f"the CNN's {cv.get_n_splits()} cross-fitting folds"
+    else:
+        cv = None
+        cv_note = f"{S.cv_folds} stratified folds" + (
+            " (the CNN ran in-sample, so it has no folds)" if S.cv == "cnn" else "")
+    weights = None
+    if cfg.cnn.deconfound:
+        from .cnn import deconfounding_weights
+
+        weights = deconfounding_weights(meta["label"].to_numpy()[train],
+                                        pat.loc[X.index[train], list(cfg.cnn.deconfound)])
+    return FusionInputs(X=X, meta=meta, inst_cols=inst_cols, rad_cols=rad_cols, size_col=size_col,
+                        extent=extent, views=heldout_views(used, X, inst_cols), cv=cv, cv_note=cv_note,
+                        sample_weight=weights, inst=used, inst_frozen=inst, inst_harm=inst_harm,
+                        harm_log=harm_log)
 
 
 def predict_views(estimator, X: pd.DataFrame, views: Sequence[pd.DataFrame], train_mask) -> np.ndarray:

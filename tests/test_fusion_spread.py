@@ -75,8 +75,9 @@ def test_refit_adds_the_mean_of_the_families_and_marks_the_rules_pick(monkeypatc
     monkeypatch.setattr(fs.sig, "build_models", lambda *args, **kw: fake)
     cfg = SimpleNamespace(signatures=SimpleNamespace(dl25d_model="cv"), compute=SimpleNamespace(n_jobs=1))
     meta = pd.DataFrame({"label": y, "cohort": cohort})
-    d = {"X": None, "meta": meta, "inst_cols": [], "rad_cols": [], "cv": None, "views": None,
-         "sample_weight": None, "size_col": None}
+    d = fs.sig.FusionInputs(X=None, meta=meta, inst_cols=[], rad_cols=[], size_col=None, extent=None,
+                            views=None, cv=None, cv_note="", sample_weight=None, inst=None, inst_frozen=None,
+                            inst_harm=None, harm_log=None)
     t = fs.refit(cfg, d, 0).set_index("family")
     assert t.loc["ExtraTrees", "selected"] and not t.loc["LR", "selected"]
     assert t.loc["LR", "AUC external"] == 0.0 and t.loc["ExtraTrees", "AUC external"] == 1.0

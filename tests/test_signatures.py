@@ -361,3 +361,50 @@ def test_fusion_bins_show_where_a_shifted_centre_falls():
     labels = fig.legends[0].texts
     assert any("harmonised" in t.get_text() for t in labels) and any("threshold" in t.get_text() for t in labels)
     assert sig.bin_occupancy(d, h, {}).empty
+
+
+def test_fusion_inputs_are_the_stages_steps():
+    """The fusion's inputs from a run's tables: the bag (one column per slot) with the radiomics columns that
+    hold a value and the ROI extent, the CNN's folds as the CV, one view per fold model, the harmonised
+    scores only when asked for, and the deconfounding weights with ``cnn.deconfound``."""
+    from test_mil import _two_centre_instances
+
+    d = _two_centre_instances(seed=2, n_train=30, n_internal=10, n_external=24, n_small=0)
+    d = d.assign(r0=0, r1=lambda x: 10 + x["label"] * 10 + x["offset"].abs(), c0=0, c1=3,
+                 fold=np.where(d["cohort"] == "training", d["patient_id"].str.split("-").str[1].astype(int) % 3,
+                               np.nan),
+                 prob_fold2=d["prob_fold1"])
+    patients = d.drop_duplicates("patient_id")[["patient_id", "centre", "cohort", "label"]].assign(
+        grade=lambda x: x["label"].to_numpy() ^ (np.arange(len(x)) % 4 == 0))
+    radf = pd.DataFrame({"rad_a": np.arange(len(patients), dtype=float), "rad_empty": np.nan},
+                        index=patients["patient_id"].to_numpy())
+    cfg = config.load("params/smoke.yaml", {"signatures": {"size_adjust": True, "cv": "cnn"}})
+    fi = sig.fusion_inputs(cfg, patients, d, radf)
+    slots = [f"axial{o:+d}" for o in (0, 1, -1, 2, -2, -3)]
+    assert fi.inst_cols == slots and fi.rad_cols == ["rad_a"]
+    assert list(fi.X.columns) == slots + ["rad_a", sig.SIZE_COL] and fi.size_col == sig.SIZE_COL
+    assert len(fi.X) == len(patients) and list(fi.meta.columns) == ["cohort", "label"]
+    assert fi.train.sum() == 30 and (fi.y == fi.meta["label"].to_numpy()).all()
+    # the ROI extent from the central axial instance's box: 10 px larger for the label-1 patients
+    np.testing.assert_allclose(fi.X[sig.SIZE_COL],
+                               (11 + 10 * fi.meta["label"].to_numpy()) * cfg.crop.spacing_mm[1])
+    # the CV is the CNN's folds; two fold models, two views of the validation patients
+    splits = list(fi.cv.split(fi.X[fi.train]))
+    fold = d.drop_duplicates("patient_id").set_index("patient_id")["fold"].reindex(fi.X.index[fi.train])
+    assert len(splits) == 3 and all(set(fold.iloc[te]) == {k} for k, (_, te) in enumerate(splits))
+    assert len(fi.views) == 2 and "CNN's 3 cross-fitting folds" in fi.cv_note
+    # frozen scores by default, harmonised ones only when asked for; the harmonised copy is there either way
+    assert fi.inst is d and fi.inst_frozen is d and fi.sample_weight is None
+    ext = fi.meta["cohort"].eq("external").to_numpy()
+    assert not np.allclose(fi.inst_harm["prob"], d["prob"]) and fi.harm_log["harmonised"].any()
+    on = sig.fusion_inputs(config.load("params/smoke.yaml", {"signatures": {"harmonise_centres": True},
+                                                             "cnn": {"deconfound": ["grade"]}}),
+                           patients, d, radf)
+    pd.testing.assert_frame_equal(on.inst, fi.inst_harm)
+    assert on.X.loc[ext, slots].mean().mean() > fi.X.loc[ext, slots].mean().mean() + 0.1
+    np.testing.assert_allclose(on.X.loc[~ext], fi.X.loc[~ext])  # only the new centre moves
+    w = on.sample_weight
+    assert len(w) == 30 and w.mean() == pytest.approx(1.0) and w.std() > 0
+    # without the CNN's folds (in-sample CNN): stratified folds
+    off = sig.fusion_inputs(cfg, patients, d.assign(fold=np.nan), radf)
+    assert off.cv is None and "stratified folds" in off.cv_note and "in-sample" in off.cv_note

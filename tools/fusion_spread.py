@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hcc25d import config, crop25d, mil  # noqa: E402
+from hcc25d import config  # noqa: E402
 from hcc25d import signatures as sig  # noqa: E402
 from hcc25d.io import RunPaths  # noqa: E402
 from hcc25d.stats import auc, logit  # noqa: E402
@@ -57,46 +57,23 @@ def jitter_logits(instance_probs: pd.DataFrame, eps: float, rng: np.random.Gener
     return out
 
 
-def fusion_inputs(cfg, paths: RunPaths, inst: pd.DataFrame) -> dict:
-    """The signatures stage's inputs of the DL_2.5D fusion, from ``inst`` (the CNN's instance predictions):
-    the same steps as the stage's notebook (harmonised centres where the run asks for them, the bag matrix,
-    the radiomics columns, the size column, the fold models' views, the CNN's folds)."""
-    S = cfg.signatures
+def fusion_inputs(cfg, paths: RunPaths, inst: pd.DataFrame) -> sig.FusionInputs:
+    """The signatures stage's inputs of the DL_2.5D fusion from ``inst`` (the CNN's instance predictions) and
+    the run's cohort and radiomics tables, made by the stage's own :func:`hcc25d.signatures.fusion_inputs`."""
     patients = pd.read_csv(paths.stage_dir("cohort") / "patients.csv", dtype={"patient_id": str})
     radf = pd.read_csv(paths.stage_dir("radiomics") / "features.csv",
                        dtype={"patient_id": str}).set_index("patient_id")
-    if S.harmonise_centres:
-        inst = mil.harmonise_centres(inst, patients.set_index("patient_id")["centre"])[0]
-    bags = mil.bag_matrix(inst)
-    inst_cols = list(bags.columns)
-    rad_cols = [c for c in radf.columns if radf[c].notna().any()]
-    X = bags.join(radf[rad_cols], how="inner")
-    size_col = sig.SIZE_COL if S.size_adjust and rad_cols else None
-    if size_col:
-        X = X.join(crop25d.roi_extent_mm(inst, cfg.crop.spacing_mm).rename(sig.SIZE_COL))
-    meta = patients.set_index("patient_id").loc[X.index, ["cohort", "label"]]
-    train = (meta["cohort"] == "training").to_numpy()
-    fold = inst.drop_duplicates("patient_id").set_index("patient_id")["fold"].reindex(X.index[train])
-    cv = sig.folds_cv(fold) if S.cv == "cnn" and fold.notna().all() else None
-    weights = None
-    if cfg.cnn.deconfound:
-        from hcc25d.cnn import deconfounding_weights
-
-        conf = patients.set_index("patient_id").loc[X.index[train], list(cfg.cnn.deconfound)]
-        weights = deconfounding_weights(meta["label"].to_numpy()[train], conf)
-    return {"X": X, "meta": meta, "inst_cols": inst_cols, "rad_cols": rad_cols, "cv": cv,
-            "views": sig.heldout_views(inst, X, inst_cols), "sample_weight": weights, "size_col": size_col}
+    return sig.fusion_inputs(cfg, patients, inst, radf)
 
 
-def refit(cfg, inputs: dict, seed: int) -> pd.DataFrame:
+def refit(cfg, inputs: sig.FusionInputs, seed: int) -> pd.DataFrame:
     """Every family's fusion fitted as the stage fits it, with classifier seed ``seed``: one row per family
     with its cross-validated AUC, its AUC per validation cohort and whether the stage's rule selects it."""
     d = inputs
-    models = sig.build_models(d["X"], d["meta"], d["inst_cols"], d["rad_cols"], cfg.signatures, seed,
-                              n_jobs=cfg.compute.n_jobs, cv=d["cv"], views=d["views"],
-                              sample_weight=d["sample_weight"], size_col=d["size_col"])
+    models = sig.build_models(d.X, d.meta, d.inst_cols, d.rad_cols, cfg.signatures, seed,
+                              n_jobs=cfg.compute.n_jobs, **d.fit_kwargs())
     best, _ = sig.select_signature({k: r.cv_auc for k, r in models.items()}, cfg.signatures.dl25d_model)
-    y, cohort = d["meta"]["label"].to_numpy(), d["meta"]["cohort"].to_numpy()
+    y, cohort = d.meta["label"].to_numpy(), d.meta["cohort"].to_numpy()
     rows = []
     for k, r in models.items():
         row = {"family": sig.MODEL_NAMES[k], "selected": k == best, "cv AUC": r.cv_auc}
