@@ -78,7 +78,7 @@ class Variant:
     slots: str = "all"
     #: the phases the CNN sees (``None`` = all channels); one phase is copied into the three channels
     phases: Optional[tuple] = None
-    #: ``None`` = the CNN stage's setting; else ``parenchyma`` or ``none``
+    #: ``None`` = the CNN stage's setting; else ``parenchyma``, ``two-point``, ``vessel`` or ``none``
     reference: Optional[str] = None
     #: train with another seed (the same input): how far retraining alone moves the AUC
     reseed: int = 0
@@ -107,6 +107,10 @@ VARIANTS = (
     Variant("no-reference", "no intensity reference", "intensity reference", reference="none"),
     Variant("two-point", "two-point intensity reference (parenchyma and tumour)", "intensity reference",
             reference="two-point"),
+    Variant("vessel", "vessel-normalised arterial enhancement, then the parenchyma shift", "intensity reference",
+            reference="vessel"),
+    Variant("parenchyma", "parenchyma intensity reference (the shift alone)", "intensity reference",
+            reference="parenchyma"),
     Variant("timing", f"arterial-timing augmentation (contrast × 1 ± {ABLATION_TIMING:g})", "augmentation",
             timing=ABLATION_TIMING),
     Variant("instance-loss", "instance labels (the paper's training)", "training loss", loss="instance"),

@@ -60,6 +60,7 @@ __all__ = [
     "build_model",
     "target_layer",
     "reference_shift",
+    "vessel_gain",
     "ArterialExcess",
     "add_arterial_excess",
     "timing_reference",
@@ -257,6 +258,9 @@ def target_layer(model):
 #: shifted, not rescaled; and the range the rescaling factor is held to.
 TWO_POINT_MIN_CONTRAST = 0.02
 TWO_POINT_GAIN_RANGE = (0.5, 2.0)
+#: ``intensity_reference: vessel``: a patient whose vessel ROI enhances by less than this in the arterial
+#: phase (HU over the plain phase) is not rescaled; the factor is held to :data:`TWO_POINT_GAIN_RANGE`.
+VESSEL_MIN_ENHANCEMENT_HU = 20.0
 
 
 def _with_levels(idx: pd.DataFrame, target) -> pd.DataFrame:
@@ -268,6 +272,50 @@ def _with_levels(idx: pd.DataFrame, target) -> pd.DataFrame:
     for j, c in enumerate(cols):
         out["lvl_" + c[4:]] = idx[c].astype(float) if target is None else float(target[j])
     return out
+
+
+def vessel_gain(pats: pd.DataFrame, train) -> pd.Series:
+    """Each patient's factor for the arterial enhancement (``intensity_reference: vessel``): the training
+    patients' median vessel enhancement (``ves_arterial − ves_plain``, HU) over the patient's own, held to
+    :data:`TWO_POINT_GAIN_RANGE`; 1 where it was not measured or is below
+    :data:`VESSEL_MIN_ENHANCEMENT_HU`. ``pats``: one row per patient with the ``ves_`` columns."""
+    need = ["ves_plain", "ves_arterial"]
+    if not set(need) <= set(pats.columns):
+        raise ValueError("cnn.intensity_reference: vessel needs each patient's vessel ROI readings on the plain "
+                         "and arterial phases (the case table's vessel_hu_plain and vessel_hu_arterial columns, "
+                         "which the twin writes and a manifest may give): add them, or use parenchyma")
+    own = pats["ves_arterial"].astype(float) - pats["ves_plain"].astype(float)
+    ok = own >= VESSEL_MIN_ENHANCEMENT_HU
+    if not (ok & np.asarray(train, bool)).any():
+        raise ValueError("cnn.intensity_reference: vessel: no training patient has a vessel enhancement of at "
+                         f"least {VESSEL_MIN_ENHANCEMENT_HU:g} HU, so there is no level to scale to")
+    typical = float(own[ok & np.asarray(train, bool)].median())
+    return (typical / own).where(ok, 1.0).clip(*TWO_POINT_GAIN_RANGE).fillna(1.0).rename("arterial")
+
+
+def _vessel_gain(bags: Bags, pats: pd.DataFrame, ref: pd.DataFrame, train, channels):
+    """The arterial channel rescaled by :func:`vessel_gain` about the plain phase (or about the patient's
+    arterial parenchyma level where plain is not a channel); returns the bags, the parenchyma levels as
+    they then are, and the factors (one column per channel, 1 but for the arterial one)."""
+    gain = pd.DataFrame(1.0, index=pats.index, columns=channels)
+    if "arterial" not in channels:
+        return bags, ref, gain
+    g = vessel_gain(pats, train)
+    gain["arterial"] = g
+    a = channels.index("arterial")
+    rows = g.reindex(bags.index["patient_id"]).to_numpy(np.float32)
+    rows = rows.reshape((-1,) + (1,) * (bags.x.ndim - 2))
+    x = bags.x.copy()
+    ref = ref.copy()
+    if "plain" in channels:
+        p = channels.index("plain")
+        pivot = bags.x[:, p].astype(np.float32)
+        ref["arterial"] = ref["plain"] + g * (ref["arterial"] - ref["plain"])
+    else:
+        pivot = ref["arterial"].reindex(bags.index["patient_id"]).to_numpy(np.float32)
+        pivot = np.nan_to_num(pivot).reshape(rows.shape)
+    x[:, a] = (pivot + rows * (bags.x[:, a].astype(np.float32) - pivot)).astype(x.dtype)
+    return Bags(x, bags.index, bags.channels), ref, gain
 
 
 def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.DataFrame]:
@@ -291,6 +339,18 @@ def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.Da
     also removes each patient's own tumour–liver contrast: use it where that contrast differs between
     scanners by protocol, not where it is a finding.
 
+    ``vessel``: first rescale each patient's arterial enhancement by the enhancement of the blood, then
+    the parenchyma shift. ``g = E / e``, ``e`` the patient's arterial minus plain HU in a vessel ROI (the
+    aorta; the case table's ``vessel_hu_<phase>`` columns, index ``ves_<phase>``), ``E`` its median over the
+    training patients; the arterial channel becomes ``plain + g (arterial − plain)`` voxel by voxel (about
+    the patient's own arterial parenchyma level where the plain phase is not a channel), ``g`` held to
+    :data:`TWO_POINT_GAIN_RANGE` and 1 where ``e`` is missing or below
+    :data:`VESSEL_MIN_ENHANCEMENT_HU`. A bolus caught later or earlier, or a smaller dose, scales the
+    enhancement of the blood and, to first order, of everything it feeds (the tumour, an arterial
+    peritumoral enhancement, satellites), which a shift cannot undo and the two-point reference undoes only
+    by removing the patient's own tumour contrast. Radiology's normalisation to the aorta; it needs a vessel
+    ROI per patient and phase.
+
     ``none`` returns the bags' arrays unchanged. Every method adds ``lvl_<phase>`` to the index: the
     parenchyma's level after the reference (what ``augment.timing`` scales about). Returns
     ``(bags, shifts)``, ``shifts`` one row per patient with each channel's shift of the parenchyma (window
@@ -303,14 +363,16 @@ def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.Da
     if method == "none":
         return (Bags(bags.x, _with_levels(idx, None), bags.channels),
                 pd.DataFrame(0.0, index=pats.index, columns=channels))
-    if method not in ("parenchyma", "two-point"):
-        raise ValueError(f"intensity_reference must be parenchyma, two-point or none, not {method!r}")
+    if method not in ("parenchyma", "two-point", "vessel"):
+        raise ValueError(f"intensity_reference must be parenchyma, two-point, vessel or none, not {method!r}")
     if len(cols) != bags.x.shape[1]:
         raise ValueError(f"cnn.intensity_reference: {method} needs the cropping stage's ref_<phase> "
                          f"columns, one per channel (found {cols}): rerun the crop25d stage, or set it to none")
     ref = pats[cols].astype(float)
     ref.columns = channels
     train = pats["cohort"] == "training"
+    if method == "vessel":
+        bags, ref, vgain = _vessel_gain(bags, pats, ref, train, channels)
     target = ref[train].median()
     shifts = (target - ref).fillna(0.0)
     gain = pd.DataFrame(1.0, index=pats.index, columns=channels)
@@ -331,10 +393,10 @@ def reference_shift(bags: Bags, method: str = "parenchyma") -> tuple[Bags, pd.Da
     # x' = L + g (x - l): with g = 1 exactly the parenchyma shift x + (L - l)
     x = (target.to_numpy(np.float32).reshape((1, -1) + (1,) * (bags.x.ndim - 2))
          + k * (bags.x.astype(np.float32) - lvl)).astype(np.float16)
-    if method == "parenchyma":  # the shift alone, as before: x + (L - l)
+    if method in ("parenchyma", "vessel"):  # the shift alone, as before: x + (L - l)
         per_row = shifts.reindex(idx["patient_id"]).to_numpy(np.float32).reshape(shape)
         x = (bags.x.astype(np.float32) + per_row).astype(np.float16)
-    shifts.attrs["gain"] = gain
+    shifts.attrs["gain"] = vgain if method == "vessel" else gain
     return Bags(x, _with_levels(idx, target.reindex(channels).to_numpy(float)), bags.channels), shifts
 
 

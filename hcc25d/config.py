@@ -273,8 +273,11 @@ class TrainCfg(Section):
     #: cohort's median (removes scanner HU offsets and bolus-timing shifts of the liver); ``two-point``: also
     #: rescale about the parenchyma so that the tumour sits at the training cohort's median (undoes a later or
     #: earlier arterial phase's change of the tumour's enhancement against the liver, and with it each
-    #: patient's own tumour–liver contrast); ``none``.
-    intensity_reference: Literal["parenchyma", "two-point", "none"] = "parenchyma"
+    #: patient's own tumour–liver contrast); ``vessel``: first scale each patient's arterial enhancement
+    #: over the plain phase by the training median's over the patient's own enhancement of the blood (a
+    #: vessel ROI's HU per phase, the case table's ``vessel_hu_<phase>`` columns: radiology's normalisation
+    #: to the aorta), then the parenchyma shift; ``none``.
+    intensity_reference: Literal["parenchyma", "two-point", "vessel", "none"] = "parenchyma"
     #: add the *arterial excess* as a fourth input channel: each pixel's arterial value minus the arterial
     #: value that its plain and portal values usually go with (a table fitted on the training cohort's
     #: images, without labels; :class:`hcc25d.cnn.ArterialExcess`) — arterial enhancement that the other
@@ -435,14 +438,17 @@ class AblationsCfg(Section):
     #: the variants beside the full model: ``2d`` (central axial slice), ``axial`` (no sagittal/coronal
     #: view), ``arterial`` and ``portal`` (one phase), ``no-excess`` (the three phases without the
     #: ``cnn.arterial_excess`` channel), ``no-reference`` (no intensity reference),
-    #: ``two-point`` (the intensity reference of the tumour as well as the parenchyma), ``timing`` (the
+    #: ``two-point`` (the intensity reference of the tumour as well as the parenchyma), ``vessel`` (the
+    #: arterial enhancement normalised to a vessel ROI's; needs the case table's ``vessel_hu_<phase>``),
+    #: ``parenchyma`` (the shift alone, where ``cnn.intensity_reference`` is another), ``timing`` (the
     #: arterial-timing augmentation, ``cnn.augment.timing``, at ± 0.3), ``seed``
     #: (the full model retrained with another seed: the noise of training alone), ``instance-loss`` (every
     #: instance trained on its patient's label, the paper's way, where ``cnn.loss`` is ``bag``),
     #: ``no-size-adjust`` (the full model's scores without ``cnn.size_adjust``, and the radiomics features
     #: without ``signatures.size_adjust``: no retraining).
     variants: tuple[Literal["2d", "axial", "arterial", "portal", "no-excess", "no-reference", "two-point",
-                             "timing", "instance-loss", "no-size-adjust", "seed"], ...] = (
+                             "vessel", "parenchyma", "timing", "instance-loss", "no-size-adjust", "seed"],
+                    ...] = (
         "2d", "axial", "arterial", "portal", "no-excess", "no-reference", "two-point", "timing",
         "instance-loss", "no-size-adjust", "seed")
     #: cross-fitting repeats of each retrained variant (``null`` = ``cnn.repeats``). Fewer than the CNN

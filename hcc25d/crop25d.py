@@ -55,6 +55,7 @@ __all__ = [
     "crop_arrays",
     "parenchyma_reference",
     "tumour_reference",
+    "vessel_levels",
     "reference_levels",
     "trait_readout",
     "crop_patient",
@@ -387,12 +388,27 @@ def reference_levels(vol: np.ndarray, m: np.ndarray, prm: CropCfg) -> dict:
             **{f"tum_{c}": float(t) for c, t in zip(prm.channels, tum)}}
 
 
+def vessel_levels(row) -> dict:
+    """A case's vessel ROI readings as index columns ``ves_<phase>`` (HU, NaN where left empty), for the
+    phases whose ``vessel_hu_<phase>`` column the case table has (none: no columns, and
+    ``cnn.intensity_reference: vessel`` says so)."""
+    from .manifest import VESSEL_COLUMNS
+
+    out = {}
+    for ph, col in VESSEL_COLUMNS.items():
+        if col in row.index:
+            v = pd.to_numeric(pd.Series([row[col]]), errors="coerce").iloc[0]
+            out[f"ves_{ph}"] = float(v)
+    return out
+
+
 def _worker(args):
     row, prm, phases, mask_label, out_dir = args
     from .io import write_npz
 
     pid = str(row["patient_id"])
     bags, names, refs, readout = crop_patient(row, prm, phases, mask_label)
+    refs = {**refs, **vessel_levels(row)}
     readout = {"patient_id": pid, **readout}
     rows = []
     for b, (inst, idx, cube) in enumerate(bags):
@@ -483,7 +499,7 @@ def load_bags(crop_dir: str | Path, kind: str = "instances") -> Bags:
     for f in first["file"]:
         with np.load(crop_dir / "cubes" / f) as z:
             arrays.append(z["x"])
-    keep = ["patient_id", "bag", "file", "cohort", "label"] + [c for c in first if c.startswith(("ref_", "tum_"))]
+    keep = ["patient_id", "bag", "file", "cohort", "label"] + [c for c in first if c.startswith(("ref_", "tum_", "ves_"))]
     return Bags(np.stack(arrays), first[keep].copy())
 
 

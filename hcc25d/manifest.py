@@ -11,6 +11,10 @@ clinical columns  any of the variables of the cohort specification, coded as in 
 ``image_plain``, ``image_arterial``, ``image_portal``, ``mask``
                   paths relative to the manifest's folder: NIfTI (.nii/.nii.gz), NRRD, MHA/MHD, or a
                   folder holding one DICOM series (the largest series is taken if there are several)
+``vessel_hu_plain``, ``vessel_hu_arterial``, ``vessel_hu_portal``
+                  optional: the mean (or median) HU of a region of interest in the aorta on each phase,
+                  as read at the workstation; what ``cnn.intensity_reference: vessel`` normalises the
+                  arterial enhancement by. A row may leave them empty (that patient is not rescaled).
 
 Checks (all problems are reported together, each with patient and file): missing columns; missing or
 unreadable file; empty mask; a mask that is not binary (``data.mask_label`` picks one label of a
@@ -34,6 +38,7 @@ from .images import _Info, read_image, verify_complete  # noqa: F401 (read_image
 
 __all__ = [
     "PHASE_COLUMNS",
+    "VESSEL_COLUMNS",
     "REQUIRED",
     "COHORT_ALIASES",
     "ManifestError",
@@ -49,6 +54,8 @@ __all__ = [
 ]
 
 PHASE_COLUMNS = {"plain": "image_plain", "arterial": "image_arterial", "portal": "image_portal"}
+#: optional per-phase HU of a vessel ROI (the aorta), for ``cnn.intensity_reference: vessel``
+VESSEL_COLUMNS = {"plain": "vessel_hu_plain", "arterial": "vessel_hu_arterial", "portal": "vessel_hu_portal"}
 REQUIRED = ("patient_id", "centre", "cohort", "label", "mask")
 COHORT_ALIASES = {"train": "training", "training": "training", "internal": "internal", "external": "external"}
 
@@ -166,6 +173,13 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
                     problems.append(f"patient {pid}: {col} {val} and mask {mpath} do not overlap in space "
                                     f"(different patients or coordinate systems?)")
         grids.append(grid)
+    for col in VESSEL_COLUMNS.values():
+        if col in df.columns:
+            text = df[col].astype(str).str.strip()
+            num = pd.to_numeric(text.replace({"": np.nan, "nan": np.nan}), errors="coerce")
+            bad = num.isna() & ~text.isin(["", "nan"])
+            problems += [f"patient {pid}: {col} {v!r} is not a number (HU; leave it empty if not measured)"
+                         for pid, v in zip(df.loc[bad, "patient_id"], df.loc[bad, col])]
     if problems:
         raise ManifestError(problems, str(path))
     out = pd.DataFrame({"patient_id": df["patient_id"].astype(str), "centre": df["centre"].astype(float).astype(int),
@@ -178,6 +192,9 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
                     for p in (df[col] if col in df.columns else [None] * len(df))]
     out["mask"] = [str((base / str(p)).resolve()) for p in df["mask"]]
     out["grid"] = grids
+    for col in VESSEL_COLUMNS.values():
+        if col in df.columns:
+            out[col] = pd.to_numeric(df[col].astype(str).str.strip(), errors="coerce").to_numpy(float)
     if pseudonymise_ids:
         out["patient_id"] = [pseudonymise(p, salt) for p in out["patient_id"]]
     return out

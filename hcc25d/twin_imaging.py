@@ -89,6 +89,8 @@ __all__ = [
     "slot_reference",
     "slot_reference_shares",
     "build_twin",
+    "vessel_roi_hu",
+    "VESSEL_ROI_INSET_MM",
 ]
 
 PHASES = ("plain", "arterial", "portal")
@@ -389,10 +391,34 @@ def make_patient(row: pd.Series, seed: int, prm: TwinCfg, latent: Optional[dict]
               "max_area_z_mm": z_max, "pae_offset_mm": float(zc - z_max),
               "satellite_offsets_mm": "|".join(f"{d:+.1f}" for d in sat_dz),
               "signal_position": prm.signal_position, **lat}
-    out = {"phases": phases, "mask": mask, "spacing": (sxy, sxy, sz), "origin": origin, "traits": traits}
+    out = {"phases": phases, "mask": mask, "spacing": (sxy, sxy, sz), "origin": origin, "traits": traits,
+           "vessel_hu": vessel_roi_hu(phases, major & ~(tumour | other), (sz, sxy, sxy))}
     if probe:
         out["trait_delta"] = trait_delta
     return out
+
+
+#: the vessel ROI keeps the voxels at least this far (mm) inside the major vessel's wall, as a reader's
+#: circular ROI keeps off the wall (partial volume with the blur) — the twin's vessel radius is 5-7 mm.
+VESSEL_ROI_INSET_MM = 3.0
+
+
+def vessel_roi_hu(phases: dict, vessel: np.ndarray, spacing_zyx, inset_mm: float = VESSEL_ROI_INSET_MM) -> dict:
+    """Each phase's median HU in a region of interest inside the major vessel, measured on the generated
+    images (blur, noise and the centre's HU offset included) as a reader measures the aorta on each
+    phase: the voxels of ``vessel`` at least ``inset_mm`` from its wall. These are the manifest's optional
+    ``vessel_hu_<phase>`` columns (:data:`hcc25d.manifest.VESSEL_COLUMNS`) that ``cnn.intensity_reference:
+    vessel`` reads. NaN where no voxel qualifies (a vessel that leaves the volume, a thin one)."""
+    if not vessel.any():
+        return {ph: float("nan") for ph in phases}
+    zz, yy, xx = (np.flatnonzero(vessel.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    box = (slice(zz[0], zz[-1] + 1), slice(yy[0], yy[-1] + 1), slice(xx[0], xx[-1] + 1))
+    inner = np.zeros_like(vessel)
+    inner[box] = ndimage.distance_transform_edt(np.pad(vessel[box], 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1] \
+        >= inset_mm
+    if not inner.any():
+        return {ph: float("nan") for ph in phases}
+    return {ph: float(np.median(a[inner])) for ph, a in phases.items()}
 
 
 def to_images(vol: dict):
@@ -653,6 +679,7 @@ def _twin_worker(args):
     rec = {"patient_id": row["patient_id"]}
     for name, p in paths.items():
         rec["mask" if name == "mask" else f"image_{name}"] = str(p.relative_to(out_dir))
+    rec.update({f"vessel_hu_{ph}": round(v, 1) for ph, v in vol["vessel_hu"].items()})
     vis = None if crop_prm is None else trait_visibility(vol, crop_prm).assign(patient_id=str(row["patient_id"]))
     return rec, vol["traits"], vis
 
@@ -678,6 +705,7 @@ def build_twin(patients: pd.DataFrame, seed: int, prm: TwinCfg, out_dir: Path,
     visibility = None if crop is None else pd.concat([v for _, _, v in res], ignore_index=True)
     cols = ["patient_id", "centre", "cohort", "label"] + [v for v in clinical_variables if v in patients]
     manifest = patients[cols].merge(files, on="patient_id")
-    manifest = manifest[cols + ["image_plain", "image_arterial", "image_portal", "mask"]]
+    vessel = [f"vessel_hu_{ph}" for ph in PHASES if f"vessel_hu_{ph}" in manifest]
+    manifest = manifest[cols + ["image_plain", "image_arterial", "image_portal", "mask"] + vessel]
     write_csv(manifest, out_dir / "manifest.csv")
     return manifest, traits, visibility

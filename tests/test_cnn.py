@@ -473,6 +473,49 @@ def test_two_point_reference_puts_liver_and_tumour_at_the_training_levels():
         cnn.reference_shift(crop25d.Bags(bags.x, bags.index.drop(columns=["tum_plain"])), "two-point")
 
 
+def test_vessel_reference_rescales_the_arterial_enhancement_by_the_bloods():
+    """A later arterial phase (the external patients) scales every arterial enhancement over the plain phase,
+    the blood's too: normalised to the vessel ROI's enhancement, the tumour's arterial enhancement and its
+    contrast to the liver come back to the training patients' while the plain and portal channels are only
+    shifted; a patient without a vessel reading is not rescaled; without the columns it says what to add;
+    with no plain channel the arterial channel is scaled about its own parenchyma level."""
+    bags = make_bags(signal=0.0)
+    pats = bags.index["patient_id"]
+    ext = pats.str.startswith("ext").to_numpy()
+    k = np.where(ext, 0.85, 1.0)[:, None, None]
+    x = np.full(bags.x.shape, 0.40, np.float32)  # plain: liver 0.40, tumour 0.34
+    x[:, 1, 4:12, 4:12] = 0.34
+    x[:, 0] = x[:, 1] + k * 0.08  # arterial: liver enhances by 0.08 ...
+    x[:, 0, 4:12, 4:12] = 0.34 + k * 0.30  # ... the tumour by 0.30
+    x[:, 2] = 0.55
+    x[ext] += 0.03  # and a scanner offset
+    bags = crop25d.Bags(x.astype(np.float16), bags.index)
+    for ch, c in enumerate(("arterial", "plain", "portal")):
+        bags.index[f"ref_{c}"] = x[:, ch, 0, 0]
+    bags.index["ves_plain"] = 40.0 + 8.0 * ext
+    bags.index["ves_arterial"] = bags.index["ves_plain"] + np.where(ext, 85.0, 100.0)
+    bags.index["ves_portal"] = 175.0
+    inside = lambda b, ch: b.x[:, ch, 8, 8].astype(float) - b.x[:, ch, 0, 0].astype(float)  # noqa: E731
+    par, _ = cnn.reference_shift(bags, "parenchyma")
+    ves, shifts = cnn.reference_shift(bags, "vessel")
+    assert np.allclose(inside(par, 0)[ext], 0.85 * 0.22 - 0.06, atol=4e-3)  # the shift keeps the timing
+    assert np.allclose(inside(ves, 0), 0.22 - 0.06, atol=4e-3)  # the vessel's gain gives it back
+    assert np.allclose(ves.x[:, 0, 0, 0].astype(float), 0.48, atol=2e-3)  # liver at the training level
+    assert np.allclose(ves.x[:, 1:].astype(float), par.x[:, 1:].astype(float), atol=1e-3)  # others: shifted
+    gain = shifts.attrs["gain"]
+    assert np.allclose(gain.loc["ext000", "arterial"], 100 / 85) and np.allclose(gain.loc["tra000"], 1.0)
+    assert np.allclose(gain[["plain", "portal"]], 1.0)
+    unread = bags.index.assign(ves_arterial=np.where(pats == "ext000", np.nan, bags.index["ves_arterial"]))
+    assert cnn.reference_shift(crop25d.Bags(bags.x, unread), "vessel")[1].attrs["gain"].loc["ext000",
+                                                                                         "arterial"] == 1.0
+    with pytest.raises(ValueError, match="vessel_hu_plain"):
+        cnn.reference_shift(crop25d.Bags(bags.x, bags.index.drop(columns=["ves_plain"])), "vessel")
+    one = crop25d.Bags(bags.x[:, :1].copy(), bags.index.drop(columns=["ref_plain", "ref_portal"]))
+    art, _ = cnn.reference_shift(one, "vessel")
+    want = np.where(ext, (0.85 * 0.22 - 0.06) * 100 / 85, 0.16)  # the contrast to the liver, rescaled
+    assert np.allclose(inside(art, 0), want, atol=4e-3)
+
+
 def test_checkpoint_resume(tmp_path, monkeypatch):
     bags = make_bags()
     y = bags.index["label"].to_numpy()

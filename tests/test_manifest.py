@@ -84,6 +84,27 @@ def test_real_manifest_validates(real_manifest):
     assert imgs["portal"].GetSize() == mask.GetSize()
 
 
+def test_vessel_readings_pass_through_and_are_checked(real_manifest, tmp_path):
+    """The optional ``vessel_hu_<phase>`` columns reach the case table as numbers (empty: NaN), and the
+    crop stage's index columns; a reading that is not a number is reported with its patient."""
+    df = pd.read_csv(real_manifest, keep_default_na=False)
+    df["vessel_hu_plain"] = ["40", "41.5", "", "39"]
+    df["vessel_hu_arterial"] = [140, 138, 125, 150]
+    p = real_manifest.parent / "with_vessel.csv"
+    df.to_csv(p, index=False)
+    out = manifest.validate_manifest(p, phases=["portal"], mask_label=1)
+    assert out["vessel_hu_plain"].tolist()[:2] == [40.0, 41.5] and np.isnan(out["vessel_hu_plain"].iloc[2])
+    assert out["vessel_hu_arterial"].tolist() == [140.0, 138.0, 125.0, 150.0]
+    assert "vessel_hu_portal" not in out
+    from hcc25d import crop25d
+    lv = crop25d.vessel_levels(out.iloc[2])
+    assert set(lv) == {"ves_plain", "ves_arterial"} and np.isnan(lv["ves_plain"]) and lv["ves_arterial"] == 125
+    df["vessel_hu_arterial"] = [140, "high", 125, 150]
+    df.to_csv(p, index=False)
+    with pytest.raises(manifest.ManifestError, match=r"A2: vessel_hu_arterial 'high' is not a number"):
+        manifest.validate_manifest(p, phases=["portal"], mask_label=1)
+
+
 def test_multilabel_mask_needs_mask_label(real_manifest):
     with pytest.raises(manifest.ManifestError, match=r"A2: mask .*liver_spine_seg.nrrd is not binary \(labels \[1, 2\]\)"):
         manifest.validate_manifest(real_manifest, phases=["portal"])
