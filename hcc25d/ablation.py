@@ -285,7 +285,7 @@ def _nc_worker(args):
     imgs, mask = to_images(vol)
     v, m, names, _ = resample_and_window(imgs, mask, crop_prm)
     x, idx, _ = crop_arrays(v, m, crop_prm, crop_prm.spacing_mm)[0]
-    refs = reference_levels(v, m, crop_prm)
+    refs = {**reference_levels(v, m, crop_prm), **{f"ves_{ph}": h for ph, h in vol["vessel_hu"].items()}}
     pid = str(row["patient_id"])
     rows = [{"patient_id": pid, "bag": pid, "instance": i, **r, "cohort": row["cohort"], "label": int(row["label"]),
              **refs} for i, r in enumerate(idx)]
