@@ -112,6 +112,7 @@ def check(params_file: str | Path, overrides: Optional[dict] = None, full: bool 
     except ManifestError as exc:
         report.problems += [f"manifest: {p}" for p in exc.problems]
         return report
+    _check_vessel_readings(cfg, cases, report)
     n_img = sum(int(bool(p)) for col in ("image_plain", "image_arterial", "image_portal", "mask")
                 for p in cases[col])
     report.notes.append(f"manifest: {len(cases)} patients, {n_img} images and masks read "
@@ -119,6 +120,33 @@ def check(params_file: str | Path, overrides: Optional[dict] = None, full: bool 
                         f"{int((cases['grid'] == 'resample').sum())} patient(s) will be resampled onto "
                         f"the mask's grid")
     return report
+
+
+def _check_vessel_readings(cfg, cases, report: Report) -> None:
+    """``cnn.intensity_reference: vessel`` reads each patient's vessel ROI on the plain and arterial
+    phases: a manifest without those columns is a problem now, not at the CNN stage; patients whose
+    readings are empty are named in a note (they are shifted, not rescaled)."""
+    from .cnn import VESSEL_MIN_ENHANCEMENT_HU
+    from .manifest import VESSEL_COLUMNS
+
+    if cfg.cnn.intensity_reference != "vessel":
+        return
+    need = [VESSEL_COLUMNS["plain"], VESSEL_COLUMNS["arterial"]]
+    missing = [c for c in need if c not in cases.columns]
+    if missing:
+        report.problems.append(f"cnn.intensity_reference: vessel needs the manifest's {' and '.join(missing)} "
+                               f"column(s) (the HU of an ROI in the aorta on each phase); add them, or set "
+                               f"cnn.intensity_reference: parenchyma")
+        return
+    enh = cases[need[1]] - cases[need[0]]
+    unread = cases.loc[~(enh >= VESSEL_MIN_ENHANCEMENT_HU), "patient_id"].astype(str).tolist()
+    if unread:
+        report.notes.append(f"cnn.intensity_reference: vessel: {len(unread)} patient(s) without a vessel reading "
+                            f"or with an arterial enhancement below {VESSEL_MIN_ENHANCEMENT_HU:g} HU are shifted, "
+                            f"not rescaled: {', '.join(unread[:10])}{' …' if len(unread) > 10 else ''}")
+    if not (enh[cases["cohort"] == "training"] >= VESSEL_MIN_ENHANCEMENT_HU).any():
+        report.problems.append("cnn.intensity_reference: vessel: no training patient has a vessel reading "
+                               "to scale to")
 
 
 def _file_state(p: Path) -> list:

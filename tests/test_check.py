@@ -70,6 +70,20 @@ def test_valid_study_passes(study):
     assert "8 patients, 32 images and masks read in full" in rep.text()
 
 
+def test_vessel_reference_needs_the_vessel_readings_before_any_stage(study, tmp_path):
+    d, man, params = study
+    p = tmp_path / "vessel.yaml"
+    p.write_text(yaml.safe_dump({"run": "own", "cnn": {"intensity_reference": "vessel"},
+                                 "data": {"source": "manifest", "manifest": str(d / "manifest.csv")}}))
+    rep = chk.check(p, progress=False)
+    assert not rep.ok and "vessel_hu_plain and vessel_hu_arterial" in rep.text()
+    man.assign(vessel_hu_plain=40.0, vessel_hu_arterial=[140.0] * 7 + [np.nan]).to_csv(d / "manifest.csv",
+                                                                                      index=False)
+    rep = chk.check(p, progress=False)
+    assert rep.ok, rep.text()
+    assert "1 patient(s) without a vessel reading" in rep.text() and "P7" in rep.text()
+
+
 def test_semicolon_manifest_is_detected_and_equivalent(study):
     d, man, params = study
     man.to_csv(d / "manifest.csv", index=False, sep=";")
