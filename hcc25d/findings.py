@@ -382,7 +382,8 @@ def _score_shift(run_dir: Path, cohorts, cnn_auc: pd.Series) -> str:
     else:
         text += (" The fusion's bins and thresholds were fitted on the training patients' scores; here DL_2.5D "
                  f"stays within {GAP_NOTE:.2f} of the CNN's own score despite the shift.")
-    return text + _fusion_spread(run_dir, big) + _harmonised(run_dir, big) + _timing_remedy(run_dir, big)
+    return (text + _fusion_spread(run_dir, big) + _harmonised(run_dir, big) + _timing_remedy(run_dir, big)
+            + _reference_rows(run_dir, big))
 
 
 def _fusion_spread(run_dir: Path, cohorts) -> str:
@@ -444,6 +445,38 @@ def _timing_remedy(run_dir: Path, cohorts) -> str:
                if ca is not None and v_s in ca.index else "")
             + ", so one draw's retraining cannot tell the two apart unless the difference exceeds that")
     return text + "."
+
+
+def _reference_rows(run_dir: Path, cohorts) -> str:
+    """The shifted cohorts' AUCs of the ablation stage's intensity-reference rows (``no-reference``,
+    ``two-point``, ``vessel``, ``parenchyma``: the model retrained with another ``cnn.intensity_reference``)
+    beside its full row, after the fusion (DL features alone) and for the CNN's own mean score."""
+    t = _read(run_dir, "ablations", "tab-ablations.csv")
+    if t is None or not {"factor", "features", "variant"} <= set(t.columns):
+        return ""
+    dl = t[t["features"] == "DL alone"]
+    full, refs = dl[dl["factor"] == "reference"], dl[dl["factor"] == "intensity reference"]
+    cs = [c for c in cohorts if f"AUC {c}" in t.columns]
+    if full.empty or refs.empty or not cs:
+        return ""
+    ca = _read(run_dir, "ablations", "tab-ablations-cnn-patient-mean.csv")
+    ca = ca.set_index("variant") if ca is not None and "variant" in ca.columns else None
+    pj = Path(run_dir) / "cnn" / "stage_provenance.json"
+    used = read_json(pj).get("intensity_reference") if pj.exists() else None
+
+    def auc(row, c):
+        v = row["variant"]
+        cnn = (f", CNN score {ca.loc[v, c]:.3f}" if ca is not None and v in ca.index and c in ca.columns
+               else "")
+        return f"{row[f'AUC {c}']:.3f}{cnn}"
+
+    parts = []
+    for c in cs:
+        rows = "; ".join(f"*{r['variant']}* {auc(r, c)}" for _, r in refs.iterrows())
+        parts.append(f"on the {c} patients {rows}, against the full model's {auc(full.iloc[0], c)}")
+    return (" Retrained with another intensity reference (the ablation chapter's rows, each one cross-fitting; "
+            + (f"this run's is `{used}`" if used else "the full model uses the CNN stage's") + "), the DL "
+            "features alone give " + "; ".join(parts) + ".")
 
 
 def _harmonised(run_dir: Path, cohorts) -> str:

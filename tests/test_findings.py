@@ -176,6 +176,18 @@ def test_fusion_input_summary_calls_out_a_centre_shift_of_the_scores(tmp_path):
     assert ("the DL features alone differ from the same model's CNN mean score on the external patients by a "
             "median -0.030 (from -0.090 to -0.030; more than 0.05 below it for 1 of 3)") in noisy
     assert "on the internal patients by a median" not in noisy  # not a shifted cohort
+    assert "another intensity reference" not in noisy  # no such row
+    t.loc[len(t)] = {"variant": "vessel-normalised", "factor": "intensity reference", "features": "DL alone",
+                     "AUC internal": 0.71, "AUC external": 0.74}
+    t.to_csv(abl / "tab-ablations.csv", index=False)
+    c.loc[len(c)] = {"variant": "vessel-normalised", "training": 0.6, "internal": 0.7, "external": 0.75}
+    c.to_csv(abl / "tab-ablations-cnn-patient-mean.csv", index=False)
+    (run / "cnn" / "stage_provenance.json").write_text(json.dumps({"selected_backbone": "net",
+                                                                   "intensity_reference": "parenchyma"}))
+    ref = findings.fusion_input_summary(run)
+    assert ("Retrained with another intensity reference (the ablation chapter's rows, each one cross-fitting; this "
+            "run's is `parenchyma`), the DL features alone give on the external patients *vessel-normalised* "
+            "0.740, CNN score 0.750, against the full model's 0.610, CNN score 0.640.") in ref
     rows = [{"cohort": c, "prob": 0.4} for c in ("training", "internal", "external") for _ in range(5)]
     pd.DataFrame(rows).to_csv(run / "cnn" / "instance_probs_selected.csv", index=False)
     assert "Centre shift" not in findings.fusion_input_summary(run)
