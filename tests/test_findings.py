@@ -1,4 +1,6 @@
 """The findings page's generated sentences."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
