@@ -414,25 +414,36 @@ def _fusion_spread(run_dir: Path, cohorts) -> str:
             "run's main model is one of those draws.")
 
 
+def _ablation_rows(run_dir: Path, cohorts, factor: str):
+    """The ablation stage's DL-alone rows: ``(all of them, the full row, the rows of ``factor``, the cohorts
+    of ``cohorts`` the table has, the CNN's patient-mean AUCs indexed by variant or None)``; None where the
+    table, the full row or a row of ``factor`` is missing."""
+    t = _read(run_dir, "ablations", "tab-ablations.csv")
+    if t is None or not {"factor", "features", "variant"} <= set(t.columns):
+        return None
+    dl = t[t["features"] == "DL alone"]
+    full, rows = dl[dl["factor"] == "reference"], dl[dl["factor"] == factor]
+    cs = [c for c in cohorts if f"AUC {c}" in t.columns]
+    if full.empty or rows.empty or not cs:
+        return None
+    ca = _read(run_dir, "ablations", "tab-ablations-cnn-patient-mean.csv")
+    ca = ca.set_index("variant") if ca is not None and "variant" in ca.columns else None
+    return dl, full, rows, cs, ca
+
+
 def _timing_remedy(run_dir: Path, cohorts) -> str:
     """The shifted cohorts' AUCs of the ablation stage's arterial-timing row (``cnn.augment.timing``)
     beside its full row, after the fusion (DL features alone) and for the CNN's own mean score."""
-    t = _read(run_dir, "ablations", "tab-ablations.csv")
-    if t is None or not {"factor", "features", "variant"} <= set(t.columns):
+    rows = _ablation_rows(run_dir, cohorts, "augmentation")
+    if rows is None:
         return ""
-    dl = t[t["features"] == "DL alone"]
-    full, tim = dl[dl["factor"] == "reference"], dl[dl["factor"] == "augmentation"]
-    cs = [c for c in cohorts if f"AUC {c}" in t.columns]
-    if full.empty or tim.empty or not cs:
-        return ""
+    dl, full, tim, cs, ca = rows
     seed = dl[dl["factor"] == "training noise"]
     parts = [f"{tim[f'AUC {c}'].iloc[0]:.3f} against {full[f'AUC {c}'].iloc[0]:.3f} on the {c} patients"
              for c in cs]
     text = (" Retrained with the arterial-timing augmentation (`cnn.augment.timing`; the ablation chapter's "
             f"row *{tim['variant'].iloc[0]}*, one cross-fitting like its full row), the DL features alone give "
             "an AUC of " + "; ".join(parts))
-    ca = _read(run_dir, "ablations", "tab-ablations-cnn-patient-mean.csv")
-    ca = ca.set_index("variant") if ca is not None and "variant" in ca.columns else None
     v_t, v_f = tim["variant"].iloc[0], full["variant"].iloc[0]
     if ca is not None and {v_t, v_f} <= set(ca.index):
         text += (", and the CNN's mean score " + "; ".join(
@@ -451,16 +462,10 @@ def _reference_rows(run_dir: Path, cohorts) -> str:
     """The shifted cohorts' AUCs of the ablation stage's intensity-reference rows (``no-reference``,
     ``two-point``, ``vessel``, ``parenchyma``: the model retrained with another ``cnn.intensity_reference``)
     beside its full row, after the fusion (DL features alone) and for the CNN's own mean score."""
-    t = _read(run_dir, "ablations", "tab-ablations.csv")
-    if t is None or not {"factor", "features", "variant"} <= set(t.columns):
+    rows = _ablation_rows(run_dir, cohorts, "intensity reference")
+    if rows is None:
         return ""
-    dl = t[t["features"] == "DL alone"]
-    full, refs = dl[dl["factor"] == "reference"], dl[dl["factor"] == "intensity reference"]
-    cs = [c for c in cohorts if f"AUC {c}" in t.columns]
-    if full.empty or refs.empty or not cs:
-        return ""
-    ca = _read(run_dir, "ablations", "tab-ablations-cnn-patient-mean.csv")
-    ca = ca.set_index("variant") if ca is not None and "variant" in ca.columns else None
+    _, full, refs, cs, ca = rows
     pj = Path(run_dir) / "cnn" / "stage_provenance.json"
     used = read_json(pj).get("intensity_reference") if pj.exists() else None
 
