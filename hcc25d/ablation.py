@@ -256,8 +256,7 @@ def evaluate_variant(name: str, X: pd.DataFrame, meta: pd.DataFrame, inst_cols, 
     patient's probability (out-of-fold for training patients)."""
     S = cfg.signatures
     y = meta["label"].to_numpy()
-    pipe = sig.fusion_pipeline(key, inst_cols, rad_cols, cfg.seed, S.n_bins, S.n_words, S.p_threshold,
-                               S.corr_threshold, size_col=size_col if rad_cols else None)
+    pipe = sig.pipeline_for(key, inst_cols, rad_cols, S, cfg.seed, size_col=size_col if rad_cols else None)
     p = sig.fit_family(key, pipe, X, meta, S, cfg.seed, n_jobs=cfg.compute.n_jobs, cv=cv, views=views,
                        sample_weight=sample_weight).scores
     row = {"variant": name, "instances per patient": len(inst_cols), "radiomics features": len(rad_cols)}

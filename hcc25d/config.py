@@ -400,7 +400,13 @@ class SignaturesCfg(Section):
     p_threshold: float = Field(0.05, gt=0, le=1)
     #: correlation pruning: drop a feature with |r| above this with a kept one.
     corr_threshold: float = Field(0.9, gt=0, le=1)
-    #: likelihood-histogram bins and bag-of-words vocabulary size.
+    #: the multi-instance fusion of DL_2.5D (and of the ablation rows): ``paper`` = the likelihood histogram and
+    #: the bag of words of the instance probabilities, with bins and thresholds fitted on the training scores;
+    #: ``summary`` = the mean, SD, minimum, quartiles and maximum of each patient's instance logits
+    #: (:class:`hcc25d.mil.LogitSummary`): no bin for a centre's shifted scores to fall outside of, so a linear
+    #: family keeps the order of a centre whose scores are all shifted alike.
+    fusion: Literal["paper", "summary"] = "paper"
+    #: likelihood-histogram bins (``fusion: paper``).
     n_bins: int = Field(10, ge=2)
     #: bag-of-words vocabulary size (k-means words over the instance probabilities).
     n_words: int = Field(8, ge=2)

@@ -10,6 +10,10 @@ bag lacks an instance), as made by :func:`bag_matrix`.
   predicted label); a patient is a document; TF-IDF weights the words. The vocabulary, the bin edges
   and the IDF are fitted on the training bags only (the commercial platform's reference implementation
   fits them on all patients, which leaks the validation cohorts into the features).
+* :class:`LogitSummary` — not the paper's: the mean, SD and quantiles of a patient's instance *logits*
+  (``signatures.fusion: summary``). It has no bin or threshold: a shift of every score of a centre by one
+  constant shifts its location features by that constant and leaves the SD alone, so a linear model reading
+  them keeps that centre's patients in the same order.
 
 Both follow scikit-learn's estimator API (no logic in ``__init__``, ``fit`` returns ``self``, fitted
 attributes end in ``_``) and compose in a ``Pipeline``/``ColumnTransformer``.
@@ -27,6 +31,8 @@ __all__ = [
     "MIN_HARMONISE_PATIENTS",
     "LikelihoodHistogram",
     "BagOfWordsTfidf",
+    "LogitSummary",
+    "SUMMARY_STATS",
 ]
 
 
@@ -212,3 +218,56 @@ class BagOfWordsTfidf(_BagTransformer):
     def get_feature_names_out(self, input_features=None):
         check_is_fitted(self, "tfidf_")
         return np.array([f"bow_{w}" for w in self.vectorizer_.get_feature_names_out()], dtype=object)
+
+
+#: :class:`LogitSummary`'s features, in order: name → function of a bag's instance logits
+SUMMARY_STATS = {
+    "mean": np.mean,
+    "sd": lambda v: float(np.std(v)),
+    "min": np.min,
+    "q25": lambda v: float(np.quantile(v, 0.25)),
+    "median": np.median,
+    "q75": lambda v: float(np.quantile(v, 0.75)),
+    "max": np.max,
+}
+
+
+class LogitSummary(_BagTransformer):
+    """The mean, SD, minimum, quartiles and maximum of a bag's instance logits (``logit_mean`` ...
+    ``logit_max``; a bag without instances gives NaN).
+
+    Nothing is fitted on the training bags beyond the number of columns, so there is nothing for a shifted
+    centre's scores to fall outside of: if every instance logit of a patient moves by ``c``, every feature
+    but ``logit_sd`` moves by ``c`` and ``logit_sd`` stays. A model linear in these features (logistic
+    regression after the standard scaler) then moves every such patient's score by the same amount, and a
+    centre whose scores are all shifted alike keeps its patients' order. Tree models split on fixed values and
+    keep no such guarantee.
+    """
+
+    def __init__(self, stats: tuple = tuple(SUMMARY_STATS)):
+        self.stats = stats
+
+    def fit(self, X, y=None):
+        validate_data(self, X, ensure_all_finite="allow-nan", dtype=float)
+        unknown = [s for s in self.stats if s not in SUMMARY_STATS]
+        if unknown:
+            raise ValueError(f"LogitSummary: unknown statistic(s) {unknown}; known: {list(SUMMARY_STATS)}")
+        self.stats_ = tuple(self.stats)
+        return self
+
+    def transform(self, X):
+        from .stats import logit
+
+        check_is_fitted(self, "stats_")
+        A = validate_data(self, X, ensure_all_finite="allow-nan", dtype=float, reset=False)
+        out = np.full((A.shape[0], len(self.stats_)), np.nan)
+        for i, row in enumerate(A):
+            r = row[~np.isnan(row)]
+            if len(r):
+                lg = logit(r)
+                out[i] = [SUMMARY_STATS[s](lg) for s in self.stats_]
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "stats_")
+        return np.array([f"logit_{s}" for s in self.stats_], dtype=object)

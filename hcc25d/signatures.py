@@ -42,6 +42,9 @@ __all__ = [
     "make_classifier",
     "family_grid",
     "fusion_pipeline",
+    "pipeline_for",
+    "FUSIONS",
+    "MIL_PREFIXES",
     "folds_cv",
     "balanced_weights",
     "tune",
@@ -355,22 +358,35 @@ def family_grid(key: str, S) -> dict:
     return {**FAMILIES[key][2], **(S.grids.get(key, {}) if S is not None else {})}
 
 
+#: the multi-instance fusions (``signatures.fusion``): the paper's histogram and bag of words, or the summary
+#: of the instance logits (:class:`hcc25d.mil.LogitSummary`)
+FUSIONS = ("paper", "summary")
+#: the prefixes of the multi-instance features among a fusion pipeline's feature names
+MIL_PREFIXES = ("hist__", "bow__", "logit__")
+
+
 def fusion_pipeline(key: str, inst_cols: Sequence[str], rad_cols: Sequence[str], seed: int, n_bins: int = 10,
                     n_words: int = 8, p_threshold: float = 0.05, corr_threshold: float = 0.9,
-                    lasso: bool = True, recorder: Optional[list] = None, size_col: Optional[str] = None):
-    """MIL fusion (histogram + bag of words over the instance columns) + radiomics columns → univariate
-    filter → correlation pruning → LASSO → scaler → classifier, as one ``Pipeline``. With ``size_col``
-    (a column of the input holding each patient's ROI extent) the radiomics columns are size-adjusted
-    (:class:`SizeAdjust`, fitted within the pipeline) before the screening."""
+                    lasso: bool = True, recorder: Optional[list] = None, size_col: Optional[str] = None,
+                    fusion: str = "paper"):
+    """MIL fusion over the instance columns + radiomics columns → univariate filter → correlation pruning
+    → LASSO → scaler → classifier, as one ``Pipeline``. ``fusion``: ``paper`` (the likelihood histogram and
+    the bag of words) or ``summary`` (:class:`hcc25d.mil.LogitSummary`). With ``size_col`` (a column of the
+    input holding each patient's ROI extent) the radiomics columns are size-adjusted (:class:`SizeAdjust`,
+    fitted within the pipeline) before the screening."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .mil import BagOfWordsTfidf, LikelihoodHistogram
+    from .mil import BagOfWordsTfidf, LikelihoodHistogram, LogitSummary
 
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {fusion!r}; one of {FUSIONS}")
     parts = []
-    if inst_cols:
+    if inst_cols and fusion == "summary":
+        parts.append(("logit", LogitSummary(), list(inst_cols)))
+    elif inst_cols:
         parts += [("hist", LikelihoodHistogram(n_bins=n_bins), list(inst_cols)),
                   ("bow", BagOfWordsTfidf(n_words=n_words), list(inst_cols))]
     if rad_cols and size_col:
@@ -388,6 +404,13 @@ def fusion_pipeline(key: str, inst_cols: Sequence[str], rad_cols: Sequence[str],
         steps.append(("lasso", LassoSelector(random_state=seed)))
     steps += [("scale", StandardScaler()), ("model", make_classifier(key, seed))]
     return Pipeline(steps)
+
+
+def pipeline_for(key: str, inst_cols: Sequence[str], rad_cols: Sequence[str], S, seed: int, **kwargs):
+    """:func:`fusion_pipeline` with the fusion, bins, vocabulary and screening thresholds of the params'
+    ``signatures`` section ``S``; ``kwargs``: ``lasso``, ``recorder``, ``size_col``."""
+    return fusion_pipeline(key, inst_cols, rad_cols, seed, S.n_bins, S.n_words, S.p_threshold, S.corr_threshold,
+                           fusion=S.fusion, **kwargs)
 
 
 def folds_cv(fold: pd.Series):
@@ -772,9 +795,8 @@ def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, se
                  sample_weight: Optional[np.ndarray] = None, size_col: Optional[str] = None) -> dict:
     """The DL_2.5D families: every family of ``S.models`` tuned on the fusion pipeline
     (:func:`fusion_pipeline`; ``size_col``: see there) — ``{key: FamilyResult}``."""
-    return {key: fit_family(key, fusion_pipeline(key, inst_cols, rad_cols, seed, S.n_bins, S.n_words,
-                                                 S.p_threshold, S.corr_threshold, recorder=recorder,
-                                                 size_col=size_col),
+    return {key: fit_family(key, pipeline_for(key, inst_cols, rad_cols, S, seed, recorder=recorder,
+                                              size_col=size_col),
                             X, meta, S, seed, n_jobs=n_jobs, cv=cv, views=views, sample_weight=sample_weight)
             for key in (models or S.models)}
 
@@ -838,14 +860,12 @@ def signal_sources(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, key
     parts = {"CNN patient score (before fusion)": pat.to_numpy()}
     if inst_cols:
         cols = list(inst_cols)
-        r = fit_family(key, fusion_pipeline(key, cols, [], seed, S.n_bins, S.n_words, S.p_threshold,
-                                            S.corr_threshold), X[cols], meta, S, seed, n_jobs=n_jobs, cv=cv,
+        r = fit_family(key, pipeline_for(key, cols, [], S, seed), X[cols], meta, S, seed, n_jobs=n_jobs, cv=cv,
                        views=[v[cols] for v in views] if views else None, sample_weight=sample_weight)
         parts["multi-instance features alone"] = r.scores
     if rad_cols:
         cols = list(rad_cols) + ([size_col] if size_col else [])
-        r = fit_family(key, fusion_pipeline(key, [], list(rad_cols), seed, S.n_bins, S.n_words, S.p_threshold,
-                                            S.corr_threshold, size_col=size_col), X[cols], meta, S, seed,
+        r = fit_family(key, pipeline_for(key, [], list(rad_cols), S, seed, size_col=size_col), X[cols], meta, S, seed,
                        n_jobs=n_jobs, cv=cv, sample_weight=sample_weight)
         parts["radiomics features alone"] = r.scores
     parts["DL_2.5D (both)"] = np.asarray(dl25d, float)
@@ -884,7 +904,7 @@ def saturation_note(selected: pd.DataFrame, threshold: float = SATURATED) -> str
         if col not in selected:
             continue
         hit = selected[(selected[col] >= threshold) & (selected[tr] < threshold)]
-        mil |= bool(hit["feature"].str.startswith(("hist__", "bow__")).any())
+        mil |= bool(hit["feature"].str.startswith(MIL_PREFIXES).any())
         if len(hit):
             parts.append(f"on the {c} patients, {len(hit)} of the {len(selected)} selected features take one value "
                          f"for at least {threshold * 100:.0f} % of them (training: at most "

@@ -58,11 +58,39 @@ def test_bow_vocabulary_and_idf_from_training_bags_only():
     assert set(b.get_feature_names_out()) <= {f"bow_p{i}" for i in range(4)} | {"bow_y0", "bow_y1"}
 
 
-@pytest.mark.parametrize("est", [mil.LikelihoodHistogram(threshold=0.5), mil.BagOfWordsTfidf(threshold=0.5)])
+@pytest.mark.parametrize("est", [mil.LikelihoodHistogram(threshold=0.5), mil.BagOfWordsTfidf(threshold=0.5),
+                                 mil.LogitSummary()])
 def test_sklearn_estimator_checks(est):
     # scikit-learn's own API checks (clone, fit/transform contracts, no logic in __init__, ...); the
     # transformers take probabilities in [0, 1], so checks that feed arbitrary data are expected to pass too
     check_estimator(est)
+
+
+def test_logit_summary_moves_with_a_shift_of_the_scores():
+    """The summary is of the logits (mean, SD, quartiles ...), a bag's missing instances are skipped, and a
+    shift of every logit by c moves every location feature by c and leaves the SD: nothing was fitted on the
+    training scores that a shifted centre could fall outside of."""
+    from hcc25d.stats import logit
+
+    rng = np.random.default_rng(4)
+    P = rng.uniform(0.05, 0.95, (40, 9))
+    P[3, 4:] = np.nan
+    t = mil.LogitSummary().fit(P)
+    F = t.transform(P)
+    assert list(t.get_feature_names_out()) == [f"logit_{s}" for s in mil.SUMMARY_STATS]
+    L = logit(P[3, :4])
+    np.testing.assert_allclose(F[3], [L.mean(), L.std(), L.min(), np.quantile(L, 0.25), np.median(L),
+                                      np.quantile(L, 0.75), L.max()])
+    c = -1.5
+    shifted = 1 / (1 + np.exp(-(logit(P) + c)))
+    G = t.transform(shifted)
+    sd = list(t.get_feature_names_out()).index("logit_sd")
+    loc = [i for i in range(F.shape[1]) if i != sd]
+    np.testing.assert_allclose(G[:, loc], F[:, loc] + c, atol=1e-9)
+    np.testing.assert_allclose(G[:, sd], F[:, sd], atol=1e-9)
+    assert np.isnan(t.transform(np.full((1, 9), np.nan))).all()
+    with pytest.raises(ValueError, match="unknown statistic"):
+        mil.LogitSummary(stats=("mean", "mode")).fit(P)
 
 
 def test_in_pipeline():

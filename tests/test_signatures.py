@@ -319,6 +319,38 @@ def test_harmonisation_effect_restores_a_shifted_centre_for_the_fusion():
     assert ext["CNN score AUC"] > 0.7 and ext["n"] == 120
 
 
+def test_summary_fusion_keeps_the_order_of_a_centre_whose_scores_all_shifted():
+    """``fusion: summary`` with a linear family: the external centre's patients keep their order whatever
+    constant its instance logits are shifted by (exactly: the same AUC), so the frozen model ranks the shifted
+    centre as well as the harmonised scores let it, where the paper's histogram and bag of words lose most of
+    it. The features are named for the page (``logit__`` among the multi-instance prefixes)."""
+    from hcc25d.stats import auc, logit
+
+    d, centre, h, log, X, cols, meta, train = _two_centre_bags()
+    y = meta["label"].to_numpy()
+    ext = (meta["cohort"] == "external").to_numpy()
+    res = {}
+    for fusion in sig.FUSIONS:
+        pipe = sig.fusion_pipeline("lr", cols, [], 0, n_bins=5, n_words=4, p_threshold=1.0, lasso=False,
+                                   fusion=fusion).fit(X[train], y[train])
+        t = sig.harmonisation_effect(pipe, X, meta, cols, d, h, log, centre).set_index("cohort")
+        res[fusion] = t.loc["external"]
+        if fusion == "summary":
+            moved = X.copy()
+            moved.loc[ext] = 1 / (1 + np.exp(-(logit(X.loc[ext].to_numpy()) + 2.0)))
+            a0 = auc(y[ext], pipe.predict_proba(X[ext])[:, 1])
+            assert auc(y[ext], pipe.predict_proba(moved[ext])[:, 1]) == pytest.approx(a0, abs=1e-12)
+            names = sig.selected_features(pipe)["feature"]
+            assert names.str.startswith(sig.MIL_PREFIXES).all() and names.str.startswith("logit__").any()
+    s, p = res["summary"], res["paper"]
+    assert s["DL_2.5D AUC (frozen)"] > p["DL_2.5D AUC (frozen)"] + 0.1
+    assert abs(s["DL_2.5D AUC (frozen)"] - s["DL_2.5D AUC (harmonised)"]) < 0.03
+    with pytest.raises(ValueError, match="unknown fusion"):
+        sig.fusion_pipeline("lr", cols, [], 0, fusion="histogram")
+    assert sig.pipeline_for("lr", cols, [], config.SignaturesCfg(fusion="summary"), 0).named_steps[
+        "fusion"].transformers[0][0] == "logit"
+
+
 def test_fusion_bins_show_where_a_shifted_centre_falls():
     """The bins a fitted fusion pipeline uses are read back from it, the fusion's input counts a validation
     instance once per fold model, and a centre whose scores moved down shows up below the label threshold
