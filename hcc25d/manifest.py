@@ -173,10 +173,12 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
                     problems.append(f"patient {pid}: {col} {val} and mask {mpath} do not overlap in space "
                                     f"(different patients or coordinate systems?)")
         grids.append(grid)
+    vessel = {}
     for col in VESSEL_COLUMNS.values():
         if col in df.columns:
             text = df[col].astype(str).str.strip()
             num = pd.to_numeric(text.replace({"": np.nan, "nan": np.nan}), errors="coerce")
+            vessel[col] = num.to_numpy(float)
             bad = num.isna() & ~text.isin(["", "nan"])
             problems += [f"patient {pid}: {col} {v!r} is not a number (HU; leave it empty if not measured)"
                          for pid, v in zip(df.loc[bad, "patient_id"], df.loc[bad, col])]
@@ -192,9 +194,8 @@ def validate_manifest(path: str | Path, phases: Sequence[str] = ("plain", "arter
                     for p in (df[col] if col in df.columns else [None] * len(df))]
     out["mask"] = [str((base / str(p)).resolve()) for p in df["mask"]]
     out["grid"] = grids
-    for col in VESSEL_COLUMNS.values():
-        if col in df.columns:
-            out[col] = pd.to_numeric(df[col].astype(str).str.strip(), errors="coerce").to_numpy(float)
+    for col, num in vessel.items():
+        out[col] = num
     if pseudonymise_ids:
         out["patient_id"] = [pseudonymise(p, salt) for p in out["patient_id"]]
     return out

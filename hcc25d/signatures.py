@@ -58,6 +58,7 @@ __all__ = [
     "FusionInputs",
     "fusion_inputs",
     "harmonisation_effect",
+    "fusion_alternative",
     "fusion_bins",
     "fusion_input_probs",
     "bin_occupancy",
@@ -735,6 +736,33 @@ def harmonisation_effect(estimator, X: pd.DataFrame, meta: pd.DataFrame, inst_co
             f"centre {m}: logit mean {moved.at[m, 'mean before']:+.2f}, SD {moved.at[m, 'SD before']:.2f} → "
             f"{moved.at[m, 'mean target']:+.2f}, {moved.at[m, 'SD target']:.2f}" for m in here) or "—"
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fusion_alternative(key: str, inputs: "FusionInputs", S, seed: int, scores: np.ndarray,
+                       n_jobs: int = 1) -> pd.DataFrame:
+    """DL_2.5D's family ``key`` refitted with the other multi-instance fusion of :data:`FUSIONS` (the
+    paper's or the logit summary), everything else as the run fits it (the same folds, weights, radiomics
+    and seed): one row per cohort with the cross-validated training AUC or the cohort's AUC both ways.
+    ``scores``: the run's DL_2.5D probabilities (training rows out of fold)."""
+    from .stats import auc
+
+    other = next(f for f in FUSIONS if f != S.fusion)
+    d = inputs
+    pipe = pipeline_for(key, d.inst_cols, d.rad_cols, S.model_copy(update={"fusion": other}), seed,
+                        size_col=d.size_col)
+    kw = d.fit_kwargs()
+    kw.pop("size_col")
+    alt = fit_family(key, pipe, d.X, d.meta, S, seed, n_jobs=n_jobs, **kw).scores
+    y, cohort = d.y, d.meta["cohort"].to_numpy()
+    rows = []
+    for c in in_cohort_order(d.meta["cohort"]):
+        m = cohort == c
+        if len(set(y[m])) < 2:
+            continue
+        rows.append({"cohort": "training (cross-validated)" if c == "training" else c, "n": int(m.sum()),
+                     f"AUC (fusion: {S.fusion}, this run)": auc(y[m], np.asarray(scores, float)[m]),
+                     f"AUC (fusion: {other})": auc(y[m], alt[m])})
     return pd.DataFrame(rows)
 
 

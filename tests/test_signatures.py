@@ -440,3 +440,28 @@ def test_fusion_inputs_are_the_stages_steps():
     # without the CNN's folds (in-sample CNN): stratified folds
     off = sig.fusion_inputs(cfg, patients, d.assign(fold=np.nan), radf)
     assert off.cv is None and "stratified folds" in off.cv_note and "in-sample" in off.cv_note
+
+
+def test_fusion_alternative_refits_the_family_with_the_other_fusion_only():
+    """The book's one-run comparison of the two fusions: the run's own scores in one column, the same family
+    with the other fusion (and nothing else changed) in the other, for either setting of the run."""
+    from hcc25d.stats import auc
+
+    X, meta, ic, rc = dataset(seed=3)
+    fi = sig.FusionInputs(X=X, meta=meta, inst_cols=ic, rad_cols=rc, size_col=None,
+                          extent=pd.Series(1.0, index=X.index), views=[X], cv=None, cv_note="",
+                          sample_weight=None, inst=pd.DataFrame(), inst_frozen=pd.DataFrame(),
+                          inst_harm=pd.DataFrame(), harm_log=pd.DataFrame())
+    y, cohort = meta["label"].to_numpy(), meta["cohort"].to_numpy()
+    for run_fusion, other in (("paper", "summary"), ("summary", "paper")):
+        Sf = S.model_copy(update={"fusion": run_fusion})
+        own = sig.build_models(X, meta, ic, rc, Sf, 0, models=("lr",))["lr"].scores
+        t = sig.fusion_alternative("lr", fi, Sf, 0, own).set_index("cohort")
+        assert list(t.index) == ["training (cross-validated)", "internal", "external"]
+        assert list(t.columns) == ["n", f"AUC (fusion: {run_fusion}, this run)", f"AUC (fusion: {other})"]
+        ref = sig.build_models(X, meta, ic, rc, S.model_copy(update={"fusion": other}), 0, models=("lr",))["lr"]
+        for c, name in (("training", "training (cross-validated)"), ("external", "external")):
+            m = cohort == c
+            assert t.loc[name, f"AUC (fusion: {other})"] == pytest.approx(auc(y[m], ref.scores[m]))
+            assert t.loc[name, f"AUC (fusion: {run_fusion}, this run)"] == pytest.approx(auc(y[m], own[m]))
+        assert t.loc["external", "n"] == 80
