@@ -382,8 +382,8 @@ def _score_shift(run_dir: Path, cohorts, cnn_auc: pd.Series) -> str:
     else:
         text += (" The fusion's bins and thresholds were fitted on the training patients' scores; here DL_2.5D "
                  f"stays within {GAP_NOTE:.2f} of the CNN's own score despite the shift.")
-    return (text + _fusion_spread(run_dir, big) + _harmonised(run_dir, big) + _timing_remedy(run_dir, big)
-            + _reference_rows(run_dir, big))
+    return (text + _fusion_spread(run_dir, big) + _harmonised(run_dir, big) + _other_fusion(run_dir, big)
+            + _timing_remedy(run_dir, big) + _reference_rows(run_dir, big))
 
 
 def _fusion_spread(run_dir: Path, cohorts) -> str:
@@ -502,6 +502,32 @@ def _harmonised(run_dir: Path, cohorts) -> str:
     return (" Mapping the new centre's scores onto the training scores' mean and SD before the fusion "
             "(`signatures.harmonise_centres`, fitted on that centre's own unlabelled patients) gives DL_2.5D an AUC "
             "of " + "; ".join(parts) + f". This run's signatures use the {used} scores.")
+
+
+def _other_fusion(run_dir: Path, cohorts) -> str:
+    """DL_2.5D's family refitted with the other multi-instance fusion (the signatures stage's
+    ``tab-fusion-alternative.csv``) on the shifted cohorts, beside this run's, and on the training cohort."""
+    t = _read(run_dir, "signatures", "tab-fusion-alternative.csv")
+    if t is None or "cohort" not in t:
+        return ""
+    own = [c for c in t.columns if c.startswith("AUC (fusion: ") and c.endswith(", this run)")]
+    other = [c for c in t.columns if c.startswith("AUC (fusion: ") and c not in own]
+    if len(own) != 1 or len(other) != 1:
+        return ""
+    name = other[0][len("AUC (fusion: "):-1]
+    t = t.set_index("cohort")
+    parts = [f"{t.at[c, other[0]]:.3f} on the {c} patients against this run's {t.at[c, own[0]]:.3f}"
+             for c in cohorts if c in t.index]
+    if not parts:
+        return ""
+    tr = "training (cross-validated)"
+    if tr in t.index:
+        parts.append(f"{t.at[tr, other[0]]:.3f} against {t.at[tr, own[0]]:.3f} cross-validated on the training "
+                     "patients")
+    what = ("the summary of each patient's instance logits, with no bin fitted on the training scores; not the "
+            "paper's" if name == "summary" else "the paper's histogram and bag of words")
+    return (f" Refitted with the other multi-instance fusion (`signatures.fusion: {name}`: {what}), the same "
+            "family gives DL_2.5D an AUC of " + "; ".join(parts) + ".")
 
 
 def ablation_summary(run_dir: str | Path) -> str:
