@@ -406,6 +406,11 @@ class SignaturesCfg(Section):
     #: (:class:`hcc25d.mil.LogitSummary`): no bin for a centre's shifted scores to fall outside of, so a linear
     #: family keeps the order of a centre whose scores are all shifted alike.
     fusion: Literal["paper", "summary"] = "paper"
+    #: the radiomics half of DL_2.5D: ``always`` (the paper's: the multi-instance features and the radiomics
+    #: features enter the selection together) or ``cv``: every family's grid search also tries the pipeline
+    #: without the radiomics features, and the training cross-validation decides, as for any other
+    #: hyperparameter (Table 4's best parameters say which it kept).
+    radiomics: Literal["always", "cv"] = "always"
     #: likelihood-histogram bins (``fusion: paper``).
     n_bins: int = Field(10, ge=2)
     #: bag-of-words vocabulary size (k-means words over the instance probabilities).

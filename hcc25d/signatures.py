@@ -43,6 +43,8 @@ __all__ = [
     "family_grid",
     "fusion_pipeline",
     "pipeline_for",
+    "radiomics_choice",
+    "RADIOMICS_PARAM",
     "FUSIONS",
     "MIL_PREFIXES",
     "folds_cv",
@@ -364,6 +366,8 @@ def family_grid(key: str, S) -> dict:
 FUSIONS = ("paper", "summary")
 #: the prefixes of the multi-instance features among a fusion pipeline's feature names
 MIL_PREFIXES = ("hist__", "bow__", "logit__")
+#: the grid key of :func:`radiomics_choice`
+RADIOMICS_PARAM = "fusion__rad"
 
 
 def fusion_pipeline(key: str, inst_cols: Sequence[str], rad_cols: Sequence[str], seed: int, n_bins: int = 10,
@@ -436,6 +440,7 @@ def tune(pipe, grid: dict, X: pd.DataFrame, y, seed: int, folds: int = 5, n_jobs
     """Grid search (AUC) on the training rows only; returns the fitted ``GridSearchCV`` and the out-of-fold
     probabilities of its best configuration.
 
+    ``grid``: the classifier's parameters; a key that names a pipeline step (``fusion__rad``) is searched as given.
     ``cv``: a splitter (e.g. :func:`folds_cv` of the CNN's folds); by default stratified ``folds``-fold.
     ``class_weight="balanced"`` passes :func:`balanced_weights` to the final step's ``fit``
     (``model__sample_weight``), the same way for every family; ``sample_weight`` (e.g.
@@ -444,7 +449,7 @@ def tune(pipe, grid: dict, X: pd.DataFrame, y, seed: int, folds: int = 5, n_jobs
     from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
     cv = cv if cv is not None else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    grid = {f"model__{k}": list(v) for k, v in grid.items()}
+    grid = {(k if "__" in k else f"model__{k}"): list(v) for k, v in grid.items()}
     if sample_weight is not None:
         params = {"model__sample_weight": np.asarray(sample_weight, float)}
     else:
@@ -753,7 +758,8 @@ def fusion_alternative(key: str, inputs: "FusionInputs", S, seed: int, scores: n
                         size_col=d.size_col)
     kw = d.fit_kwargs()
     kw.pop("size_col")
-    alt = fit_family(key, pipe, d.X, d.meta, S, seed, n_jobs=n_jobs, **kw).scores
+    alt = fit_family(key, pipe, d.X, d.meta, S, seed, n_jobs=n_jobs, choose_radiomics=S.radiomics == "cv",
+                     **kw).scores
     y, cohort = d.y, d.meta["cohort"].to_numpy()
     rows = []
     for c in in_cohort_order(d.meta["cohort"]):
@@ -800,18 +806,33 @@ class FamilyResult:
 
     @property
     def best_params(self) -> dict:
-        return {k.replace("model__", ""): v for k, v in self.search.best_params_.items()}
+        return {("radiomics" if k == RADIOMICS_PARAM else k.replace("model__", "")):
+                (("dropped" if v == "drop" else "kept") if k == RADIOMICS_PARAM else v)
+                for k, v in self.search.best_params_.items()}
+
+
+def radiomics_choice(pipe) -> dict:
+    """The grid entry that lets the cross-validation decide whether a fusion pipeline's radiomics half enters
+    (``signatures.radiomics: cv``): ``{"fusion__rad": [the pipeline's radiomics transformer, "drop"]}``, or
+    ``{}`` where the pipeline lacks either half (there is nothing to choose)."""
+    fusion = pipe.named_steps.get("fusion") if hasattr(pipe, "named_steps") else None
+    parts = {name: t for name, t, _ in getattr(fusion, "transformers", [])}
+    if "rad" not in parts or len(parts) < 2:
+        return {}
+    return {RADIOMICS_PARAM: [parts["rad"], "drop"]}
 
 
 def fit_family(key: str, pipe, X: pd.DataFrame, meta: pd.DataFrame, S, seed: int, n_jobs: int = 1, cv=None,
                views: Optional[Sequence[pd.DataFrame]] = None,
-               sample_weight: Optional[np.ndarray] = None) -> FamilyResult:
+               sample_weight: Optional[np.ndarray] = None, choose_radiomics: bool = False) -> FamilyResult:
     """Tune one family's pipeline on the training rows (:func:`tune`) and score every row. Only
     ``X[meta.cohort == "training"]`` is ever passed to ``fit``; the other rows are only predicted (the mean
-    over the fold-model ``views``, :func:`heldout_views`, when given)."""
+    over the fold-model ``views``, :func:`heldout_views`, when given). ``choose_radiomics``: the grid also
+    searches the pipeline with and without its radiomics half (:func:`radiomics_choice`)."""
     train = (meta["cohort"] == "training").to_numpy()
     y = meta["label"].to_numpy()
-    gs, oof = tune(pipe, family_grid(key, S), X[train], y[train], seed, S.cv_folds, n_jobs=n_jobs, cv=cv,
+    grid = {**family_grid(key, S), **(radiomics_choice(pipe) if choose_radiomics else {})}
+    gs, oof = tune(pipe, grid, X[train], y[train], seed, S.cv_folds, n_jobs=n_jobs, cv=cv,
                    class_weight=S.class_weight, sample_weight=sample_weight)
     return FamilyResult(key, gs, oof, predict_views(gs, X, views or [X], train), gs.predict_proba(X)[:, 1],
                         train, y[train])
@@ -825,7 +846,8 @@ def build_models(X: pd.DataFrame, meta: pd.DataFrame, inst_cols, rad_cols, S, se
     (:func:`fusion_pipeline`; ``size_col``: see there) — ``{key: FamilyResult}``."""
     return {key: fit_family(key, pipeline_for(key, inst_cols, rad_cols, S, seed, recorder=recorder,
                                               size_col=size_col),
-                            X, meta, S, seed, n_jobs=n_jobs, cv=cv, views=views, sample_weight=sample_weight)
+                            X, meta, S, seed, n_jobs=n_jobs, cv=cv, views=views, sample_weight=sample_weight,
+                            choose_radiomics=S.radiomics == "cv")
             for key in (models or S.models)}
 
 

@@ -465,3 +465,32 @@ def test_fusion_alternative_refits_the_family_with_the_other_fusion_only():
             assert t.loc[name, f"AUC (fusion: {other})"] == pytest.approx(auc(y[m], ref.scores[m]))
             assert t.loc[name, f"AUC (fusion: {run_fusion}, this run)"] == pytest.approx(auc(y[m], own[m]))
         assert t.loc["external", "n"] == 80
+
+
+def test_radiomics_cv_lets_the_training_folds_decide_whether_the_radiomics_half_enters():
+    """``signatures.radiomics: cv``: each family's grid also tries the pipeline without the radiomics half;
+    the search keeps whichever cross-validates better (its CV AUC is the better of the two pipelines fitted
+    separately), Table 4's best parameters say which, and a dropped half leaves no radiomics feature selected.
+    A pipeline with only one half has nothing to choose."""
+    X, meta, ic, rc = dataset(seed=5, signal=1.0)
+    rng = np.random.default_rng(5)
+    noise = {f"portal_original_glcm_N{j}": rng.normal(0, 1, len(X)) for j in range(40)}
+    for radiomics, rad in (("signal", rc), ("noise", list(noise))):
+        Xr = pd.concat([X[ic], X[rc] if radiomics == "signal" else pd.DataFrame(noise, index=X.index)], axis=1)
+        Sl = S.model_copy(update={"models": ("lr",), "grids": {"lr": {"C": [1.0]}}})
+        both = sig.build_models(Xr, meta, ic, rad, Sl, 0)["lr"]
+        alone = sig.build_models(Xr[ic], meta, ic, [], Sl, 0)["lr"]
+        chosen = sig.build_models(Xr, meta, ic, rad, Sl.model_copy(update={"radiomics": "cv"}), 0)["lr"]
+        assert chosen.cv_auc == pytest.approx(max(both.cv_auc, alone.cv_auc))
+        kept = chosen.best_params["radiomics"]
+        assert kept == ("kept" if both.cv_auc >= alone.cv_auc else "dropped")
+        feats = sig.selected_features(chosen.search.best_estimator_)["feature"]
+        assert feats.str.startswith("rad__").any() == (kept == "kept" and
+                                                       sig.selected_features(both.search.best_estimator_)[
+                                                           "feature"].str.startswith("rad__").any())
+        if radiomics == "signal":
+            assert kept == "kept"
+    pipe = sig.fusion_pipeline("lr", ic, rc, 0)
+    assert set(sig.radiomics_choice(pipe)) == {sig.RADIOMICS_PARAM}
+    assert sig.radiomics_choice(sig.fusion_pipeline("lr", ic, [], 0)) == {}
+    assert sig.radiomics_choice(sig.fusion_pipeline("lr", [], rc, 0)) == {}
