@@ -409,7 +409,8 @@ class SignaturesCfg(Section):
     #: the radiomics half of DL_2.5D: ``always`` (the paper's: the multi-instance features and the radiomics
     #: features enter the selection together) or ``cv``: every family's grid search also tries the pipeline
     #: without the radiomics features, and the training cross-validation decides, as for any other
-    #: hyperparameter (Table 4's best parameters say which it kept).
+    #: hyperparameter (Table 4's best parameters say which it kept). The ablation rows report the DL features
+    #: alone and with the radiomics features either way.
     radiomics: Literal["always", "cv"] = "always"
     #: likelihood-histogram bins (``fusion: paper``).
     n_bins: int = Field(10, ge=2)
