@@ -806,9 +806,13 @@ class FamilyResult:
 
     @property
     def best_params(self) -> dict:
-        return {("radiomics" if k == RADIOMICS_PARAM else k.replace("model__", "")):
-                (("dropped" if v == "drop" else "kept") if k == RADIOMICS_PARAM else v)
-                for k, v in self.search.best_params_.items()}
+        out = {}
+        for k, v in self.search.best_params_.items():
+            if k == RADIOMICS_PARAM:  # the transformer object or "drop" (radiomics_choice)
+                out["radiomics"] = "dropped" if isinstance(v, str) and v == "drop" else "kept"
+            else:
+                out[k.replace("model__", "")] = v
+        return out
 
 
 def radiomics_choice(pipe) -> dict:
