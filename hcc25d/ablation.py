@@ -180,8 +180,8 @@ def full_reference(ctx) -> pd.DataFrame:
         return ctx.full_preds
     if ablation_repeats(ctx.cfg) == 1 and ctx.first_repeat is not None:
         return ctx.first_repeat  # the CNN stage's first split alone: the same models a retraining would give
-    return retrain_cnn(ctx.raw, VARIANTS[0], ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False,
-                       confounders=ctx.confounders, size=ctx.size)
+    return retrain_cnn(ctx.raw, VARIANTS[0], ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache,
+                       ctx.cfg.compute.progress, confounders=ctx.confounders, size=ctx.size)
 
 
 def uses_excess(variant: Variant, C) -> bool:
@@ -195,7 +195,8 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
                 confounders: Optional[pd.DataFrame] = None, size: Optional[pd.Series] = None,
                 labels: Optional[pd.Series] = None, prediction: Optional[str] = None,
                 settings: Optional[dict] = None) -> pd.DataFrame:
-    """Cross-fit the selected backbone on a variant's instances, with the CNN stage's folds and settings.
+    """Cross-fit the selected backbone on a variant's instances, with the CNN stage's folds and settings
+    (``progress``: a bar over the variant's models).
 
     ``raw_bags``: the cropping stage's bags *before* the intensity reference (the variant decides).
     ``labels`` (patient id → 0/1): train on this label instead of the outcome, on the patients it names
@@ -223,12 +224,16 @@ def retrain_cnn(raw_bags, variant: Variant, cfg, fold_of: dict, backbone: str, c
         sub = Bags(sub.x[keep], sub.index[keep].assign(label=lab).reset_index(drop=True), sub.channels)
     make = lambda: cnn.build_model(backbone, C.weights, C.on_missing_weights, C.dropout, width=C.width,  # noqa: E731
                                    in_channels=sub.x.shape[1])[0]
+    name = name or f"{backbone} [{variant.name}]"
     preds, _, _, _ = cnn.crossfit_predict(sub, make, C, cfg.cnn_seed() + 7919 * variant.reseed, folds=C.folds,
                                           prediction=prediction or C.prediction,
                                           device=cnn.torch_device(C.device),
-                                          cache_dir=cache_dir, name=name or f"{backbone} [{variant.name}]",
-                                          progress=progress, fold_of=fold_of, confounders=confounders,
+                                          cache_dir=cache_dir, name=name,
+                                          progress="models" if progress else False, fold_of=fold_of,
+                                          confounders=confounders,
                                           verbose=False, size=size)
+    if not cfg.ablations.keep_checkpoints:
+        cnn.remove_checkpoints(cache_dir, name)
     return preds
 
 
@@ -669,8 +674,8 @@ def run_variants(ctx: Context, variants) -> tuple[pd.DataFrame, pd.DataFrame, pd
         elif v.size_adjust is False:
             preds = undo_size_adjust(reference)
         else:
-            preds = retrain_cnn(ctx.raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache, False,
-                                confounders=ctx.confounders, size=ctx.size)
+            preds = retrain_cnn(ctx.raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, ctx.cache,
+                                ctx.cfg.compute.progress, confounders=ctx.confounders, size=ctx.size)
         ctx.predictions[("default", v.name)] = preds
         inst_auc.append({"variant": v.name, **patient_mean_auc(preds)})
         fused = ctx.fusion_input(preds)
@@ -704,7 +709,7 @@ def negative_control(ctx: Context, patients: pd.DataFrame, table: pd.DataFrame, 
     rows, p_full = [], None
     for v in (full_v, twod):
         cache = ctx.cache / "negative-control" if ctx.cache else None
-        preds = retrain_cnn(nc_raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, cache, False,
+        preds = retrain_cnn(nc_raw, v, ctx.cfg, ctx.fold_of, ctx.backbone, cache, progress,
                             name=f"{ctx.backbone} [negative control, {v.name}]", confounders=ctx.confounders,
                             size=ctx.size)
         ctx.predictions[("negative control", v.name)] = preds

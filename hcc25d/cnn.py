@@ -29,11 +29,14 @@ SimpleITK or PyRadiomics).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import random
+import re
 import socket
 import sys
 import time
@@ -176,6 +179,11 @@ class LiteCNN(nn.Module):
 OWN_MODELS = {"litecnn": lambda width, dropout, in_channels=3: LiteCNN(in_channels, width, dropout)}
 
 
+#: ImageNet weights this process found neither cached nor downloadable ((weights, hub dir) → why): a
+#: stage builds one network per fold model, and an offline machine would otherwise try each time
+_UNAVAILABLE: dict = {}
+
+
 def build_model(name: str, weights: str = "imagenet", on_missing_weights: str = "fail", dropout: float = 0.2,
                 download_timeout: float = 15.0, width: int = 16, in_channels: int = 3):
     """A torchvision backbone with a one-logit head, or one of :data:`OWN_MODELS`. Returns ``(model,
@@ -205,20 +213,27 @@ def build_model(name: str, weights: str = "imagenet", on_missing_weights: str = 
         return model, info
     if weights == "imagenet":
         w = _imagenet_weights(name)
+        key = (str(w), torch.hub.get_dir())
         if w is None:
             msg = f"torchvision has no ImageNet weights for {name}"
+        elif key in _UNAVAILABLE:  # tried once in this process: not again for every fold model
+            msg = _UNAVAILABLE[key]
         else:
             old = socket.getdefaulttimeout()
             socket.setdefaulttimeout(download_timeout)
             try:
-                # torchvision's weights API: loads from the hub cache, downloads when it can
-                model = torchvision.models.get_model(name, weights=w)
-                info.update(used="imagenet", note=f"{w} ({w.url.rsplit('/', 1)[-1]})")
+                # torchvision's weights API: loads from the hub cache, downloads when it can; the hub's
+                # "Downloading: ..." line goes to stdout, i.e. into the book: said in the note instead
+                with contextlib.redirect_stdout(io.StringIO()) as said:
+                    model = torchvision.models.get_model(name, weights=w)
+                fetched = ", downloaded to the hub cache" if "Downloading" in said.getvalue() else ""
+                info.update(used="imagenet", note=f"{w} ({w.url.rsplit('/', 1)[-1]}{fetched})")
                 return _replace_head(model, name, dropout), info
             except Exception as exc:  # no network, no cache
                 msg = (f"ImageNet weights {w} for {name} are neither in the torch hub cache "
                        f"({torch.hub.get_dir()}/checkpoints) nor downloadable: {type(exc).__name__}: "
                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}")
+                _UNAVAILABLE[key] = msg
             finally:
                 socket.setdefaulttimeout(old)
         if on_missing_weights == "fail":
@@ -853,6 +868,9 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
                       None if weights is None else hashlib.sha1(np.asarray(weights, np.float64).tobytes()).hexdigest())
     if checkpoint is not None and checkpoint.exists():
         ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        if ck.get("fingerprint") == fp and ck.get("finished"):  # the model this training returned
+            model.load_state_dict(ck["model"])
+            return model, pd.DataFrame(ck["log"])
         if ck.get("fingerprint") == fp:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -935,27 +953,95 @@ def train_model(make_model: Callable, x: np.ndarray, y: np.ndarray, groups: np.n
         if live is not None:
             model.load_state_dict(live)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", steps=steps)
-        if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save({"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "epoch": epoch, "steps": steps,
-                        "log": log, "best": best, "bad_epochs": bad_epochs, "best_state": best_state,
-                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "ema_state": ema_state}, tmp)
-            os.replace(tmp, checkpoint)
+        if checkpoint is not None and epoch < epochs - 1:  # after the last epoch: the finished one below
+            _save_checkpoint(checkpoint, desc, {
+                "fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "epoch": epoch, "steps": steps,
+                "log": log, "best": best, "bad_epochs": bad_epochs, "best_state": best_state,
+                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "ema_state": ema_state})
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    if checkpoint is not None:  # a finished model keeps only what it returns: its weights and its log
+        _save_checkpoint(checkpoint, desc, {"fingerprint": fp, "finished": True, "model": model.state_dict(),
+                                            "log": log})
     return model, pd.DataFrame(log)
+
+
+def _tensor_bytes(obj) -> int:
+    """The bytes of all tensors in a (nested) checkpoint dict."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+class CheckpointSpace(OSError):
+    """Not enough free disk space for a training checkpoint."""
+
+
+def _save_checkpoint(path: Path, desc: str, ck: dict) -> None:
+    """Write ``ck`` to ``path`` through a temporary file, after checking that the disk can hold it: a full
+    disk would otherwise end hours of training with a message about a zip archive's position."""
+    import shutil
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    need = _tensor_bytes(ck) + (64 << 20)
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise CheckpointSpace(
+            f"not enough disk space for the checkpoint of {desc}: it needs about {need / 1e9:.1f} GB and "
+            f"{free / 1e9:.1f} GB are free on {path.parent}. Free space there, or set cnn.resume: false "
+            f"(no checkpoints: an interrupted training starts again; the ablation stage's own checkpoints "
+            f"are kept or not by ablations.keep_checkpoints)")
+    tmp = path.with_suffix(".tmp")
+    torch.save(ck, tmp)
+    os.replace(tmp, path)
+
+
+def checkpoint_path(cache_dir: Path, name: str, tag: str) -> Path:
+    """Where :func:`crossfit_predict` keeps the checkpoint of model ``tag`` of the set ``name``: one file
+    per model, named after it; a name like "litecnn [axial 2.5D: no sagittal/coronal view]" becomes
+    neither folders nor characters some file systems refuse."""
+    return Path(cache_dir) / f"{re.sub(r'[^0-9A-Za-z_.+-]+', '_', name)}-{tag}.pt"
+
+
+def remove_checkpoints(cache_dir: Optional[Path], name: str) -> int:
+    """Delete the checkpoints of every model of the set ``name`` (:func:`checkpoint_path`); returns how
+    many."""
+    if cache_dir is None or not Path(cache_dir).exists():
+        return 0
+    stem = checkpoint_path(cache_dir, name, "").name[:-len("-.pt")]
+    mine = re.compile(re.escape(stem) + r"-(?:final|(?:rep\d+-)?fold\d+)\.pt")  # not another set's
+    files = [p for p in Path(cache_dir).iterdir() if mine.fullmatch(p.name)]
+    for p in files:
+        p.unlink()
+    return len(files)
 
 
 #: offset between the seeds of two cross-fitting repeats (their fold splits and their models' seeds)
 REPEAT_SEED = 104729
 
 
+def model_bar(n_models: int, desc: str, show: bool = True):
+    """A progress bar (stderr) over the ``n_models`` models a set trains, for stages that train many: the
+    bar's postfix names the model last finished (``fold2``, ``rep3-fold1``)."""
+    from tqdm import tqdm
+
+    return tqdm(total=n_models, desc=desc, disable=not show, file=sys.stderr, ncols=100, mininterval=1.0,
+                unit="model")
+
+
 def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int, folds: int = 5,
                      prediction: str = "crossfit", device: str = "cpu", dims: int = 2,
-                     cache_dir: Optional[Path] = None, name: str = "model", progress: bool = True,
+                     cache_dir: Optional[Path] = None, name: str = "model", progress: bool | str = True,
                      fold_of: Optional[dict] = None, confounders: Optional[pd.DataFrame] = None,
                      verbose: bool = True, size: Optional[pd.Series] = None,
                      target: Optional[pd.Series] = None):
@@ -1005,6 +1091,9 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     ``target`` (patient → a value in [0, 1]): what every model learns in place of the outcome (a soft
     label in the loss; :func:`latent_label_reference`). Everything else stays the outcome's: the folds
     (stratified by it, so the same as without ``target``), the ``label`` column and the size adjustment.
+
+    ``progress``: ``True``, a bar over each model's epochs; ``"models"``, one bar over the set's models
+    (what a stage that trains many shows); ``False``, none. Bars go to stderr.
     """
     if prm.size_adjust and size is None:
         raise ValueError("size_adjust is on: pass each patient's ROI extent (crop25d.roi_extent_mm) as size")
@@ -1028,22 +1117,29 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
     vf = float(prm.val_fraction)
     tref = timing_reference(bags) if float(prm.augment.timing) > 0 else None
 
+    bar = {}
+
+    def start_bar(n_models):
+        bar["b"] = model_bar(n_models, name, progress == "models")
+
     def fit(train_ids, tag, s):
         rows = bags.rows(train_ids)
         tr_pats = train[train["patient_id"].isin(set(train_ids))]
         _, val_ids = _val_split(tr_pats, vf, s)
         trained_on[tag] = sorted(map(str, train_ids))
-        ck = (cache_dir / f"{name}-{tag}.pt") if cache_dir is not None else None
+        ck = checkpoint_path(cache_dir, name, tag) if cache_dir is not None else None
         w = None
         if confounders is not None and confounders.shape[1]:
             w = deconfounding_weights(y[rows], confounders.reindex(groups[rows]))
         model, log = train_model(make_model, bags.x[rows], y[rows], groups[rows], prm, s, device=device, dims=dims,
-                                 checkpoint=ck, desc=f"{name} {tag}", progress=progress, val_ids=val_ids,
+                                 checkpoint=ck, desc=f"{name} {tag}", progress=progress is True, val_ids=val_ids,
                                  weights=w, timing=None if tref is None else (tref[0], tref[1], tref[2][rows]))
         if verbose:
             _log_steps(name, tag, log, len(rows))
         logs.append(log.assign(model=name, fit=tag))
         models[tag] = model
+        bar["b"].set_postfix_str(tag, refresh=False)
+        bar["b"].update(1)
         return model
 
     others = bags.rows(pats.loc[pats["cohort"] != "training", "patient_id"])
@@ -1059,6 +1155,7 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
         splits = [fold_of] + [{pid: f for f, held in enumerate(patient_folds(train, k, seed + REPEAT_SEED * r))
                                for pid in held} for r in range(1, n_rep)]
         fitted = []  # per model: (repeat, fold, held rows, seen rows, its probabilities of held/others/seen)
+        start_bar(k * n_rep)
         for r, split in enumerate(splits):
             for f in range(k):
                 held = np.array([p for p in train["patient_id"] if split[p] == f], dtype=object)
@@ -1110,6 +1207,7 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
 
         pred, insample, source, per_fold = combine(oof_sum, per_fold, ins_sum, ins_n, n_rep)
     elif prediction == "insample":
+        start_bar(1)
         final = fit(train["patient_id"].to_numpy(), "final", seed)
         pred[:] = predict(final, bags.x, device=device, dims=dims)
         source[:] = "final"
@@ -1118,6 +1216,8 @@ def crossfit_predict(bags: Bags, make_model: Callable, prm: TrainCfg, seed: int,
         assignment = {}
     else:
         raise ValueError(f"prediction must be 'crossfit' or 'insample', not {prediction!r}")
+    bar["b"].close()
+
     def table(pr, ins, src, pf):
         out = bags.index.drop(columns=[c for c in bags.index if c.startswith("lvl_")])
         out["prob"] = pr
@@ -1281,7 +1381,8 @@ def deconfounding_weights(y, confounders: pd.DataFrame) -> np.ndarray:
 
 def _log_steps(name: str, tag: str, log: pd.DataFrame, n: int) -> None:
     if len(log):
-        print(f"{name} {tag}: {n} instances, {int(log['epoch'].iloc[-1])} epochs, "
+        epochs = int(log["epoch"].iloc[-1])
+        print(f"{name} {tag}: {n} instances, {epochs} epoch{'s' * (epochs != 1)}, "
               f"{int(log['steps'].iloc[-1])} optimiser steps, {log['seconds'].sum():.0f} s", flush=True)
 
 
@@ -1375,8 +1476,9 @@ def model_factory(name: str, C, in_channels: int) -> Callable:
 
 def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Optional[Path] = None,
                     confounders: Optional[pd.DataFrame] = None, model_dir: Optional[Path] = None,
-                    size: Optional[pd.Series] = None):
-    """Cross-fit every backbone of ``C.backbones`` (:func:`crossfit_predict`) on the same folds.
+                    size: Optional[pd.Series] = None, progress: bool = True):
+    """Cross-fit every backbone of ``C.backbones`` (:func:`crossfit_predict`) on the same folds, with a
+    progress bar per backbone over its models (``progress``).
 
     Returns ``(preds, logs, models, metas)``: instance predictions of all backbones (column
     ``backbone``), training logs, ``{backbone: {fit tag: model}}`` and each backbone's fold record. With
@@ -1390,7 +1492,8 @@ def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Op
         make = model_factory(name, C, bags.x.shape[1])
         preds, logs, fitted, meta = crossfit_predict(bags, make, C, seed, folds=C.folds, prediction=C.prediction,
                                                      device=device, cache_dir=cache_dir, name=name,
-                                                     progress=False, confounders=confounders, size=size)
+                                                     progress="models" if progress else False,
+                                                     confounders=confounders, size=size)
         all_preds.append(preds.assign(backbone=name))
         all_logs.append(logs)
         models[name], metas[name] = fitted, meta
@@ -1404,7 +1507,7 @@ def train_backbones(bags: Bags, C, seed: int, device: str = "cpu", cache_dir: Op
 
 def latent_label_reference(bags: Bags, C, backbone: str, llr: pd.Series, seed: int, device: str = "cpu",
                            cache_dir: Optional[Path] = None, size: Optional[pd.Series] = None,
-                           verbose: bool = False) -> pd.DataFrame:
+                           verbose: bool = False, progress: bool = True) -> pd.DataFrame:
     """The twin's *label reference*: ``backbone`` cross-fitted exactly as the method's model set (same
     input, settings, seeds, folds and repeats, :func:`crossfit_predict`) but taught each training patient's
     latent image score instead of its outcome — the soft label ``1 / (1 + exp(−llr))``, ``llr`` the image-only
@@ -1418,7 +1521,8 @@ def latent_label_reference(bags: Bags, C, backbone: str, llr: pd.Series, seed: i
     target = 1.0 / (1.0 + np.exp(-pd.Series(llr, dtype=float)))
     make = model_factory(backbone, C, bags.x.shape[1])
     preds, _, _, _ = crossfit_predict(bags, make, C, seed, folds=C.folds, prediction="crossfit", device=device,
-                                      cache_dir=cache_dir, name=f"{backbone}-latent-label", progress=False,
+                                      cache_dir=cache_dir, name=f"{backbone}-latent-label",
+                                      progress="models" if progress else False,
                                       verbose=verbose, size=size, target=target)
     return preds.assign(backbone=LABEL_REFERENCE)
 

@@ -474,6 +474,12 @@ class AblationsCfg(Section):
     #: what it can see with a clean label (three models, and three more on the negative-control twin when it
     #: runs: its two moved traits, and the peritumoral enhancement again with the two-point reference).
     trait_probe: bool = True
+    #: keep each retrained model's checkpoint (``cnn.resume``) after its variant is done, so that a rerun of
+    #: the stage (after an edit of the chapter, say) reuses the finished models instead of retraining them.
+    #: A finished model's checkpoint holds its weights: a few hundred kB for the CPU network, about 0.5 GB
+    #: for a VGG19 at 224 px; ``false`` (the gpu profile) deletes a variant's checkpoints once its
+    #: predictions are in, so the stage needs room for one variant's models at a time.
+    keep_checkpoints: bool = True
 
 
 class ComputeCfg(Section):

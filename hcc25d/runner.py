@@ -370,7 +370,37 @@ def _device() -> dict:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _failure_message(stage: Stage, exc: Exception, failed_nb: Path) -> str:
+def kernel_manager(log_path: Path):
+    """The kernel manager class of one stage's run: its kernel writes its own stderr to ``log_path``.
+
+    ipykernel forwards all that the kernel and the worker processes it starts (joblib, Dask) write to
+    their stderr into the notebook, and from there through :class:`WarningTally` to the terminal; it
+    also echoes the same bytes to the stderr it was started with, which would print every worker's
+    warnings a second time, untallied. The file keeps what only that stream carries (a kernel that
+    dies writes its last words there), and a failed stage names it."""
+    from jupyter_client import AsyncKernelManager
+
+    class StageKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            with open(log_path, "wb") as err:  # the kernel keeps its own copy of the descriptor
+                kw["stderr"] = err
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return StageKernelManager
+
+
+def _kernel_tail(log_path: Optional[Path], n: int = 8) -> str:
+    """The last ``n`` lines of a stage kernel's own stderr, for a failure message ('' if none)."""
+    if log_path is None or not log_path.exists():
+        return ""
+    lines = log_path.read_text(errors="replace").strip().splitlines()
+    if not lines:
+        return ""
+    return (f"  the kernel's own stderr ({log_path}), last lines:\n    "
+            + "\n    ".join(line[:200] for line in lines[-n:]) + "\n")
+
+
+def _failure_message(stage: Stage, exc: Exception, failed_nb: Path, kernel_log: Optional[Path] = None) -> str:
     cell = getattr(exc, "cell_index", None)
     count = getattr(exc, "exec_count", None)
     ename = getattr(exc, "ename", type(exc).__name__)
@@ -384,7 +414,8 @@ def _failure_message(stage: Stage, exc: Exception, failed_nb: Path) -> str:
     return (f"stage '{stage.name}' failed in notebooks/{stage.notebook}, {where}:{src}\n"
             f"  {ename}: {evalue}\n"
             f"  executed notebook with the full traceback: {failed_nb}\n"
-            f"  earlier results of this stage were left as they were.")
+            + _kernel_tail(kernel_log)
+            + "  earlier results of this stage were left as they were.")
 
 
 def _select(stages: list[Stage], from_stage: Optional[str], only: Optional[Iterable[str]]) -> list[Stage]:
@@ -483,12 +514,14 @@ def run(params_file: str | Path, from_stage: Optional[str] = None, only: Optiona
         t0 = time.perf_counter()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         tally = WarningTally()
+        kernel_log = run_dir / "notebooks" / f".{Path(stage.notebook).stem}.kernel.log"
         try:
             pm.execute_notebook(
                 str(nb_dir / stage.notebook), str(tmp_nb),
                 parameters={"params_file": _rel(params_file), "out_dir": _rel(tmp), "results_root": _rel(root)},
                 kernel_name=kernel, cwd=str(PROJECT_ROOT), progress_bar=False,
                 log_output=False, stdout_file=None, stderr_file=tally,
+                kernel_manager_class=kernel_manager(kernel_log),
             )
         except Exception as exc:  # papermill's PapermillExecutionError, a dead kernel, ...
             tally.flush()
@@ -500,7 +533,7 @@ def run(params_file: str | Path, from_stage: Optional[str] = None, only: Optiona
                 "at": started, "error": f"{getattr(exc, 'ename', type(exc).__name__)}: "
                                         f"{_ANSI.sub('', str(getattr(exc, 'evalue', exc)))[:500]}"}
             write_json(prov, prov_path)
-            raise StageFailed(_failure_message(stage, exc, failed_nb)) from None
+            raise StageFailed(_failure_message(stage, exc, failed_nb, kernel_log)) from None
         wall = time.perf_counter() - t0
         tally.flush()
         record = {"stage": stage.name, "key": key, "started": started, "wall_s": round(wall, 2),

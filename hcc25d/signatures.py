@@ -272,13 +272,21 @@ class ClinicalScreen(SelectorMixin, BaseEstimator):
     Table 2, :func:`hcc25d.cohort.table2`'s ``p_paper``), then the variables whose P stays below
     ``p_multi`` in the multivariable model of those; if none stays, the univariable set; if none passes,
     the variable with the smallest univariable P (a pipeline needs one). Inside a pipeline it is refitted
-    in every cross-validation fold, so the screening never sees the patients it is evaluated on."""
+    in every cross-validation fold, so the screening never sees the patients it is evaluated on.
+
+    On a small fold two selected variables can coincide (a rank-deficient design): the P values then come
+    from the pseudo-inverse, as statsmodels computes them, and ``rank_deficient_`` says so instead of a
+    warning printed by every parallel worker."""
 
     def __init__(self, p_uni: float = 0.05, p_multi: float = 0.05):
         self.p_uni = p_uni
         self.p_multi = p_multi
 
     def fit(self, X, y):
+        import warnings
+
+        from statsmodels.tools.sm_exceptions import SingularMatrixWarning
+
         from .cohort import _ols_paper
 
         A, y = validate_data(self, X, y, dtype=float)
@@ -291,8 +299,15 @@ class ClinicalScreen(SelectorMixin, BaseEstimator):
         self.pvalues_ = np.nan_to_num(p, nan=1.0)
         uni = np.flatnonzero(self.pvalues_ < self.p_uni)
         keep = uni
+        self.rank_deficient_ = False
         if len(uni):
-            res, _ = _ols_paper(y, frame[list(uni)])
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SingularMatrixWarning)
+                res, _ = _ols_paper(y, frame[list(uni)])
+            self.rank_deficient_ = any(issubclass(w.category, SingularMatrixWarning) for w in caught)
+            for w in caught:  # anything else is the caller's to see
+                if not issubclass(w.category, SingularMatrixWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             multi = [j for j in uni if res.pvalues[j] < self.p_multi]
             keep = np.array(multi) if multi else uni
         else:

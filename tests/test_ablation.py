@@ -2,6 +2,7 @@
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 from hcc25d import ablation, config
 
@@ -54,6 +55,27 @@ def test_retrained_variants_use_the_ablation_repeats(monkeypatch):
     v = next(v for v in ablation.VARIANTS if v.key == "instance-loss")
     assert ablation.retrain_cnn(None, v, cfg, {"a": 0}, "litecnn", progress=False) == "preds"
     assert seen == {"repeats": 1, "loss": "instance", "fold_of": {"a": 0}, "excess": True}
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_variants_checkpoints_are_kept_or_removed_once_its_predictions_are_in(monkeypatch, tmp_path, keep):
+    from hcc25d import cnn
+
+    def fake_crossfit(bags, make, C, seed, cache_dir=None, name="", **k):
+        for tag in ("fold1", "fold2"):
+            cnn.checkpoint_path(cache_dir, name, tag).write_bytes(b"weights")
+        return "preds", None, None, None
+
+    monkeypatch.setattr(cnn, "crossfit_predict", fake_crossfit)
+    monkeypatch.setattr(cnn, "reference_shift", lambda bags, how: (bags, None))
+    monkeypatch.setattr(ablation, "subset_bags", lambda bags, v, ch: bags)
+    monkeypatch.setattr(cnn, "add_arterial_excess", lambda bags, ch: (bags, None))
+    other = cnn.checkpoint_path(tmp_path, "litecnn", "fold1")  # the CNN stage's, say: never touched
+    other.write_bytes(b"")
+    cfg = config.from_dict({"ablations": {"keep_checkpoints": keep}})
+    v = next(v for v in ablation.VARIANTS if v.key == "2d")
+    assert ablation.retrain_cnn(None, v, cfg, {"a": 0}, "litecnn", tmp_path, progress=False) == "preds"
+    assert len(list(tmp_path.iterdir())) == (3 if keep else 1) and other.exists()
 
 
 def test_timing_variant_changes_the_augmentation_only(monkeypatch):

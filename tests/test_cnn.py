@@ -137,6 +137,29 @@ def test_repeated_crossfit_averages_models_that_never_saw_the_patient():
     assert not np.allclose(first["prob"], preds["prob"])
 
 
+def test_models_progress_is_one_bar_over_the_sets_models(capsys):
+    bags = make_bags(n_train=12, n_int=2, n_ext=2)
+    prm = P(val_fraction=0.0, epochs=1, repeats=2)
+    cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=3, progress="models", verbose=False, name="net")
+    err = capsys.readouterr().err
+    assert "net: 100%" in err and "6/6" in err and "rep2-fold3" in err  # six models, the last one named
+    assert "net fold1" not in err  # no bar per model's epochs
+    cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=3, progress=True, verbose=False, name="net")
+    assert "net fold1" in capsys.readouterr().err
+    cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=3, progress=False, verbose=False, name="net")
+    assert capsys.readouterr().err == ""
+
+
+def test_checkpoints_of_a_named_variant_are_plain_files(tmp_path):
+    bags = make_bags(n_train=8, n_int=2, n_ext=2)
+    prm = P(val_fraction=0.0, epochs=1)
+    cnn.crossfit_predict(bags, tiny_model, prm, seed=1, folds=2, progress=False, verbose=False,
+                         name="net [axial 2.5D: no sagittal/coronal view]", cache_dir=tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["net_axial_2.5D_no_sagittal_coronal_view_-fold1.pt",
+                     "net_axial_2.5D_no_sagittal_coronal_view_-fold2.pt"]
+
+
 def test_crossfit_target_replaces_the_outcome_in_the_loss_only():
     bags = make_bags(n_train=30, n_int=10, n_ext=10, inst=2, signal=1.0, seed=4)
     prm = P(epochs=4, lr=0.01, val_fraction=0.0, repeats=2)
@@ -555,21 +578,70 @@ def test_checkpoint_resume(tmp_path, monkeypatch):
     assert log_wide["epoch"].tolist() == [1, 2, 3]  # all three epochs trained, none loaded
 
 
-def test_weights_fallback_is_explicit(monkeypatch):
+def test_a_finished_checkpoint_keeps_the_returned_model_only_and_is_reused(tmp_path, monkeypatch):
+    bags = make_bags(n_train=12, n_int=2, n_ext=2)
+    y = bags.index["label"].to_numpy()
+    g = bags.index["patient_id"].to_numpy()
+    prm = P(epochs=2, val_fraction=0.25)
+    ck = tmp_path / "m.pt"
+    model, log = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=5, checkpoint=ck, progress=False,
+                                 val_ids=sorted(set(g))[:3])
+    saved = torch.load(ck, weights_only=False)
+    assert saved["finished"] and set(saved) == {"fingerprint", "finished", "model", "log"}  # no optimiser
+    monkeypatch.setattr(cnn, "_augment", lambda *a, **k: pytest.fail("a finished model was trained again"))
+    again, log_again = cnn.train_model(tiny_model, bags.x, y, g, prm, seed=5, checkpoint=ck, progress=False,
+                                       val_ids=sorted(set(g))[:3])
+    assert np.array_equal(cnn.predict(model, bags.x), cnn.predict(again, bags.x))
+    assert log_again.equals(log)
+
+
+def test_a_full_disk_is_said_before_the_checkpoint_is_written(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    bags = make_bags(n_train=8, n_int=2, n_ext=2)
+    y, g = bags.index["label"].to_numpy(), bags.index["patient_id"].to_numpy()
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(cnn.CheckpointSpace, match=r"disk space for the checkpoint of net fold1.*cnn.resume: false"):
+        cnn.train_model(tiny_model, bags.x, y, g, P(epochs=1), seed=5, checkpoint=tmp_path / "m.pt",
+                        progress=False, desc="net fold1")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_remove_checkpoints_takes_one_sets_files_only(tmp_path):
+    for name in ("litecnn", "litecnn-latent-label", "litecnn [2D: central axial slice]"):
+        for tag in ("fold1", "rep2-fold3", "final"):
+            cnn.checkpoint_path(tmp_path, name, tag).write_bytes(b"")
+    assert cnn.remove_checkpoints(tmp_path, "litecnn") == 3
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 6 and all(n.startswith(("litecnn-latent-label-", "litecnn_2D_")) for n in left)
+    assert cnn.remove_checkpoints(tmp_path, "litecnn [2D: central axial slice]") == 3
+    assert cnn.remove_checkpoints(tmp_path / "none", "litecnn") == 0
+
+
+def test_weights_fallback_is_explicit(monkeypatch, capsys):
     import torchvision
+
+    tries = []
 
     def offline(*a, **k):
         if k.get("weights") is not None:
+            tries.append(k["weights"])
+            print(f'Downloading: "{k["weights"].url}" to the hub cache')  # what torch.hub prints
             raise OSError("no network")
         return orig(*a, **k)
 
     orig = torchvision.models.get_model
     monkeypatch.setattr(torchvision.models, "get_model", offline)
+    monkeypatch.setattr(cnn, "_UNAVAILABLE", {})
     with pytest.raises(cnn.WeightsUnavailable, match="on_missing_weights: random"):
         cnn.build_model("resnet18", "imagenet", "fail")
     model, info = cnn.build_model("resnet18", "imagenet", "random")
-    assert info["used"] == "random" and info["note"].startswith("FALLBACK")
+    assert info["used"] == "random" and info["note"].startswith("FALLBACK") and "no network" in info["note"]
     assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 1)
+    # tried once per process, not once per fold model, and nothing printed into the book
+    assert len(tries) == 1 and "Downloading" not in capsys.readouterr().out
     _, info = cnn.build_model("resnet18", "none")
     assert info["used"] == "random"
 

@@ -23,6 +23,27 @@ def test_the_training_x3_profile_differs_from_the_default_run_in_its_cohort_and_
     assert x3["cohort"] == {**base["cohort"], "training_scale": 3}
 
 
+def test_the_gpu_smoke_profile_is_the_gpu_profile_with_less_work():
+    def leaves(d, pre=""):
+        out = {}
+        for k, v in d.items():
+            out.update(leaves(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
+        return out
+
+    gpu = leaves(config.to_dict(config.load(ROOT / "params" / "gpu.yaml")))
+    smoke = leaves(config.to_dict(config.load(ROOT / "params" / "gpu-smoke.yaml")))
+    changed = {k for k in gpu if gpu[k] != smoke[k]}
+    reduced = re.findall(r"^\s*(\w+):.*# reduced", (ROOT / "params" / "gpu-smoke.yaml").read_text(), re.M)
+    assert {k.split(".")[-1] for k in changed} - {"run", "description"} <= set(reduced) | {
+        "matrix", "spacing_xy", "slice_mm", "extent_z_mm", "n_estimators", "max_depth", "learning_rate",
+        "num_leaves"}  # the smoke twin's grid and the smoke grids, marked on their sections
+    assert {k.split(".")[0] for k in changed} <= {"run", "description", "cohort", "twin", "cnn", "cnn3d",
+                                                 "compute", "signatures"}
+    for key in ("crop.image_size", "cnn.backbones", "cnn.weights", "cnn.loss", "cnn.size_adjust",
+                "cnn.arterial_excess", "cnn.repeats", "cnn3d.arterial_excess", "signatures.size_adjust"):
+        assert smoke[key] == gpu[key], key  # what makes the gpu profile the paper's way is kept
+
+
 def test_unknown_key_and_wrong_type_reported_together():
     with pytest.raises(config.ConfigError) as err:
         config.from_dict({"run": "x", "seed": "abc", "cohort": {"specc": "default"}, "compute": {"n_jobs": 1.5}})

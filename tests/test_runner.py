@@ -274,6 +274,37 @@ def test_warning_tally_counts_warnings_and_passes_progress_through():
     assert t.summary().startswith("4 warning(s), 2 distinct")
 
 
+def test_a_worker_processs_warning_is_tallied_once_not_echoed(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")  # ipykernel does not capture a kernel's fds under pytest
+    nbdir = tmp_path / "nb"
+    nbdir.mkdir()
+    write(nbdir / "w.ipynb", [
+        ("params", 'params_file = ""\nout_dir = ""\nresults_root = ""\noverrides = {}'),
+        ("code", "import subprocess, sys\nsubprocess.run([sys.executable, '-c', "
+                 "'import warnings; warnings.warn(\"from a worker\")'], check=True)\n"
+                 "import time\ntime.sleep(1)  # ipykernel reads the worker's pipe in a thread of its own"),
+    ])
+    params = tmp_path / "r.yaml"
+    params.write_text(yaml.safe_dump({"run": "r", "seed": 1}))
+    runner.run(params, results_root=tmp_path / "results", stages=[runner.Stage("w", "w.ipynb", "W")],
+               notebook_dir=nbdir)
+    err = capfd.readouterr().err
+    assert "from a worker" not in err.replace("UserWarning: from a worker (× 1)", "")  # only the summary
+    prov = json.loads((tmp_path / "results" / "r" / "provenance.json").read_text())
+    assert prov["stages"]["w"]["warnings"] == {"UserWarning: from a worker": 1}
+    assert (tmp_path / "results" / "r" / "notebooks" / ".w.kernel.log").exists()
+
+
+def test_a_failure_quotes_the_kernels_own_stderr(tmp_path):
+    log = tmp_path / ".b.kernel.log"
+    stage = runner.Stage("b", "b.ipynb", "B")
+    assert "kernel's own stderr" not in runner._failure_message(stage, RuntimeError("x"), tmp_path / "f", log)
+    log.write_text("\n".join(f"line {i}" for i in range(20)) + "\nFatal Python error: Segmentation fault\n")
+    msg = runner._failure_message(stage, RuntimeError("Kernel died"), tmp_path / "f", log)
+    assert "Fatal Python error: Segmentation fault" in msg and "line 19" in msg and "line 5\n" not in msg
+    assert msg.index("Segmentation") < msg.index("earlier results")
+
+
 def test_sources_compile_without_escape_warnings():
     """Backslashes in docstrings (LaTeX) must sit in raw strings: Python 3.12 warns about invalid escapes
     and ``\\f``/``\\t`` silently become a form feed and a tab in the rendered formula."""

@@ -114,6 +114,16 @@ def test_clinical_screen_is_the_papers_rule_and_refits_per_fold():
     # nothing passes: the smallest P is kept so that a pipeline still has a feature
     none = sig.ClinicalScreen().fit(X[["noise"]].assign(n2=rng.random(n)), y)
     assert none.get_support().sum() == 1
+    assert not s.rank_deficient_
+    # two selected variables that coincide: said by the fitted step, not warned by every worker
+    import warnings
+
+    import statsmodels.api  # noqa: F401 - its own warning filters first, then ours on top
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        twin = sig.ClinicalScreen(0.05, 0.05).fit(X.assign(copy=strong), y)
+    assert twin.rank_deficient_ and twin.get_support()[0]
     # inside a pipeline the screening is redone on each fold's training rows only
     from sklearn.model_selection import cross_validate
 
