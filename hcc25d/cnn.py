@@ -221,6 +221,9 @@ def build_model(name: str, weights: str = "imagenet", on_missing_weights: str = 
         else:
             old = socket.getdefaulttimeout()
             socket.setdefaulttimeout(download_timeout)
+            # torchvision initialises the network before it fetches the weights: a failed fetch has drawn
+            # from the random stream, and the fallback below must start where it would have without it
+            rng = torch.random.get_rng_state()
             try:
                 # torchvision's weights API: loads from the hub cache, downloads when it can; the hub's
                 # "Downloading: ..." line goes to stdout, i.e. into the book: said in the note instead
@@ -234,6 +237,7 @@ def build_model(name: str, weights: str = "imagenet", on_missing_weights: str = 
                        f"({torch.hub.get_dir()}/checkpoints) nor downloadable: {type(exc).__name__}: "
                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}")
                 _UNAVAILABLE[key] = msg
+                torch.random.set_rng_state(rng)
             finally:
                 socket.setdefaulttimeout(old)
         if on_missing_weights == "fail":

@@ -629,6 +629,7 @@ def test_weights_fallback_is_explicit(monkeypatch, capsys):
         if k.get("weights") is not None:
             tries.append(k["weights"])
             print(f'Downloading: "{k["weights"].url}" to the hub cache')  # what torch.hub prints
+            orig(*a)  # as torchvision does: the network is built (random weights drawn) before the fetch
             raise OSError("no network")
         return orig(*a, **k)
 
@@ -642,6 +643,16 @@ def test_weights_fallback_is_explicit(monkeypatch, capsys):
     assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 1)
     # tried once per process, not once per fold model, and nothing printed into the book
     assert len(tries) == 1 and "Downloading" not in capsys.readouterr().out
+    # the fallback starts from the same random weights whether or not this build tried the download
+    # (torchvision draws the network's initial weights before it fetches): resumed runs match
+    monkeypatch.setattr(cnn, "_UNAVAILABLE", {})
+    states = []
+    for weights in ("imagenet", "imagenet", "none"):  # tried, not tried again, not asked for
+        torch.manual_seed(0)
+        states.append(cnn.build_model("resnet18", weights, "random")[0].state_dict())
+    assert len(tries) == 2
+    for other in states[1:]:
+        assert all(torch.equal(states[0][k], other[k]) for k in states[0])
     _, info = cnn.build_model("resnet18", "none")
     assert info["used"] == "random"
 
