@@ -1462,10 +1462,13 @@ def weights_info(C) -> dict:
 
 
 def no_imagenet_warning(name: str, info: dict) -> str:
-    """The book's warning box for a backbone that falls back to random initialisation."""
+    """The book's warning box for a backbone that falls back to random initialisation (the note escaped:
+    an error such as ``<urlopen error …>`` would otherwise be read as an HTML tag and vanish)."""
+    from html import escape
+
     return (f'<div class="admonition warning"><p class="admonition-title">No ImageNet weights — this is NOT '
-            f'transfer learning</p><p>{name}: {info["note"]}.</p><p>The network is trained from <b>random '
-            f'initialisation</b> (<code>cnn.on_missing_weights: random</code>). The paper fine-tuned '
+            f'transfer learning</p><p>{escape(name)}: {escape(info["note"])}.</p><p>The network is trained '
+            f'from <b>random initialisation</b> (<code>cnn.on_missing_weights: random</code>). The paper fine-tuned '
             f'ImageNet-pretrained networks; results here are of a network trained from scratch and are '
             f'recorded as such in the provenance.</p></div>')
 

@@ -640,6 +640,9 @@ def test_weights_fallback_is_explicit(monkeypatch, capsys):
         cnn.build_model("resnet18", "imagenet", "fail")
     model, info = cnn.build_model("resnet18", "imagenet", "random")
     assert info["used"] == "random" and info["note"].startswith("FALLBACK") and "no network" in info["note"]
+    # the book's warning box shows the reason, even one that looks like an HTML tag
+    box = cnn.no_imagenet_warning("resnet18", {"note": "FALLBACK: URLError: <urlopen error [Errno -3]>"})
+    assert "&lt;urlopen error [Errno -3]&gt;" in box and "<urlopen" not in box
     assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 1)
     # tried once per process, not once per fold model, and nothing printed into the book
     assert len(tries) == 1 and "Downloading" not in capsys.readouterr().out
